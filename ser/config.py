@@ -1,0 +1,374 @@
+"""Typed, strictly loaded parameters.
+
+`params.yaml` is parsed into frozen dataclasses. Unknown keys, missing keys and
+out-of-range values fail at load time with the dotted key path in the message,
+before any long work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ParamsError", "Params", "load_params", "parse_params",
+    "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams",
+    "OptimParams", "CrnnParams", "LoraParams", "Wav2Vec2Params", "ModelParams", "TrainParams",
+    "EvalParams",
+]
+
+
+class ParamsError(ValueError):
+    """A parameter file is malformed; the message names the key and the problem."""
+
+
+CORPORA = ("iemocap", "ravdess", "crema_d", "tess")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class CorpusParams:
+    """Where one corpus comes from and where it lives on disk.
+
+    source: `demo` (synthesised offline), `download` (fetched from `url`),
+    or `local` (an existing folder or archive at `path` / `archive`).
+    """
+    source: Literal["demo", "download", "local"]
+    path: str
+    adapter: Optional[str] = None  # defaults to the corpus name; "csv" for a generic corpus
+    url: Optional[str] = None
+    archive: Optional[str] = None  # local archive to extract into `path` (source: local)
+    md5: Optional[str] = None  # published checksum, where one exists
+    sha256: Optional[str] = None
+    csv: Optional[str] = None  # generic CSV corpus: the metadata file
+    label_map: Optional[dict[str, str]] = None  # overrides the adapter's table; "" drops a label
+    expected_files: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.source == "download" and not self.url:
+            raise ValueError("source 'download' needs a 'url'")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """The synthetic demo corpora (see ser.demo)."""
+    seed: int
+    clips_per_speaker: dict[str, int]
+
+    def __post_init__(self) -> None:
+        for name, n in self.clips_per_speaker.items():
+            if n < 1:
+                raise ValueError(f"clips_per_speaker.{name} must be >= 1, got {n}")
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    """One study: its canonical label set and the corpora it draws on."""
+    labels: tuple[str, ...]
+    corpora: tuple[str, ...]
+    source: Optional[str] = None  # cross-corpus: the labeled training corpus
+    target: Optional[str] = None  # cross-corpus: the adaptation / test corpus
+
+    def __post_init__(self) -> None:
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ValueError(f"labels must be >= 2 distinct names, got {list(self.labels)}")
+        for role in ("source", "target"):
+            name = getattr(self, role)
+            if name is not None and name not in self.corpora:
+                raise ValueError(f"{role} {name!r} is not in corpora {list(self.corpora)}")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Speaker-independent split protocol for one corpus within one study.
+
+    protocol:
+      sessions       IEMOCAP: train/val/test list session numbers.
+      loso           IEMOCAP leave-one-session-out: `fold` is the test session,
+                     the session before it (cyclically) is validation.
+      speakers       train/val/test (or adapt/test) list speaker ids; an omitted
+                     train list means "every speaker not listed elsewhere".
+      held_out_words TESS: words are split, both speakers in every split.
+      all_test       every clip is test data.
+    """
+    protocol: Literal["sessions", "loso", "speakers", "held_out_words", "all_test"]
+    train: tuple[str, ...] = ()
+    val: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    adapt: tuple[str, ...] = ()
+    fold: Optional[int] = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.protocol == "loso" and self.fold is None:
+            raise ValueError("protocol 'loso' needs 'fold' (the test session, 1-5)")
+        if not 0 <= self.val_fraction < 1 or not 0 < self.test_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Log-mel and waveform settings (defaults follow the reference study)."""
+    sample_rate: int = 16000
+    n_mels: int = 128
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 160
+    fmin: float = 0.0
+    fmax: Optional[float] = None
+    frames: int = 300
+    crop: Literal["center", "start"] = "center"
+    min_duration_s: float = 0.25
+    silence_dbfs: float = -60.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.win_length > self.n_fft:
+            raise ValueError("win_length must be <= n_fft")
+        for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "frames", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+# --------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class OptimParams:
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3  # heads (and the whole model when lr_encoder is null)
+    lr_encoder: Optional[float] = None
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None
+    scheduler: Literal["none", "plateau"] = "none"
+    plateau_patience: int = 5
+    plateau_factor: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or (self.lr_encoder is not None and self.lr_encoder <= 0):
+            raise ValueError("learning rates must be > 0")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError("plateau_factor must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class CrnnParams:
+    channels: tuple[int, ...] = (32, 64, 128)
+    lstm_hidden: int = 128
+    fc_hidden: int = 128
+    dropout: float = 0.3
+    domain_hidden: int = 128
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    layers: Optional[tuple[int, ...]] = None  # None: every encoder layer
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+
+
+@dataclass(frozen=True)
+class Wav2Vec2Params:
+    """backbone: a hub id, a local directory, or `random:<preset>` (tiny, base,
+    large-xlsr) for a randomly initialised model built from a config."""
+    backbone: str
+    head_hidden: int = 256
+    domain_hidden: int = 64
+    freeze_feature_encoder: bool = True
+    quantize: Literal["none", "nf4"] = "none"
+    lora: Optional[LoraParams] = None
+    gradient_checkpointing: bool = False
+    max_seconds: float = 6.0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """One trained model of one study."""
+    study: str
+    arch: str  # registry key, see ser.models
+    objective: Literal["ce", "dann"]
+    input: Literal["mels", "waves"]
+    epochs: int
+    batch_size: int
+    optim: OptimParams
+    crnn: Optional[CrnnParams] = None
+    wav2vec2: Optional[Wav2Vec2Params] = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Trainer knobs shared by every model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    num_workers: int = 0
+    bucket_by_length: bool = True
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    bootstrap: int = 1000
+    ci: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ci < 1:
+            raise ValueError(f"ci must be in (0, 1), got {self.ci}")
+
+
+# --------------------------------------------------------------------------- root
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    lambda_domain: float
+    max_alpha: float
+    corpora: dict[str, CorpusParams]
+    demo: DemoParams
+    studies: dict[str, StudyParams]
+    splits: dict[str, dict[str, SplitParams]]  # study -> corpus -> protocol
+    features: FeatureParams
+    train: TrainParams
+    models: dict[str, ModelParams]
+    evaluation: EvalParams = field(default_factory=EvalParams)
+
+    def __post_init__(self) -> None:
+        if self.lambda_domain < 0:
+            raise ValueError(f"lambda_domain must be >= 0, got {self.lambda_domain}")
+        if not 0 <= self.max_alpha <= 1:
+            raise ValueError(f"max_alpha must be in [0, 1], got {self.max_alpha}")
+        for sname, study in self.studies.items():
+            for corpus in study.corpora:
+                if corpus not in self.corpora:
+                    raise ValueError(f"studies.{sname}: corpus {corpus!r} is not configured under corpora "
+                                     f"(known: {sorted(self.corpora)})")
+                if corpus not in self.splits.get(sname, {}):
+                    raise ValueError(f"splits.{sname}.{corpus}: missing split protocol")
+        for sname in self.splits:
+            if sname not in self.studies:
+                raise ValueError(f"splits.{sname}: no such study (known: {sorted(self.studies)})")
+        for mname, model in self.models.items():
+            if model.study not in self.studies:
+                raise ValueError(f"models.{mname}.study: unknown study {model.study!r} "
+                                 f"(known: {sorted(self.studies)})")
+            if model.objective == "dann" and self.studies[model.study].target is None:
+                raise ValueError(f"models.{mname}: objective 'dann' needs a study with a target corpus")
+
+    def study(self, name: str) -> StudyParams:
+        if name not in self.studies:
+            raise KeyError(f"unknown study {name!r}; known: {sorted(self.studies)}")
+        return self.studies[name]
+
+
+# --------------------------------------------------------------------------- loading
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if _is_optional(tp):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(inner, value, where)
+    if value is None:
+        raise ParamsError(f"{where}: must not be null")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ParamsError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {type(value).__name__}")
+        (inner, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {type(value).__name__}")
+        _k, inner = typing.get_args(tp)
+        return {str(k): _convert(inner, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads `1e-3` (no dot) as a string: accept numeric strings.
+        if isinstance(value, bool):
+            raise ParamsError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ParamsError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # speaker ids such as 1001 or 01
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp!r} at {where}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where or 'params'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key {prefix}{unknown[0]!s}"
+                          + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
+                          + f"; allowed here: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ParamsError(f"missing key {prefix}{name}")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, KeyError) as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        raise ParamsError(f"{where or 'params'}: {msg}") from None
+
+
+def parse_params(data: dict[str, Any]) -> Params:
+    """Build `Params` from an already-parsed mapping (strict)."""
+    return _build(Params, data, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_params(data or {})
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
