@@ -1,0 +1,96 @@
+"""Generic corpus described by a metadata CSV: add a corpus without writing code.
+
+params.yaml:
+    corpora:
+      emodb: {source: local, path: data/raw/emodb, adapter: csv, csv: metadata.csv}
+
+The CSV (relative to `path` unless absolute) has columns path, speaker,
+emotion and optionally session, gender, text; `path` is relative to the
+corpus folder. `emotion` is kept as the raw label and, with no `label_map`,
+used lower-cased as the canonical name. A broken CSV is an error listing every
+bad row (file, line, problem) rather than a silently smaller corpus; a clip
+whose audio header cannot be read is skipped with the reason, as in every adapter.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from ser.config import CorpusParams
+from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult
+
+REQUIRED = ("path", "speaker", "emotion")
+OPTIONAL = ("session", "gender", "text")
+GENDERS = {"f": "F", "female": "F", "w": "F", "woman": "F",
+           "m": "M", "male": "M", "man": "M",
+           "": "", "u": "", "unknown": "", "na": "", "n/a": ""}
+MAX_SHOWN = 20
+
+
+class CsvCorpusError(ValueError):
+    """A corpus metadata CSV is malformed; the message names the file, lines and problems."""
+
+
+def metadata_path(name: str, cfg: CorpusParams, root: Path) -> Path:
+    if not cfg.csv:
+        raise CsvCorpusError(f"corpora.{name}: adapter 'csv' needs `csv:` naming the metadata file "
+                             f"(columns {', '.join(REQUIRED)}; optional {', '.join(OPTIONAL)})")
+    path = Path(cfg.csv)
+    return path if path.is_absolute() else root / path
+
+
+def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
+    table = metadata_path(name, cfg, root)
+    if not root.is_dir():
+        raise CorpusNotFound(f"{name}: corpus folder {root} not found; set corpora.{name}.path in params.yaml")
+    if not table.is_file():
+        raise CorpusNotFound(f"{name}: metadata CSV {table} not found; set corpora.{name}.csv "
+                             f"(relative to corpora.{name}.path, or absolute) in params.yaml")
+    entries, problems = [], []
+    with table.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {(c or "").strip().lower(): c for c in reader.fieldnames or ()}
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise CsvCorpusError(f"{table}: missing column(s) {missing}; found {sorted(columns)}. "
+                                 f"Needed: {', '.join(REQUIRED)} (optional: {', '.join(OPTIONAL)})")
+        first_line: dict[str, int] = {}
+        for rec in reader:
+            line = reader.line_num
+            v = {k: (rec.get(columns[k]) or "").strip() for k in REQUIRED + OPTIONAL if k in columns}
+            if not any(v.values()):
+                continue  # a row of bare commas, as spreadsheets export
+            bad = []
+            for col in ("path", "speaker", "emotion"):
+                if not v[col]:
+                    bad.append(f"empty {col}")
+            gender = v.get("gender", "")
+            if gender.lower() not in GENDERS:
+                bad.append(f"gender {gender!r} is not F/M/female/male (or empty for unknown)")
+            if v["path"]:
+                audio = root / v["path"]  # an absolute path in the CSV stays absolute
+                key = os.path.normpath(audio)
+                if key in first_line:
+                    bad.append(f"duplicate path {v['path']!r} (first on line {first_line[key]})")
+                else:
+                    first_line[key] = line
+                    if not audio.is_file():
+                        bad.append(f"audio file {audio} not found")
+            if bad:
+                problems.extend(f"{table}: line {line}: {b}" for b in bad)
+            else:
+                entries.append((audio, v))
+    if problems:
+        shown = "\n  ".join(problems[:MAX_SHOWN])
+        more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+        raise CsvCorpusError(f"{table}: {len(problems)} problem(s); fix the CSV (line 1 is the header):"
+                             f"\n  {shown}{more}")
+    if not entries:
+        raise CorpusNotFound(f"{name}: metadata CSV {table} has no rows")
+    out = ScanBuilder(name)
+    for audio, v in out.progress(entries):
+        out.add(audio, native_id=Path(v["path"]).with_suffix("").as_posix().lstrip("/"),
+                speaker=v["speaker"], raw_label=v["emotion"], session=v.get("session", ""),
+                gender=GENDERS[v.get("gender", "").lower()], text=v.get("text", ""))
+    return out.result()

@@ -1,0 +1,251 @@
+"""build-metadata: corpora -> one manifest per study, plus a report of every decision.
+
+For each study: scan its corpora (each corpus once, however many studies use
+it), drop duplicate audio, map raw labels to the study's label set, assign the
+split protocol, validate (no speaker in two splits), and count everything that
+was skipped, excluded or dropped, so a reader of data/reports/metadata.json
+can tell exactly how the raw folders became the manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from tqdm import tqdm
+
+from ser.config import Params
+from ser.corpora import ScanResult, display_name, scan_corpus
+from ser.labels import label_table, to_canonical
+from ser.manifest import ManifestError, Utterance, validate, write_manifest
+from ser.splits import LISTED_SPLITS, assign_splits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MetadataError", "build_manifests", "write_outputs", "corpus_roots", "find_duplicates",
+           "file_sha1", "hash_files"]
+
+CHUNK = 1 << 20
+
+
+class MetadataError(ValueError):
+    """A study cannot be built from its corpora; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- roots
+def corpus_roots(params: Params, verify_report: Optional[str | Path] = None) -> dict[str, Path]:
+    """Where each corpus lives: the download-verify report's `root`, else `corpora.<name>.path`."""
+    reported: dict[str, str] = {}
+    if verify_report is not None:
+        path = Path(verify_report)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MetadataError(f"{path}: not found; run `dvc repro download-verify` first "
+                                f"(or omit --verify-report to use corpora.<name>.path)") from None
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"{path}: not valid JSON ({exc})") from None
+        corpora = data.get("corpora") if isinstance(data, dict) else None
+        if not isinstance(corpora, dict):
+            raise MetadataError(f"{path}: expected {{\"corpora\": {{<name>: {{\"root\": <path>}}}}}}")
+        reported = {name: str(entry["root"]) for name, entry in corpora.items()
+                    if isinstance(entry, dict) and entry.get("root")}
+    roots = {}
+    for name, cfg in params.corpora.items():
+        roots[name] = Path(reported.get(name, cfg.path))
+        if verify_report is not None and name not in reported:
+            log.info("%s: not in %s; using corpora.%s.path = %s", name, verify_report, name, cfg.path)
+    return roots
+
+
+# --------------------------------------------------------------------------- duplicates
+def file_sha1(path: str | Path) -> str:
+    """sha1 of a file's bytes, read in 1 MiB chunks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(paths: Sequence[str], workers: int = 2) -> dict[str, str]:
+    """path -> sha1 for every path; two threads keep the disk busy while one hashes."""
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = list(tqdm(pool.map(file_sha1, paths), total=len(paths), desc="hash audio",
+                            unit="file", mininterval=1.0, leave=False, disable=None))
+    return dict(zip(paths, digests))
+
+
+def find_duplicates(rows: Sequence[Utterance], hashes: dict[str, str],
+                    label_of: Callable[[Utterance], str]) -> tuple[list[dict[str, Any]], set[str]]:
+    """Groups of byte-identical clips and the utt_ids to drop.
+
+    A group whose labels agree keeps its first copy (in `rows` order); a group
+    whose labels conflict is dropped entirely, since no one can tell which
+    label the recording deserves.
+    """
+    by_hash: dict[str, list[Utterance]] = defaultdict(list)
+    for row in rows:
+        by_hash[hashes[row.path]].append(row)
+    groups, drop = [], set()
+    for digest, members in by_hash.items():
+        if len(members) < 2:
+            continue
+        labels = [label_of(m) for m in members]
+        if len(set(labels)) > 1:
+            drop.update(m.utt_id for m in members)
+            action = "dropped all copies: labels conflict"
+        else:
+            drop.update(m.utt_id for m in members[1:])
+            action = f"kept {members[0].utt_id}"
+        groups.append({"sha1": digest, "utt_ids": [m.utt_id for m in members],
+                       "paths": [m.path for m in members], "raw_labels": [m.raw_label for m in members],
+                       "labels": labels, "action": action})
+    return groups, drop
+
+
+# --------------------------------------------------------------------------- build
+def _missing_label_messages(corpus: str, labels: Sequence[str], rows: Sequence[Utterance],
+                            table: dict[str, str], scanned: ScanResult) -> list[str]:
+    """Study labels this corpus contributes no clip to, each with the reason."""
+    have = Counter(r.emotion for r in rows)
+    # A CSV corpus has no table: its classes are whatever its emotion column holds.
+    classes = set(table.values()) if table else {to_canonical(u.raw_label, table) for u in scanned.utterances}
+    name = display_name(corpus)
+    return [f"{name} has no {label} class" if label not in classes else f"{name}: no {label} clips kept"
+            for label in labels if not have[label]]
+
+
+def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, list[Utterance]], dict]:
+    """One validated manifest per study, and the JSON-able report of how it was built."""
+    scans: dict[str, ScanResult] = {}
+    hashes: dict[str, str] = {}
+    manifests: dict[str, list[Utterance]] = {}
+    report: dict[str, Any] = {"studies": {}}
+    for sname, study in params.studies.items():
+        for corpus in study.corpora:
+            if corpus not in scans:
+                scans[corpus] = scan_corpus(corpus, params.corpora[corpus],
+                                            Path(roots.get(corpus, params.corpora[corpus].path)))
+        tables = {c: label_table(params.corpora[c].adapter or c, params.corpora[c].label_map)
+                  for c in study.corpora}
+        scanned = [u for c in study.corpora for u in scans[c].utterances]
+        hashes.update(hash_files([u.path for u in scanned if u.path not in hashes]))
+        groups, dropped = find_duplicates(scanned, hashes,
+                                          lambda u: to_canonical(u.raw_label, tables[u.corpus]))
+        for g in groups:
+            log.warning("study %s: identical audio %s (labels %s): %s",
+                        sname, ", ".join(g["utt_ids"]), g["labels"], g["action"])
+
+        rows: list[Utterance] = []
+        corpora_report: dict[str, Any] = {}
+        for corpus in study.corpora:
+            scan, table = scans[corpus], tables[corpus]
+            sp = params.splits[sname][corpus]
+            kept, excluded, maps_to = [], Counter(), {}
+            n_dup = 0
+            for u in scan.utterances:
+                if u.utt_id in dropped:
+                    n_dup += 1
+                    continue
+                label = to_canonical(u.raw_label, table)
+                if label in study.labels:
+                    kept.append(dataclasses.replace(u, emotion=label))
+                else:
+                    excluded[u.raw_label] += 1
+                    maps_to[u.raw_label] = label
+            if not kept:
+                raise MetadataError(
+                    f"study {sname}: no {display_name(corpus)} clip has a label in {list(study.labels)} "
+                    f"({len(scan.utterances)} readable, {len(scan.skipped)} skipped, excluded by raw label "
+                    f"{dict(excluded)}); check corpora.{corpus} and studies.{sname}.labels")
+            split_rows = assign_splits(kept, corpus, sp, where=f"splits.{sname}.{corpus}")
+            final = [r for r in split_rows if r.split != "unassigned"]
+            missing = _missing_label_messages(corpus, study.labels, final, table, scan)
+            for msg in missing:
+                log.warning("study %s: %s", sname, msg)
+            rows.extend(final)
+            speakers: dict[str, set[str]] = defaultdict(set)
+            for r in final:
+                speakers[r.split].add(r.speaker)
+            corpora_report[corpus] = {
+                "adapter": params.corpora[corpus].adapter or corpus,
+                "root": str(roots.get(corpus, params.corpora[corpus].path)),
+                "protocol": sp.protocol,
+                "files_found": scan.files_found,
+                "readable": len(scan.utterances),
+                "skipped": [{"path": p, "reason": why} for p, why in scan.skipped],
+                "ignored": dict(scan.ignored),
+                "duplicates_dropped": n_dup,
+                "excluded_by_raw_label": {raw: {"maps_to": maps_to[raw], "count": n}
+                                          for raw, n in sorted(excluded.items())},
+                "unassigned": len(split_rows) - len(final),
+                "kept": len(final),
+                "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in final))},
+                "speakers": {s: len(speakers[s]) for s in LISTED_SPLITS if speakers[s]},
+                "labels": {lab: n for lab in study.labels if (n := sum(r.emotion == lab for r in final))},
+                "missing_labels": missing,
+            }
+
+        empty = [lab for lab in study.labels if not any(r.emotion == lab for r in rows)]
+        if empty:
+            raise MetadataError(f"study {sname}: label(s) {empty} have no clips in any of "
+                                f"{list(study.corpora)}; fix studies.{sname}.labels or the corpora's label_map")
+        exempt = [c for c in study.corpora if params.splits[sname][c].protocol == "held_out_words"]
+        try:
+            validate(rows, labels=study.labels, where=f"study {sname}", leak_exempt=exempt)
+        except ManifestError as exc:
+            raise ManifestError(f"{exc}\nA speaker must be in one split only: fix splits.{sname} "
+                                f"in params.yaml (or the corpus's speaker/session columns)") from None
+        manifests[sname] = rows
+        report["studies"][sname] = {
+            "labels": list(study.labels),
+            "corpora": corpora_report,
+            "duplicate_groups": groups,
+            "kept": len(rows),
+            "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in rows))},
+            "labels_by_split": {s: {lab: n for lab in study.labels
+                                    if (n := sum(r.split == s and r.emotion == lab for r in rows))}
+                                for s in LISTED_SPLITS if any(r.split == s for r in rows)},
+        }
+        _log_summary(sname, report["studies"][sname])
+    return manifests, report
+
+
+def _log_summary(sname: str, study: dict[str, Any]) -> None:
+    """A small table per study: what was found, what went, where the rest landed."""
+    head = f"{'corpus':<10} {'found':>6} {'skip':>5} {'dup':>4} {'excl':>5} {'unasg':>5} {'kept':>6} " \
+           + " ".join(f"{s:>6}" for s in LISTED_SPLITS)
+    lines = [f"study {sname} {study['labels']}: {study['kept']} clips", head]
+    for corpus, c in study["corpora"].items():
+        excluded = sum(e["count"] for e in c["excluded_by_raw_label"].values())
+        lines.append(f"{corpus:<10} {c['files_found']:>6} {len(c['skipped']):>5} {c['duplicates_dropped']:>4} "
+                     f"{excluded:>5} {c['unassigned']:>5} {c['kept']:>6} "
+                     + " ".join(f"{c['splits'].get(s, 0):>6}" for s in LISTED_SPLITS))
+        if c["excluded_by_raw_label"]:
+            lines.append("    excluded: " + ", ".join(f"{raw} ({e['maps_to'] or 'unmapped'}) x{e['count']}"
+                                                      for raw, e in c["excluded_by_raw_label"].items()))
+    log.info("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- outputs
+def write_outputs(manifests: dict[str, list[Utterance]], report: dict, out_dir: str | Path,
+                  report_path: str | Path) -> None:
+    """data/manifests/<study>.csv for each study and the report JSON (both atomic)."""
+    out_dir = Path(out_dir)
+    for sname, rows in manifests.items():
+        n = write_manifest(rows, out_dir / f"{sname}.csv")
+        log.info("wrote %s (%d rows)", out_dir / f"{sname}.csv", n)
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report_path.with_suffix(report_path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(report_path)
+    log.info("wrote %s", report_path)

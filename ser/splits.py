@@ -1,0 +1,181 @@
+"""Split protocols: which clips of a corpus are train, val, test or adapt data.
+
+Every protocol except `held_out_words` is speaker-independent: a speaker's
+clips all land in one split, so a test score measures generalisation to people
+the model never heard. The protocols are documented on ser.config.SplitParams;
+the choices worth knowing:
+
+- ids in lists are compared numerically when numeric ("01" == "1", so RAVDESS
+  actors and CREMA-D ids can be written either way) and may be ranges
+  ("1-12", "1064-1072");
+- an omitted or empty `train` list means every speaker (session) not listed
+  in another split, so a corpus's val/test actors are the only ones to name;
+- a listed id missing from the data is a warning (the demo and the real
+  corpus may differ), but a listed split that ends up empty is an error;
+- `held_out_words` (TESS, whose two speakers say the same 200 words) holds out
+  *words*: both speakers are in every split, so its test score measures
+  generalisation to unseen words of seen speakers, not to unseen speakers. Such
+  corpora are exempt from the speaker-leakage check (ser.manifest.validate).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import re
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence, Union
+
+from ser.config import SplitParams
+from ser.manifest import Utterance
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SplitError", "assign_splits", "expand_ids", "id_key", "LISTED_SPLITS"]
+
+LISTED_SPLITS = ("train", "val", "test", "adapt")
+RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+Key = Union[int, str]
+
+
+class SplitError(ValueError):
+    """A split protocol cannot be applied; the message names the params entry to fix."""
+
+
+def id_key(value: str) -> Key:
+    """Comparison key of a speaker or session id: numeric ids as ints ("01" == "1")."""
+    value = str(value).strip()
+    return int(value) if value.isdigit() else value.casefold()
+
+
+def expand_ids(entries: Sequence[str], where: str) -> set[Key]:
+    """Keys named by a split list; "1-12" is the inclusive numeric range."""
+    keys: set[Key] = set()
+    for entry in entries:
+        m = RANGE.match(str(entry))
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise SplitError(f"{where}: range {entry!r} is empty (write low-high, e.g. '1-12')")
+            keys.update(range(lo, hi + 1))
+        elif str(entry).strip():
+            keys.add(id_key(entry))
+        else:
+            raise SplitError(f"{where}: empty id in list {list(entries)}")
+    return keys
+
+
+def _compact(keys: Iterable[Key]) -> str:
+    """'1-12, 15, Ses01F': numeric runs folded into ranges, for readable messages."""
+    nums = sorted(k for k in keys if isinstance(k, int))
+    words = sorted(str(k) for k in keys if not isinstance(k, int))
+    parts, start = [], None
+    for i, n in enumerate(nums):
+        start = n if start is None else start
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            parts.append(str(n) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts + words) or "none"
+
+
+def _by_lists(rows: list[Utterance], corpus: str, attr: str, lists: dict[str, Sequence[str]],
+              implicit_train: bool, where: str) -> list[Utterance]:
+    """Assign each row the split whose list names its `attr` (speaker or session)."""
+    wanted = {name: expand_ids(entries, f"{where}.{name}") for name, entries in lists.items() if entries}
+    owner: dict[Key, str] = {}
+    for name, keys in wanted.items():
+        for key in sorted(keys, key=str):
+            if key in owner:
+                raise SplitError(f"{where}: {corpus} {attr} {key!r} is listed in both {owner[key]!r} and "
+                                 f"{name!r}; each {attr} must be in one split only")
+            owner[key] = name
+    if any(not getattr(r, attr).strip() for r in rows):
+        raise SplitError(f"{where}: some {corpus} clips have no {attr}; this protocol needs one for every clip")
+    present = {id_key(getattr(r, attr)) for r in rows}
+    absent = set(owner) - present
+    if absent:
+        log.warning("%s: %s %s(s) listed in the splits have no clips: %s", where, corpus, attr, _compact(absent))
+    if implicit_train and "train" not in wanted:
+        for key in present - set(owner):
+            owner[key] = "train"
+    unlisted = present - set(owner)
+    if unlisted:
+        log.warning("%s: %s %s(s) in no split (their clips are left out): %s",
+                    where, corpus, attr, _compact(unlisted))
+    out = [dataclasses.replace(r, split=owner.get(id_key(getattr(r, attr)), "unassigned")) for r in rows]
+    used = Counter(r.split for r in out)
+    for name, keys in wanted.items():
+        if not used[name]:
+            raise SplitError(f"{where}: split {name!r} lists {attr}s {_compact(keys)} but none of them has "
+                             f"clips in {corpus} (present: {_compact(present)})")
+    return out
+
+
+def _loso(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
+    """Leave-one-session-out: fold = test, the session before it (cyclically) = val."""
+    sessions = sorted({id_key(r.session) for r in rows if r.session.strip()}, key=str)
+    if not all(isinstance(s, int) for s in sessions):
+        raise SplitError(f"{where}: protocol 'loso' needs numeric sessions, {corpus} has {sessions}")
+    sessions = sorted(sessions)
+    if sp.fold not in sessions:
+        raise SplitError(f"{where}: fold {sp.fold} is not a session of {corpus} (sessions: {_compact(sessions)})")
+    if len(sessions) < 3:
+        raise SplitError(f"{where}: protocol 'loso' needs >= 3 sessions (train, val, test); "
+                         f"{corpus} has {_compact(sessions)}")
+    i = sessions.index(sp.fold)
+    val = sessions[i - 1]  # i - 1 == -1 wraps to the last session: fold 1 validates on 5
+    lists = {"train": [str(s) for s in sessions if s not in (sp.fold, val)],
+             "val": [str(val)], "test": [str(sp.fold)]}
+    log.info("%s: loso fold %d -> train sessions %s, val %d, test %d",
+             where, sp.fold, _compact(map(int, lists["train"])), val, sp.fold)
+    return _by_lists(rows, corpus, "session", lists, implicit_train=False, where=where)
+
+
+def _held_out_words(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
+    """Seeded split of the word list (`text`): unseen words, seen speakers (see module doc)."""
+    if any(not r.text.strip() for r in rows):
+        raise SplitError(f"{where}: protocol 'held_out_words' needs a word (text) for every {corpus} clip")
+    words = sorted({r.text for r in rows})
+    random.Random(sp.seed).shuffle(words)
+    n_test = max(1, round(len(words) * sp.test_fraction))
+    n_val = max(1, round(len(words) * sp.val_fraction)) if sp.val_fraction > 0 else 0
+    if n_test + n_val >= len(words):
+        raise SplitError(f"{where}: {len(words)} word(s) in {corpus} are too few for val_fraction "
+                         f"{sp.val_fraction} and test_fraction {sp.test_fraction} (train would be empty)")
+    split_of = {w: "test" for w in words[:n_test]}
+    split_of.update({w: "val" for w in words[n_test:n_test + n_val]})
+    log.info("%s: held-out words (seed %d): %d train, %d val, %d test words; every speaker in every split",
+             where, sp.seed, len(words) - n_test - n_val, n_val, n_test)
+    return [dataclasses.replace(r, split=split_of.get(r.text, "train")) for r in rows]
+
+
+def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: str = "") -> list[Utterance]:
+    """Copies of `rows` with `split` set by protocol `sp`; rows in no split stay "unassigned".
+
+    `where` names the params entry in messages (default: splits.<study>.<corpus>).
+    """
+    where = where or f"splits.<study>.{corpus}"
+    lists = {name: getattr(sp, name) for name in LISTED_SPLITS}
+    if sp.protocol in ("loso", "held_out_words", "all_test") and any(lists.values()):
+        log.warning("%s: protocol %r ignores the train/val/test/adapt lists", where, sp.protocol)
+    if not rows:
+        raise SplitError(f"{where}: {corpus} has no clips to split")
+    if sp.protocol == "all_test":
+        out = [dataclasses.replace(r, split="test") for r in rows]
+    elif sp.protocol == "sessions":
+        out = _by_lists(rows, corpus, "session", lists, implicit_train=True, where=where)
+    elif sp.protocol == "speakers":
+        out = _by_lists(rows, corpus, "speaker", lists, implicit_train=True, where=where)
+    elif sp.protocol == "loso":
+        out = _loso(rows, corpus, sp, where)
+    elif sp.protocol == "held_out_words":
+        out = _held_out_words(rows, corpus, sp, where)
+    else:  # SplitParams' Literal makes this unreachable from params.yaml
+        raise SplitError(f"{where}: unknown protocol {sp.protocol!r}")
+    speakers: dict[str, set[str]] = defaultdict(set)
+    for r in out:
+        speakers[r.split].add(r.speaker)
+    log.info("%s: %s", where, ", ".join(f"{s} {sum(r.split == s for r in out)} clips/{len(speakers[s])} speakers"
+                                        for s in (*LISTED_SPLITS, "unassigned") if speakers[s]))
+    return out

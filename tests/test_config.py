@@ -1,0 +1,93 @@
+"""Strict params loading: every profile loads; bad files fail naming the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ser.config import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml"])
+def test_profiles_load(path):
+    params = load_params(ROOT / path)
+    assert set(params.studies) == {"cross_corpus", "multi_corpus"}
+    assert params.studies["cross_corpus"].labels == ("angry", "happy", "neutral", "sad")
+    assert params.models["dann"].objective == "dann"
+
+
+def test_profiles_share_keys():
+    """The paper profile is the demo profile with other values, never other keys."""
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + str(k))
+            if isinstance(v, dict) and k not in ("corpora",):
+                out |= keys(v, f"{prefix}{k}.")
+        return out
+    paper = yaml.safe_load((ROOT / "profiles/paper.yaml").read_text())
+    demo = _default()
+    assert {k for k in keys(paper) if not k.startswith("models.")} == \
+           {k for k in keys(demo) if not k.startswith("models.")}
+
+
+def test_unknown_key_is_named():
+    data = _default()
+    data["models"]["baseline"]["optim"]["learning_rate"] = 0.1
+    with pytest.raises(ParamsError, match=r"unknown key models\.baseline\.optim\.learning_rate"):
+        parse_params(data)
+
+
+def test_unknown_top_level_key(tmp_path):
+    data = _default()
+    data["lamda_domain"] = 0.3
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError, match=rf"{p}.*unknown key lamda_domain"):
+        load_params(p)
+
+
+def test_missing_key_is_named():
+    data = _default()
+    del data["models"]["dann"]["epochs"]
+    with pytest.raises(ParamsError, match=r"missing key models\.dann\.epochs"):
+        parse_params(data)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(lambda_domain=-0.1), "lambda_domain must be >= 0"),
+    (lambda d: d.update(max_alpha=1.5), r"max_alpha must be in \[0, 1\]"),
+    (lambda d: d["models"]["baseline"].update(objective="mmd"), r"models\.baseline\.objective: 'mmd' is not one of"),
+    (lambda d: d["models"]["baseline"].update(study="nope"), "unknown study 'nope'"),
+    (lambda d: d["models"]["qlora"].update(objective="dann"), "needs a study with a target corpus"),
+    (lambda d: d["models"]["baseline"].update(epochs="many"), r"models\.baseline\.epochs: expected an integer"),
+    (lambda d: d["studies"]["cross_corpus"].update(labels=["sad", "sad"]), "distinct"),
+    (lambda d: d["splits"]["cross_corpus"].pop("ravdess"), r"splits\.cross_corpus\.ravdess: missing split protocol"),
+    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(protocol="loso"), "needs 'fold'"),
+    (lambda d: d["corpora"]["ravdess"].update(source="download"), "needs a 'url'"),
+])
+def test_bad_values_fail(mutate, message):
+    data = _default()
+    mutate(data)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data)
+
+
+def test_numeric_strings_and_ids():
+    data = _default()
+    data["models"]["baseline"]["optim"]["lr"] = "1e-3"  # PyYAML reads this as a string
+    data["splits"]["cross_corpus"]["iemocap"]["train"] = [1, 2, 3]
+    p = parse_params(data)
+    assert p.models["baseline"].optim.lr == pytest.approx(1e-3)
+    assert p.splits["cross_corpus"]["iemocap"].train == ("1", "2", "3")
+
+
+def test_params_are_frozen():
+    p = load_params(ROOT / "params.yaml")
+    with pytest.raises(Exception):
+        p.seed = 3  # type: ignore[misc]
