@@ -1,0 +1,70 @@
+"""The CRNN of the cross-corpus study (baseline and DANN share it).
+
+log-mel [B, 1, n_mels, frames] -> 3 x (Conv2d 3x3, BatchNorm, ReLU, MaxPool 2)
+-> frequency folded into channels -> BiLSTM over time -> mean over time
+-> 2 * lstm_hidden features -> FC -> ReLU -> dropout -> FC -> logits.
+
+Pooling is the mean of the BiLSTM outputs over the valid time steps, not the
+last states: clips are centre-cropped / padded to a fixed frame count, so the
+"last" step of a short clip would be padding, and the mean uses every frame.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ser.config import CrnnParams
+from ser.models import SERModel
+from ser.models.grl import DomainHead
+
+__all__ = ["CRNN"]
+
+
+class CRNN(SERModel):
+    def __init__(self, p: CrnnParams, n_classes: int, *, n_mels: int = 128,
+                 with_domain_head: bool = False) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.pool_factor = 2 ** len(p.channels)
+        self.freq_out = n_mels // self.pool_factor
+        if self.freq_out < 1:
+            raise ValueError(f"crnn: n_mels={n_mels} is too small for {len(p.channels)} pooling stages "
+                             f"(needs >= {self.pool_factor}); raise features.n_mels or use fewer crnn.channels")
+        blocks: list[nn.Module] = []
+        in_ch = 1
+        for ch in p.channels:
+            blocks += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(), nn.MaxPool2d(2)]
+            in_ch = ch
+        self.conv = nn.Sequential(*blocks)
+        self.lstm = nn.LSTM(in_ch * self.freq_out, p.lstm_hidden, batch_first=True, bidirectional=True)
+        self.feature_dim = 2 * p.lstm_hidden
+        self.classifier = nn.Sequential(
+            nn.Linear(self.feature_dim, p.fc_hidden), nn.ReLU(), nn.Dropout(p.dropout),
+            nn.Linear(p.fc_hidden, n_classes))
+        if with_domain_head:
+            self.domain_head = DomainHead(self.feature_dim, p.domain_hidden, 2, p.dropout)
+
+    def embed(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """x: [B, 1, n_mels, frames] (or [B, n_mels, frames]); lengths: valid frames per clip."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.n_mels:
+            raise ValueError(f"crnn expects [B, 1, {self.n_mels}, frames] log-mels, got {tuple(x.shape)}")
+        if x.shape[3] < self.pool_factor:
+            raise ValueError(f"crnn needs >= {self.pool_factor} frames, got {x.shape[3]}")
+        h = self.conv(x)                                   # [B, C, F', T']
+        b, c, f, t = h.shape
+        h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)     # frequency folded into channels
+        if lengths is None:
+            out, _ = self.lstm(h)
+            return out.mean(dim=1)
+        # Each MaxPool2d floors the time axis: valid steps after pooling.
+        steps = torch.div(lengths.to(torch.long).cpu(), self.pool_factor, rounding_mode="floor").clamp(1, t)
+        # Packing keeps padding out of the backward direction's state.
+        packed = pack_padded_sequence(h, steps, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)   # padding rows are 0
+        return out.sum(dim=1) / steps.to(out.device, out.dtype).unsqueeze(1)
