@@ -1,0 +1,252 @@
+"""The training loop: both objectives, resume == uninterrupted, fingerprints, fail-fast params.
+
+Tiny stores (16 mel bands x 20 frames; 0.25-0.5 s waveforms) in tmp_path, a
+(4, 8, 8)-channel CRNN and the random "tiny" wav2vec2 preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ser.checkpoint import load_checkpoint
+from ser.config import (CrnnParams, ModelParams, OptimParams, ParamsError, TrainParams, Wav2Vec2Params,
+                        load_params, parse_params)
+from ser.evaluation import evaluate_model, evaluate_scope, write_summary
+from ser.stores import IndexRow, StoreError, write_meta, write_split
+from ser.training import TrainingInterrupted, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["angry", "happy", "neutral", "sad"]
+SPLITS = {"train": [("iemocap", 32)], "val": [("iemocap", 12)], "adapt": [("ravdess", 16)],
+          "test": [("iemocap", 12), ("ravdess", 12)]}
+
+
+def _rows(split, n_mels=None):
+    """(corpus, domain, label index) per utterance of a split; labels cycle through the classes."""
+    out = []
+    for corpus, n in SPLITS[split]:
+        out += [(corpus, int(corpus == "ravdess"), i % len(LABELS)) for i in range(n)]
+    return out
+
+
+def write_mels(root: Path, adapt_emotion: str | None = None, train_emotion: str | None = None) -> None:
+    """A learnable mel store: each class lights up its own band of mel bins."""
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        rows, arrays = [], []
+        for i, (corpus, domain, k) in enumerate(_rows(split)):
+            x = rng.normal(size=(16, 20)).astype(np.float32) + domain * 0.5
+            x[4 * k:4 * k + 4] += 3.0
+            arrays.append(x)
+            emotion = LABELS[k]
+            if split == "adapt" and adapt_emotion:
+                emotion = adapt_emotion
+            if split == "train" and train_emotion and i == 0:
+                emotion = train_emotion
+            rows.append(IndexRow(f"{split}{i}", corpus, f"spk{i % 3}", emotion, domain, i, 20))
+        write_split(root / "mels" / "cross_corpus", split, np.stack(arrays), rows)
+    write_meta(root / "mels" / "cross_corpus", {"kind": "mels", "sample_rate": 16000, "labels": LABELS,
+                                                "target": "ravdess", "features": {"n_mels": 16, "frames": 20}})
+
+
+def write_waves(root: Path) -> None:
+    """Waveforms of 0.25-0.5 s: a class-dependent tone in noise."""
+    rng = np.random.default_rng(1)
+    for split in SPLITS:
+        rows, chunks, offset = [], [], 0
+        for i, (corpus, domain, k) in enumerate(_rows(split)):
+            n = int(rng.integers(4000, 8000))
+            t = np.arange(n) / 16000
+            chunks.append((0.3 * np.sin(2 * np.pi * 200 * (k + 1) * t) + 0.05 * rng.normal(size=n)).astype(np.float32))
+            rows.append(IndexRow(f"{split}{i}", corpus, f"spk{i % 3}", LABELS[k], domain, offset, n))
+            offset += n
+        write_split(root / "waves" / "cross_corpus", split, np.concatenate(chunks), rows)
+    write_meta(root / "waves" / "cross_corpus", {"kind": "waves", "sample_rate": 16000, "labels": LABELS,
+                                                 "target": "ravdess", "features": {"sample_rate": 16000}})
+
+
+CRNN = CrnnParams(channels=(4, 8, 8), lstm_hidden=8, fc_hidden=8, dropout=0.2, domain_hidden=8)
+MODELS = {
+    "crnn_ce": ModelParams(study="cross_corpus", arch="crnn", objective="ce", input="mels", epochs=2,
+                           batch_size=8, optim=OptimParams(lr=1e-2), crnn=CRNN),
+    "crnn_dann": ModelParams(study="cross_corpus", arch="crnn", objective="dann", input="mels", epochs=2,
+                             batch_size=8, optim=OptimParams(lr=1e-2), crnn=CRNN),
+    "w2v_dann": ModelParams(study="cross_corpus", arch="wav2vec2", objective="dann", input="waves", epochs=2,
+                            batch_size=8,
+                            optim=OptimParams(optimizer="adamw", lr=1e-3, lr_encoder=5e-4, weight_decay=0.01,
+                                              grad_clip=1.0, scheduler="plateau", plateau_patience=0),
+                            wav2vec2=Wav2Vec2Params(backbone="random:tiny", head_hidden=16, domain_hidden=8,
+                                                    max_seconds=0.4)),
+}
+
+
+@pytest.fixture(scope="module")
+def base_params():
+    params = load_params(ROOT / "params.yaml")
+    return dataclasses.replace(params, models=MODELS, lambda_domain=0.5, max_alpha=0.7, seed=3,
+                               train=TrainParams(device="cpu", mixed_precision="auto", num_workers=0,
+                                                 bucket_by_length=True, deterministic=True))
+
+
+@pytest.fixture()
+def features(tmp_path):
+    write_mels(tmp_path / "features")
+    write_waves(tmp_path / "features")
+    return tmp_path / "features"
+
+
+def run(params, name, features, tmp_path, tag="run", **kw):
+    dirs = {k: tmp_path / tag / k for k in ("models", "checkpoints", "dvclive")}
+    result = train_model(params, name, features, dirs["models"] / name, dirs["checkpoints"] / name,
+                         dirs["dvclive"] / name, **kw)
+    return result, {k: v / name for k, v in dirs.items()}
+
+
+def stop_after(epoch):
+    def callback(done, logs):
+        if done == epoch:
+            raise TrainingInterrupted(f"simulated kill after epoch {done}")
+    return callback
+
+
+def test_cross_entropy_run_writes_checkpoint_live_metrics_and_evaluates(base_params, features, tmp_path):
+    params = dataclasses.replace(base_params, models={"crnn_ce": dataclasses.replace(MODELS["crnn_ce"], epochs=4)})
+    result, d = run(params, "crnn_ce", features, tmp_path)
+    assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 4
+    assert 1 <= result["best_epoch"] <= 4
+    assert not d["checkpoints"].exists(), "resume state is removed after a successful run"
+
+    model, meta = load_checkpoint(d["models"])
+    assert meta["labels"] == LABELS and meta["study"] == "cross_corpus" and meta["model"] == "crnn_ce"
+    assert meta["features"]["kind"] == "mels" and meta["best_epoch"] == result["best_epoch"]
+    assert meta["val"]["uar"] == max(h["val/uar"] for h in result["history"])
+    assert meta["parameters"]["total"] == meta["parameters"]["trainable"] == sum(p.numel() for p in model.parameters())
+    assert meta["train_seconds"] == pytest.approx(result["train_seconds"]) and meta["train_seconds"] > 0
+    assert model.domain_head is None
+
+    live = json.loads((d["dvclive"] / "metrics.json").read_text())
+    assert live["step"] == 3 and {"loss", "ce"} <= set(live["train"]) and {"uar", "accuracy", "loss"} <= set(live["val"])
+    assert not (d["dvclive"] / "dvc.yaml").exists(), "dvc.yaml declares the live outputs; dvclive must not"
+    uar_tsv = (d["dvclive"] / "plots" / "metrics" / "val" / "uar.tsv").read_text().splitlines()
+    assert uar_tsv[0].split("\t") == ["step", "uar"] and len(uar_tsv) == 5
+    # The class bands are easy: four epochs must beat chance (0.25) on validation by far.
+    assert result["val"]["uar"] > 0.6
+
+    metrics, y_true, y_pred = evaluate_model(d["models"], features, "test", "iemocap", device="cpu")
+    assert metrics["n"] == 12 and len(y_pred) == 12 and y_true.tolist() == [i % 4 for i in range(12)]
+    store = features / "mels" / "cross_corpus"
+    changed = {**json.loads((store / "meta.json").read_text()), "features": {"n_mels": 16, "frames": 40}}
+    write_meta(store, changed)  # features recomputed with other params after training
+    with pytest.raises(ValueError, match="differs from the feature meta"):
+        evaluate_model(d["models"], features, "test", "iemocap", device="cpu")
+
+
+def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
+    params = dataclasses.replace(base_params, models={k: dataclasses.replace(MODELS[k], epochs=1)
+                                                      for k in ("crnn_ce", "crnn_dann")})
+    for name in params.models:
+        run(params, name, features, tmp_path)
+    models_dir = tmp_path / "run" / "models"
+    for scope in ("in_domain", "ravdess"):
+        records = evaluate_scope(params, scope, models_dir, features, tmp_path / "metrics" / scope,
+                                 tmp_path / "plots" / scope)
+        assert set(records) == {"crnn_ce", "crnn_dann"}
+        for name, rec in records.items():
+            assert rec["n"] == 12 and rec["test_set"].endswith("[iemocap]" if scope == "in_domain" else "[ravdess]")
+            assert (tmp_path / "metrics" / scope / f"{name}.json").is_file()
+            assert (tmp_path / "plots" / scope / f"{name}.png").is_file()
+            assert len((tmp_path / "plots" / scope / f"{name}.csv").read_text().splitlines()) == 13
+    text = write_summary(params, tmp_path / "metrics", models_dir, tmp_path / "metrics" / "summary.md")
+    assert (tmp_path / "metrics" / "summary.md").read_text() == text
+    rows = [line for line in text.splitlines() if line.startswith("| crnn")]
+    assert len(rows) == 2 and all(row.count("%") == 4 and row.count("[") == 4 for row in rows)
+    in_domain = json.loads((tmp_path / "metrics" / "in_domain" / "crnn_ce.json").read_text())
+    assert f"{100 * in_domain['uar']:.1f}%" in rows[0]
+
+
+def test_dann_logs_domain_terms_and_never_reads_target_labels(base_params, features, tmp_path):
+    # Adapt-split emotions outside the label set: reading them would raise StoreError.
+    write_mels(features, adapt_emotion="calm")
+    result, d = run(base_params, "crnn_dann", features, tmp_path)
+    first, last = result["history"]
+    for logs in (first, last):
+        assert logs["train/domain_loss"] > 0 and 0 <= logs["val/domain_accuracy"] <= 1
+        assert 0 <= logs["train/domain_acc"] <= 1
+    assert 0 < first["train/alpha"] < last["train/alpha"] < 0.7  # GRL schedule rises towards max_alpha
+    live = json.loads((d["dvclive"] / "metrics.json").read_text())
+    assert {"domain_loss", "alpha", "domain_acc"} <= set(live["train"]) and "domain_accuracy" in live["val"]
+    model, meta = load_checkpoint(d["models"])
+    assert model.domain_head is not None and meta["lambda_domain"] == 0.5 and meta["max_alpha"] == 0.7
+
+
+def _assert_same_run(a, da, b, db):
+    assert a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"] and a["val"] == b["val"]
+    wa, wb = load_file(str(da["models"] / "model.safetensors")), load_file(str(db["models"] / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("train_seconds", "weights_sha256")}  # noqa: E731
+    meta_a = json.loads((da["models"] / "meta.json").read_text())
+    meta_b = json.loads((db["models"] / "meta.json").read_text())
+    assert strip(meta_a) == strip(meta_b)
+    assert (da["dvclive"] / "metrics.json").read_text() == (db["dvclive"] / "metrics.json").read_text()
+    for tsv in (da["dvclive"] / "plots").rglob("*.tsv"):
+        assert tsv.read_text() == (db["dvclive"] / tsv.relative_to(da["dvclive"])).read_text()
+
+
+@pytest.mark.parametrize("name", ["crnn_dann", "w2v_dann"])
+def test_resumed_run_equals_uninterrupted(base_params, features, tmp_path, name):
+    straight, ds = run(base_params, name, features, tmp_path, "straight")
+
+    with pytest.raises(TrainingInterrupted):
+        run(base_params, name, features, tmp_path, "killed", on_epoch_end=stop_after(1))
+    state_dir = tmp_path / "killed" / "checkpoints" / name
+    assert (state_dir / "state.pt").is_file() and list(state_dir.glob("model-epoch1.safetensors"))
+    assert torch.load(state_dir / "state.pt", weights_only=True)["epoch"] == 1
+    resumed, dr = run(base_params, name, features, tmp_path, "killed")
+    assert resumed["resumed_from_epoch"] == 1
+    _assert_same_run(straight, ds, resumed, dr)
+    assert not state_dir.exists()
+
+
+def test_changed_fingerprint_starts_fresh(base_params, features, tmp_path, caplog):
+    with pytest.raises(TrainingInterrupted):
+        run(base_params, "crnn_dann", features, tmp_path, on_epoch_end=stop_after(1))
+    (tmp_path / "run" / "models" / "crnn_dann" / "stale.txt").write_text("from an older run")
+    changed = dataclasses.replace(base_params, lambda_domain=0.25)
+    with caplog.at_level("INFO", logger="ser.training"):
+        result, d = run(changed, "crnn_dann", features, tmp_path)
+    assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
+    assert "fingerprint differs" in caplog.text
+    assert not (d["models"] / "stale.txt").exists(), "a fresh run cleans out_dir"
+    assert load_checkpoint(d["models"])[1]["lambda_domain"] == 0.25
+
+
+def test_bad_params_fail_before_training(base_params, features, tmp_path):
+    with pytest.raises(KeyError, match=r"unknown model 'nope'.*crnn_ce"):
+        run(base_params, "nope", features, tmp_path)
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with pytest.raises(ParamsError, match="lambda_domain must be >= 0"):
+        parse_params({**raw, "lambda_domain": -0.5})
+
+    study = base_params.studies["cross_corpus"]
+    reordered = dataclasses.replace(base_params, studies={
+        **base_params.studies, "cross_corpus": dataclasses.replace(study, labels=("sad", "angry", "happy", "neutral"))})
+    with pytest.raises(ValueError, match=r"meta\.json: labels .* differ from study 'cross_corpus' labels"):
+        run(reordered, "crnn_ce", features, tmp_path)
+
+    write_mels(features, train_emotion="calm")  # a label outside the study's label set
+    with pytest.raises(StoreError, match=r"train\.csv: emotion 'calm' is not in the label list"):
+        run(base_params, "crnn_ce", features, tmp_path)
+
+    write_mels(features)
+    bad_arch = dataclasses.replace(base_params, models={"x": dataclasses.replace(MODELS["crnn_ce"], arch="cnn")})
+    with pytest.raises(KeyError, match="unknown model 'cnn'"):
+        run(bad_arch, "x", features, tmp_path)
+    assert not (tmp_path / "run" / "dvclive").exists(), "nothing was trained or logged"
