@@ -50,6 +50,7 @@ STATE_FILE = "state.pt"
 # Random wav2vec2 presets are materialised inside the model directory, so that
 # models/<name> alone is enough to rebuild the model (ser.evaluation does).
 BACKBONE_CACHE = "backbone"
+BEST_DIR = "best"  # inside resume_dir: the best epoch so far, copied to out_dir at the end
 Batch = dict[str, torch.Tensor]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -445,9 +446,11 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
             val = {k.split("/", 1)[1]: v for k, v in epoch_logs.items() if k.startswith("val/")}
             best = {"uar": epoch_logs["val/uar"], "epoch": epoch + 1, "val": val}
             if main:
-                save_checkpoint(net, out_dir, {**meta, "best_epoch": epoch + 1, "val": val,
-                                               "train_seconds": train_seconds})
-                log.info("new best val UAR %.4f at epoch %d: wrote %s", best["uar"], epoch + 1, out_dir)
+                # The best model lives beside the resume state until the run ends: DVC deletes
+                # out_dir before re-running a stage, so a resumed run must not depend on it.
+                save_checkpoint(net, resume_dir / BEST_DIR, {**meta, "best_epoch": epoch + 1, "val": val,
+                                                             "train_seconds": train_seconds})
+                log.info("new best val UAR %.4f at epoch %d", best["uar"], epoch + 1)
         history.append(epoch_logs)
         if main:
             for key, value in epoch_logs.items():
@@ -467,7 +470,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
               "parameters": {"total": int(total), "trainable": int(trainable)}, "history": history}
     if main:
         # The best checkpoint was written mid-run; its meta gets the whole run's training time.
-        best_model, _ = load_checkpoint(out_dir, cache_dir=out_dir / BACKBONE_CACHE)
+        best_model, _ = load_checkpoint(resume_dir / BEST_DIR, cache_dir=out_dir / BACKBONE_CACHE)
         save_checkpoint(best_model, out_dir, {**meta, "best_epoch": best["epoch"], "val": best["val"],
                                               "train_seconds": train_seconds})
         live.end()

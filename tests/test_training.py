@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,8 @@ def test_resumed_run_equals_uninterrupted(base_params, features, tmp_path, name)
     state_dir = tmp_path / "killed" / "checkpoints" / name
     assert (state_dir / "state.pt").is_file() and list(state_dir.glob("model-epoch1.safetensors"))
     assert torch.load(state_dir / "state.pt", weights_only=True)["epoch"] == 1
+    # `dvc repro` deletes a stage's outputs before re-running it: resuming must not need them.
+    shutil.rmtree(tmp_path / "killed" / "models", ignore_errors=True)
     resumed, dr = run(base_params, name, features, tmp_path, "killed")
     assert resumed["resumed_from_epoch"] == 1
     _assert_same_run(straight, ds, resumed, dr)
@@ -217,7 +220,9 @@ def test_resumed_run_equals_uninterrupted(base_params, features, tmp_path, name)
 def test_changed_fingerprint_starts_fresh(base_params, features, tmp_path, caplog):
     with pytest.raises(TrainingInterrupted):
         run(base_params, "crnn_dann", features, tmp_path, on_epoch_end=stop_after(1))
-    (tmp_path / "run" / "models" / "crnn_dann" / "stale.txt").write_text("from an older run")
+    stale = tmp_path / "run" / "models" / "crnn_dann" / "stale.txt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("from an older run")
     changed = dataclasses.replace(base_params, lambda_domain=0.25)
     with caplog.at_level("INFO", logger="ser.training"):
         result, d = run(changed, "crnn_dann", features, tmp_path)
