@@ -1,0 +1,517 @@
+"""Log-mel and waveform feature stores (the precompute stages).
+
+Every audio file of a study is decoded and resampled exactly once, here; the
+training and evaluation stages only slice the contiguous arrays written by
+`ser.stores`.
+
+Log-mel definition (the reference is librosa; `logmel` reproduces it to float
+rounding, see tests/test_features.py)::
+
+    librosa.power_to_db(
+        librosa.feature.melspectrogram(y=wave, sr=fp.sample_rate, n_fft=fp.n_fft,
+            hop_length=fp.hop_length, win_length=fp.win_length, n_mels=fp.n_mels,
+            fmin=fp.fmin, fmax=fp.fmax, power=2.0, center=True, pad_mode="constant"),
+        ref=1.0, amin=1e-10, top_db=None)
+
+i.e. a Hann-windowed STFT of the zero-padded signal, power spectrum, Slaney mel
+filterbank (librosa.filters.mel), 10*log10 with a 1e-10 floor (-100 dB).
+
+Store policy:
+  * `fit_frames` gives every clip `fp.frames` frames: longer clips are cropped
+    (centre or start, `fp.crop`), shorter ones padded on the right with the
+    log of silence (-100 dB). The index `length` keeps the valid frame count.
+  * Per-mel-bin mean/std over the valid frames of the *train* split only are
+    stored in meta.json and applied to every split (padding included, so a
+    padded frame reads as normalised silence everywhere, at training and at
+    inference alike).
+  * Work: a process pool (fp.workers, one BLAS thread each) decodes every
+    file once, in manifest order. Unusable files are skipped, counted and
+    listed in the returned report; the stage always finishes.
+  * Memory: each split is collected in a float32 scratch file next to the
+    store (`<split>.npy.partial`), never as a list of arrays. Mels: the file
+    is sized from the manifest's row count and workers write each mel into
+    its row (skipped rows are compacted away afterwards); train statistics
+    come from per-clip sums the workers return. Waves: lengths are only known
+    after decoding, so the parent appends each wave as it arrives. The
+    scratch file is then normalised (mels: in RAM up to 256 MiB, in place on
+    disk beyond) and handed to `ser.stores.write_split`, which streams it
+    into `<split>.npy`; at most one split's array is in memory at a time.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import scipy.fft
+import scipy.sparse
+from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from ser.audio import AudioError, check_audio, load_audio
+from ser.config import FeatureParams
+from ser.manifest import ManifestError, Utterance, read_manifest
+from ser.stores import IndexRow, write_meta, write_split
+
+__all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "normalise",
+           "precompute_mels", "precompute_waves", "mel_for_inference", "feature_params_from_meta"]
+
+log = logging.getLogger(__name__)
+
+AMIN = 1e-10  # power floor of power_to_db
+SILENCE_DB = float(10.0 * math.log10(AMIN))  # -100 dB: the padding value
+STD_FLOOR = 1e-3  # dB; a bin that never varies in train (an empty mel filter) is only centred
+STORE_SPLITS = ("train", "val", "test", "adapt")
+_NORM_CHUNK = 256  # rows normalised per step when a split is normalised in place
+_IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM, larger ones on disk
+
+# FeatureParams fields that define the stored features (workers does not change them).
+_MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
+             "frames", "crop", "min_duration_s", "silence_dbfs")
+_WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs")
+
+
+# --------------------------------------------------------------------------- log-mel
+@functools.lru_cache(maxsize=8)
+def _analysis(sample_rate: int, n_fft: int, win_length: int, n_mels: int, fmin: float,
+              fmax: Optional[float]) -> tuple[np.ndarray, scipy.sparse.csr_array]:
+    """Window (float64, centred in n_fft, as librosa.stft builds it) and mel basis (float32).
+
+    The basis is stored sparse: each FFT bin feeds at most two triangular
+    filters, so ~2 * n_bins of its n_mels * n_bins entries are non-zero and
+    the sparse product is ~10x cheaper than the dense one librosa uses (same
+    values up to float32 summation order, ~1e-7 relative).
+    """
+    import librosa  # slow import; only needed once per process for the filterbank
+
+    window = librosa.util.pad_center(librosa.filters.get_window("hann", win_length, fftbins=True),
+                                     size=n_fft)
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return window, scipy.sparse.csr_array(basis.astype(np.float32))
+
+
+def _analysis_for(fp: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_array]:
+    return _analysis(fp.sample_rate, fp.n_fft, fp.win_length, fp.n_mels, float(fp.fmin),
+                     None if fp.fmax is None else float(fp.fmax))
+
+
+def logmel(wave: np.ndarray, fp: FeatureParams) -> np.ndarray:
+    """Log-mel power spectrogram [n_mels, 1 + len(wave) // hop_length] in dB (float32).
+
+    Same numerics as the librosa definition in the module docstring: the
+    windowed frames are transformed in float64 (librosa multiplies by a
+    float64 window) and stored as complex64 before |X|^2, so values near the
+    -100 dB floor agree too. The filterbank and window are cached, and the
+    filterbank is applied as a sparse matrix.
+    """
+    window, basis = _analysis_for(fp)
+    half = fp.n_fft // 2
+    padded = np.zeros(wave.shape[0] + 2 * half, dtype=np.float32)  # center=True, pad_mode="constant"
+    padded[half:half + wave.shape[0]] = wave
+    frames = sliding_window_view(padded, fp.n_fft)[:: fp.hop_length]  # [T, n_fft], a view
+    spec = scipy.fft.rfft(frames * window, axis=-1).astype(np.complex64)
+    power = np.abs(spec) ** 2  # [T, bins] float32
+    mel = basis @ power.T  # [n_mels, T], sparse @ dense
+    return (10.0 * np.log10(np.maximum(AMIN, mel))).astype(np.float32, copy=False)
+
+
+def fit_frames(mel: np.ndarray, frames: int, crop: str = "center") -> tuple[np.ndarray, int]:
+    """Fix a [n_mels, T] log-mel to [n_mels, frames]; returns (array, valid frames).
+
+    Longer clips are cropped to their middle `frames` (`crop="center"`: the
+    default, as emotional cues are not concentrated at the onset and leading
+    silence is common) or their first `frames` (`crop="start"`); shorter
+    clips are padded on the right with SILENCE_DB, the log of the power
+    floor, so padding reads as digital silence. The reference study's input
+    is [128, 300]: 3 s at a 10 ms hop.
+    """
+    if crop not in ("center", "start"):
+        raise ValueError(f"crop must be 'center' or 'start', got {crop!r}")
+    n = mel.shape[1]
+    if n >= frames:
+        start = (n - frames) // 2 if crop == "center" else 0
+        return np.ascontiguousarray(mel[:, start:start + frames], dtype=np.float32), frames
+    out = np.full((mel.shape[0], frames), SILENCE_DB, dtype=np.float32)
+    out[:, :n] = mel
+    return out, n
+
+
+def normalise(mel: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(mel - mean) / std per mel bin, in float32 (stores and inference share this)."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None]
+    std = np.asarray(std, dtype=np.float32)[:, None]
+    return ((mel - mean) / std).astype(np.float32, copy=False)
+
+
+def feature_params_from_meta(meta: dict[str, Any]) -> FeatureParams:
+    """The FeatureParams a store (or a checkpoint carrying its meta) was built with."""
+    try:
+        return FeatureParams(**meta["features"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"feature meta has no valid 'features' block ({exc}); "
+                         "rebuild the store with `dvc repro precompute-mels`") from None
+
+
+def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Normalised [n_mels, frames] log-mel of a wave, exactly as the store was built.
+
+    `wave` must be mono float32 at meta["sample_rate"] (see ser.audio.load_audio).
+    """
+    if meta.get("kind") != "mels":
+        raise ValueError(f"mel_for_inference needs a 'mels' store meta, got kind={meta.get('kind')!r}")
+    fp = feature_params_from_meta(meta)
+    mel, _valid = fit_frames(logmel(wave, fp), fp.frames, fp.crop)
+    return normalise(mel, np.array(meta["mean"]), np.array(meta["std"]))
+
+
+# --------------------------------------------------------------------------- workers
+@dataclass(frozen=True)
+class _Task:
+    """One file for a worker; mels are written straight into row `row` of `scratch`."""
+    path: str
+    scratch: str  # the split's scratch file (mels: [manifest rows, n_mels, frames])
+    row: int  # position of the file within its split
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a worker returns for one file: the wave (waves only), or why it was skipped."""
+    wave: Optional[np.ndarray]
+    length: int  # valid frames (mels) or samples (waves)
+    seconds: float
+    reason: Optional[str] = None
+    detail: str = ""
+    # mels: float64 [2, n_mels] sum and sum of squares over the valid frames, so the
+    # train statistics need no second pass over the store.
+    moments: Optional[np.ndarray] = None
+
+
+_worker_fp: Optional[FeatureParams] = None
+_scratch_fds: dict[str, int] = {}  # per process: the scratch files it has opened for writing
+
+
+def _init_worker(fp: FeatureParams, limit_threads: bool) -> None:
+    """Pool initializer. Forked workers inherit the parent's one-thread BLAS limit;
+    other start methods set it here (the pool is the parallelism)."""
+    global _worker_fp
+    _worker_fp = fp
+    if limit_threads:
+        threadpool_limits(limits=1)
+
+
+def _decode(path: str, fp: FeatureParams) -> tuple[Optional[np.ndarray], Optional[_Result]]:
+    try:
+        wave = load_audio(path, fp.sample_rate)
+    except AudioError as exc:
+        return None, _Result(None, 0, 0.0, exc.reason, str(exc))
+    reason = check_audio(wave, fp.sample_rate, fp.min_duration_s, fp.silence_dbfs)
+    if reason is not None:
+        seconds = wave.shape[0] / fp.sample_rate
+        return None, _Result(None, 0, seconds, reason, f"{path}: {reason} ({seconds:.3f} s decoded)")
+    return wave, None
+
+
+def _write_at(path: str, offset: int, data: np.ndarray) -> None:
+    """Write `data`'s bytes at `offset` of `path` (positional writes: workers share the file)."""
+    if path not in _scratch_fds:
+        _scratch_fds[path] = os.open(path, os.O_WRONLY)
+    fd, view = _scratch_fds[path], memoryview(np.ascontiguousarray(data)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _mel_job(task: _Task) -> _Result:
+    """Decode, log-mel, fit; the mel is written straight into its row of the split's
+    scratch file, not sent through the result pipe (pickling 150 KB per clip cost
+    as much as computing it; pwrite is twice as fast as page-faulting a memmap)."""
+    fp = _worker_fp
+    assert fp is not None, "worker not initialised"
+    wave, skipped = _decode(task.path, fp)
+    if skipped is not None:
+        return skipped
+    mel, valid = fit_frames(logmel(wave, fp), fp.frames, fp.crop)
+    frames = mel[:, :valid].astype(np.float64)
+    moments = np.stack([frames.sum(axis=1), np.einsum("mf,mf->m", frames, frames)])
+    _write_at(task.scratch, task.row * mel.nbytes, mel)
+    return _Result(None, valid, wave.shape[0] / fp.sample_rate, moments=moments)
+
+
+def _wave_job(task: _Task) -> _Result:
+    fp = _worker_fp
+    assert fp is not None, "worker not initialised"
+    wave, skipped = _decode(task.path, fp)
+    if skipped is not None:
+        return skipped
+    return _Result(wave, wave.shape[0], wave.shape[0] / fp.sample_rate)
+
+
+def _run_jobs(job: Callable[[_Task], _Result], tasks: Sequence[_Task], fp: FeatureParams,
+              workers: int, desc: str) -> Iterator[_Result]:
+    """Results of `job` over `tasks`, in order, from `workers` processes (1: in-process).
+
+    The caller holds a one-thread BLAS limit (see `_precompute`), which forked
+    workers inherit, so both paths compute identical floats.
+    """
+    global _worker_fp
+    if job is _mel_job:
+        _analysis_for(fp)  # build the filterbank once; forked workers inherit the cache
+    bar = tqdm(total=len(tasks), desc=desc, unit="file", mininterval=1.0)
+    previous, _worker_fp = _worker_fp, fp
+    try:
+        if workers <= 1 or len(tasks) < 2:
+            for task in tasks:
+                result = job(task)
+                bar.update()
+                yield result
+            return
+        context = multiprocessing.get_context()
+        chunksize = max(1, min(32, len(tasks) // (workers * 16)))
+        with context.Pool(workers, initializer=_init_worker,
+                          initargs=(fp, context.get_start_method() != "fork")) as pool:
+            for result in pool.imap(job, tasks, chunksize=chunksize):
+                bar.update()
+                yield result
+    finally:
+        _worker_fp = previous
+        for fd in _scratch_fds.values():  # the in-process path's; pool workers' close on exit
+            os.close(fd)
+        _scratch_fds.clear()
+        bar.close()
+
+
+# --------------------------------------------------------------------------- stores
+class _Sink:
+    """Collects one split in a float32 scratch file next to the store, in manifest order.
+
+    mels: a [manifest rows, n_mels, frames] file the workers fill by row;
+    kept rows are compacted to the front afterwards (skips are rare).
+    waves: the parent appends each decoded wave (ragged, size unknown up front).
+    """
+
+    def __init__(self, root: Path, split: str, rows: int, item_shape: tuple[int, ...]) -> None:
+        self.path = root / f"{split}.npy.partial"
+        self.item_shape = item_shape  # () for waves
+        self.rows: list[IndexRow] = []
+        self.positions: list[int] = []  # mels: scratch row of each kept item
+        self.count = 0  # waves: samples written
+        self.seconds = 0.0
+        self.moments = np.zeros((2, item_shape[0])) if item_shape else None  # mels: see _Result
+        self.fh: Optional[BinaryIO] = self.path.open("wb")
+        if item_shape:  # sized up front (sparse); the workers write the rows
+            self.fh.truncate(rows * int(np.prod(item_shape)) * 4)
+            self.fh.close()
+            self.fh = None
+
+    def add(self, utt: Utterance, domain: int, task: _Task, result: _Result) -> None:
+        if self.item_shape:
+            offset = len(self.rows)
+            self.positions.append(task.row)
+        else:
+            assert self.fh is not None and result.wave is not None
+            offset = self.count
+            self.fh.write(memoryview(result.wave).cast("B"))
+            self.count += result.wave.shape[0]
+        self.rows.append(IndexRow(utt.utt_id, utt.corpus, utt.speaker, utt.emotion, domain,
+                                  offset, result.length))
+        self.seconds += result.seconds
+        if self.moments is not None:
+            self.moments += result.moments  # in manifest order: identical for any worker count
+
+    def array(self) -> np.ndarray:
+        """The kept items as one array: [n, n_mels, frames] or [samples].
+
+        Waves are a read-only memmap. Mels are writable (they are normalised
+        in place): read into RAM up to _IN_RAM_BYTES (one sequential read),
+        a writable memmap of the scratch file beyond that (bounded memory).
+        """
+        if not self.item_shape:
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+            return np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count,))
+        if self.path.stat().st_size <= _IN_RAM_BYTES:
+            full = np.fromfile(self.path, dtype=np.float32)
+        else:
+            full = np.memmap(self.path, dtype=np.float32, mode="r+")
+        full = full.reshape(-1, *self.item_shape)
+        for j, pos in enumerate(self.positions):
+            if pos != j:  # pos >= j: moving rows forward never overwrites an unread row
+                full[j] = full[pos]
+        self.positions = list(range(len(self.positions)))
+        return full[: len(self.rows)]
+
+    def discard(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _study_rows(manifest_path: Path, labels: Sequence[str]) -> tuple[list[Utterance], int]:
+    """Manifest rows that belong in a store split, and how many were unassigned."""
+    rows = read_manifest(manifest_path)
+    kept = [r for r in rows if r.split in STORE_SPLITS]
+    bad = sorted({r.emotion for r in kept if r.emotion not in labels and not (r.split == "adapt" and not r.emotion)})
+    if bad:
+        raise ManifestError(f"{manifest_path}: emotions {bad} are not in the study labels {list(labels)}; "
+                            "rebuild the manifest (`dvc repro build-metadata`) after changing labels")
+    return kept, len(rows) - len(kept)
+
+
+def _precompute(kind: str, manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+                workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
+    # One BLAS thread for the whole call, not only around the pool: forking makes
+    # OpenBLAS drop its threads, and restoring the thread count re-creates them
+    # busy-spinning (~0.1 s each), which on 2 cores would stall the writing phase.
+    with threadpool_limits(limits=1):
+        return _precompute_limited(kind, manifest_path, out_root, fp, workers, labels, target)
+
+
+def _precompute_limited(kind: str, manifest_path: Path | str, out_root: Path | str, fp: FeatureParams,
+                        workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    manifest_path, out_root = Path(manifest_path), Path(out_root)
+    workers = fp.workers if workers is None else workers
+    utts, unassigned = _study_rows(manifest_path, labels)
+    log.info("%s: %d utterances (%d unassigned ignored) -> %s %s with %d worker(s)",
+             manifest_path, len(utts), unassigned, kind, out_root, workers)
+    out_root.mkdir(parents=True, exist_ok=True)
+    per_split = Counter(u.split for u in utts)
+    sinks: dict[str, _Sink] = {}
+    try:
+        for split in STORE_SPLITS:
+            if per_split[split]:
+                sinks[split] = _Sink(out_root, split, per_split[split],
+                                     (fp.n_mels, fp.frames) if kind == "mels" else ())
+        skipped = _collect(kind, utts, sinks, fp, workers, target, f"{kind} {out_root.name}")
+        written = {s: len(sink.rows) for s, sink in sinks.items() if sink.rows}
+        if not written:
+            raise RuntimeError(f"{manifest_path}: every file was skipped ({len(skipped)}); "
+                               "see the skipped files logged above and check the corpus")
+        if kind == "mels" and "train" not in written:
+            raise RuntimeError(f"{manifest_path}: no usable train rows; normalisation statistics "
+                               "come from the train split only")
+        _write_store(kind, out_root, sinks, fp, labels, target)
+    finally:
+        for sink in sinks.values():
+            sink.discard()
+
+    reasons = Counter(s["reason"] for s in skipped)
+    if skipped:
+        log.warning("%s: skipped %d file(s): %s", out_root, len(skipped), dict(reasons))
+    return {
+        "kind": kind, "manifest": str(manifest_path), "out_dir": str(out_root), "workers": workers,
+        "files": len(utts), "unassigned": unassigned, "written": written,
+        "audio_seconds": {s: round(sinks[s].seconds, 3) for s in written},
+        "skipped": dict(sorted(reasons.items())), "skipped_files": skipped,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+
+
+def _collect(kind: str, utts: Sequence[Utterance], sinks: dict[str, _Sink], fp: FeatureParams,
+             workers: int, target: Optional[str], desc: str) -> list[dict[str, str]]:
+    """Decode every utterance into its split's sink; returns the skipped files."""
+    seen: Counter[str] = Counter()
+    tasks = []
+    for u in utts:
+        tasks.append(_Task(u.path, str(sinks[u.split].path), seen[u.split]))
+        seen[u.split] += 1
+    skipped: list[dict[str, str]] = []
+    job = _mel_job if kind == "mels" else _wave_job
+    # closing(): the pool is shut down even when collecting fails half-way.
+    with closing(_run_jobs(job, tasks, fp, workers, desc)) as results:
+        for utt, task, result in zip(utts, tasks, results, strict=True):
+            if result.reason is not None:
+                skipped.append({"utt_id": utt.utt_id, "path": utt.path, "split": utt.split,
+                                "reason": result.reason, "detail": result.detail})
+                log.warning("skipped %s (%s): %s", utt.utt_id, result.reason, result.detail)
+                continue
+            sinks[utt.split].add(utt, int(target is not None and utt.corpus == target), task, result)
+    return skipped
+
+
+def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: FeatureParams,
+                 labels: Sequence[str], target: Optional[str]) -> None:
+    """Normalise (mels) and write every split with rows, then meta.json; drop stale splits."""
+    meta: dict[str, Any] = {
+        "kind": kind, "sample_rate": fp.sample_rate, "labels": list(labels), "target": target,
+        "features": {k: getattr(fp, k) for k in (_MEL_KEYS if kind == "mels" else _WAVE_KEYS)},
+        "splits": {s: len(sink.rows) for s, sink in sinks.items() if sink.rows},
+    }
+    if kind == "mels":
+        mean, std = _train_stats(sinks["train"])
+        meta.update(mean=mean.tolist(), std=std.tolist(), pad_db=SILENCE_DB,
+                    definition="librosa.power_to_db(melspectrogram(power=2, center=True, "
+                               "pad_mode='constant'), ref=1.0, amin=1e-10, top_db=None)")
+    for split in STORE_SPLITS:
+        if split not in meta["splits"]:
+            for stale in (out_root / f"{split}.npy", out_root / f"{split}.csv"):
+                if stale.exists():  # a split from an earlier run that has no rows now
+                    log.info("removing stale %s", stale)
+                    stale.unlink()
+            continue
+        sink = sinks[split]
+        array = sink.array()
+        if kind == "mels":
+            array = _normalise_split(array, mean, std)
+        write_split(out_root, split, array, sink.rows)
+        del array
+        log.info("wrote %s/%s: %d rows, %.1f s of audio", out_root, split, len(sink.rows), sink.seconds)
+    write_meta(out_root, meta)
+
+
+def _normalise_split(array: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Apply the train statistics in place, with the float32 ops of `normalise`,
+    _NORM_CHUNK rows at a time (bounded memory when `array` is a memmap)."""
+    mean32, std32 = mean.astype(np.float32)[:, None], std.astype(np.float32)[:, None]
+    for i in range(0, array.shape[0], _NORM_CHUNK):
+        chunk = array[i:i + _NORM_CHUNK]  # a view
+        chunk -= mean32
+        chunk /= std32
+    return array
+
+
+def _train_stats(train: _Sink) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and std over the valid (unpadded) frames of the train split.
+
+    From the workers' float64 per-clip sums (values are dB in [-100, ~40], so
+    E[x^2] - E[x]^2 loses nothing that matters in float64); the results are
+    rounded to float32, the dtype they are applied in.
+    """
+    assert train.moments is not None
+    count = sum(r.length for r in train.rows)
+    mean = train.moments[0] / count
+    var = np.maximum(train.moments[1] / count - mean ** 2, 0.0)
+    std = np.maximum(np.sqrt(var), STD_FLOOR)
+    return mean.astype(np.float32).astype(np.float64), std.astype(np.float32).astype(np.float64)
+
+
+def precompute_mels(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+                    workers: Optional[int] = None, *, labels: Sequence[str],
+                    target: Optional[str] = None) -> dict[str, Any]:
+    """Build one study's log-mel store (see the module docstring); returns a report.
+
+    `labels` is the study's label list (stored in meta.json), `target` its
+    target corpus (index `domain` = 1 for its rows). Files that cannot be
+    decoded or are empty, too short or silent are skipped and listed in the
+    report's `skipped_files`; the stage still finishes.
+    """
+    return _precompute("mels", manifest_path, out_root, fp, workers, labels, target)
+
+
+def precompute_waves(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+                     workers: Optional[int] = None, *, labels: Sequence[str],
+                     target: Optional[str] = None) -> dict[str, Any]:
+    """Build one study's waveform store: per split, all clips at fp.sample_rate
+    concatenated into one float32 array, located by the index offset/length."""
+    return _precompute("waves", manifest_path, out_root, fp, workers, labels, target)
