@@ -1,0 +1,322 @@
+"""`ser predict`: emotion predictions for audio files from a trained checkpoint.
+
+The model directory written by training (meta.json + model.safetensors, see
+ser.checkpoint) carries everything inference needs: the label list, the input
+kind and the feature store's meta. Audio is decoded exactly as the precompute
+stages decoded it (ser.audio.load_audio: any sample rate, mono or multichannel,
+wav/flac/ogg) and turned into the model's input with the stored settings:
+
+  mels   ser.features.mel_for_inference: the stored log-mel parameters,
+         pad/crop policy and train-split normalisation statistics;
+  waves  the float waveform at the stored sample rate (16 kHz).
+
+Sliding windows: a recording longer than the window is scored in windows of
+`window_s` every `hop_s` seconds (the last window is aligned to the end so the
+tail is covered by a full window); the file's probabilities are the mean of its
+windows'. A recording no longer than the window is one window: exactly the
+input evaluation gives the same clip, so predictions match `ser.evaluation`.
+Defaults: the window a model was trained on (mels: frames x hop = 3 s;
+wav2vec2: `max_seconds`), hop = half a window.
+
+Files that cannot be decoded, or are empty, silent or shorter than the stored
+`min_duration_s`, get an error result (with the skip reason the precompute
+stages use) and the remaining files are still scored.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ser.audio import AudioError, check_audio, load_audio
+from ser.features import feature_params_from_meta, mel_for_inference
+
+__all__ = ["AUDIO_SUFFIXES", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
+           "resolve_device", "render", "summary", "FORMATS"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+FORMATS = ("table", "json", "csv")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One scored window: [start_s, end_s) of the file and its class probabilities."""
+    start_s: float
+    end_s: float
+    probabilities: tuple[float, ...]
+
+
+@dataclass
+class FileResult:
+    """Predictions for one file, or why it has none (`error`, `reason`)."""
+    path: str
+    duration_s: Optional[float] = None
+    windows: list[Window] = field(default_factory=list)
+    error: Optional[str] = None
+    reason: Optional[str] = None  # a ser.audio.SKIP_REASONS name (or "error")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def probabilities(self) -> Optional[np.ndarray]:
+        """Mean of the window probabilities (None for a failed file)."""
+        if not self.windows:
+            return None
+        return np.mean([w.probabilities for w in self.windows], axis=0)
+
+
+def collect_audio(inputs: Iterable[str | Path]) -> list[Path]:
+    """Audio files named by `inputs`: files as given, folders searched recursively
+    for .wav/.flac/.ogg (any letter case), each folder's files in sorted order.
+
+    A path that does not exist is kept, so that it gets its own error result.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                log.warning("%s: no %s files in this folder or below", item, "/".join(AUDIO_SUFFIXES))
+            files.extend(found)
+        else:
+            files.append(item)
+    return files
+
+
+def window_starts(n: int, window: int, hop: int) -> list[int]:
+    """Start samples of the windows over n samples (a clip of <= window samples is one window)."""
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be >= 1 sample, got {window} and {hop}")
+    if n <= window:
+        return [0]
+    starts = list(range(0, n - window + 1, hop))
+    if starts[-1] + window < n:  # cover the tail with a full window ending at the last sample
+        starts.append(n - window)
+    return starts
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when available, else CPU; otherwise a torch device name (cpu, cuda, cuda:1)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu (or auto)")
+    return device
+
+
+class Predictor:
+    """A loaded checkpoint plus the feature settings it was trained with."""
+
+    def __init__(self, model_dir: str | Path, *, device: str = "auto", window_s: Optional[float] = None,
+                 hop_s: Optional[float] = None, batch_size: int = 16) -> None:
+        from ser.checkpoint import load_checkpoint
+        from ser.training import BACKBONE_CACHE
+
+        for name, value in (("--window", window_s), ("--hop", hop_s)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        # load_checkpoint rebuilds the model from meta.json alone; a QLoRA model
+        # gets its base re-quantized to 4 bits and its adapters loaded, as saved.
+        self.model, self.meta = load_checkpoint(self.model_dir, device=self.device,
+                                                cache_dir=self.model_dir / BACKBONE_CACHE)
+        self.model.eval()
+        self.labels: list[str] = list(self.meta["labels"])
+        self.feature_meta: dict[str, Any] = self.meta["features"]
+        self.input: str = self.meta["model_params"]["input"]
+        self._check_feature_meta()
+        self.fp = feature_params_from_meta(self.feature_meta)
+        self.sample_rate = int(self.feature_meta["sample_rate"])
+        trained = self.trained_window_s()
+        self.window_s = float(window_s) if window_s is not None else trained
+        self.hop_s = float(hop_s) if hop_s is not None else self.window_s / 2
+        if self.input == "mels" and self.window_s > trained + 1e-9:
+            raise ValueError(f"--window {self.window_s:g} s: this mel model sees {self.fp.frames} frames "
+                             f"({trained:g} s); a longer window would be cropped to it. Use --window <= {trained:g}")
+        if self.window_s < self.fp.min_duration_s:
+            raise ValueError(f"--window {self.window_s:g} s is shorter than the {self.fp.min_duration_s:g} s "
+                             "minimum clip length the model was trained with")
+        self.window = round(self.window_s * self.sample_rate)
+        self.hop = max(1, round(self.hop_s * self.sample_rate))
+        log.info("%s: %s model on %s, labels %s, %s input, window %.2f s, hop %.2f s", self.model_dir,
+                 self.meta["model_params"]["arch"], self.device, self.labels, self.input, self.window_s,
+                 self.hop_s)
+
+    def _check_feature_meta(self) -> None:
+        kind = self.feature_meta.get("kind")
+        if kind != self.input:
+            raise ValueError(f"{self.model_dir}/meta.json: feature kind {kind!r} does not match the model "
+                             f"input {self.input!r}; retrain the model (`dvc repro`)")
+        needed = ["sample_rate", "features"] + (["mean", "std"] if self.input == "mels" else [])
+        missing = [k for k in needed if k not in self.feature_meta]
+        if missing:
+            raise ValueError(f"{self.model_dir}/meta.json: the feature meta lacks {missing}, so the training "
+                             "features cannot be reproduced from audio; train on a store written by the "
+                             "precompute stages (`dvc repro`)")
+
+    def trained_window_s(self) -> float:
+        """The clip length the model was trained on (mels: frames x hop; wav2vec2: max_seconds)."""
+        if self.input == "mels":
+            return self.fp.frames * self.fp.hop_length / self.fp.sample_rate
+        return float(self.meta["model_params"]["wav2vec2"]["max_seconds"])
+
+    # ------------------------------------------------------------------ inference
+    def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """A model batch for equal-length segments (what ser.data.collate_batch builds)."""
+        if self.input == "mels":
+            mels = np.stack([mel_for_inference(s, self.feature_meta) for s in segments])
+            return torch.from_numpy(mels).unsqueeze(1), None
+        x = torch.from_numpy(np.stack(segments).astype(np.float32, copy=False))
+        return x, torch.full((len(segments),), x.shape[1], dtype=torch.long)
+
+    @torch.no_grad()
+    def predict_wave(self, wave: np.ndarray) -> list[Window]:
+        """Window probabilities for a mono float32 wave at `self.sample_rate`."""
+        starts = window_starts(len(wave), self.window, self.hop)
+        size = min(self.window, len(wave))
+        probs: list[np.ndarray] = []
+        for i in range(0, len(starts), self.batch_size):
+            x, lengths = self.model_inputs([wave[s:s + size] for s in starts[i:i + self.batch_size]])
+            logits = self.model(x.to(self.device), None if lengths is None else lengths.to(self.device))
+            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        stacked = np.concatenate(probs)
+        sr = self.sample_rate
+        return [Window(round(s / sr, 4), round((s + size) / sr, 4), tuple(float(p) for p in row))
+                for s, row in zip(starts, stacked)]
+
+    def predict_file(self, path: str | Path) -> FileResult:
+        result = FileResult(str(path))
+        try:
+            wave = load_audio(path, self.sample_rate)
+        except AudioError as exc:
+            result.reason = exc.reason
+            # AudioError's advice is about corpora (re-download, rebuild the manifest); a user's
+            # own recording needs only what is wrong with it.
+            result.error = (f"{path}: no such file" if exc.reason == "missing"
+                            else str(exc).split("; re-download")[0])
+            return result
+        result.duration_s = round(len(wave) / self.sample_rate, 4)
+        reason = check_audio(wave, self.sample_rate, self.fp.min_duration_s, self.fp.silence_dbfs)
+        if reason is not None:
+            result.reason = reason
+            result.error = {
+                "empty": f"{path}: no audio samples",
+                "non_finite": f"{path}: the audio contains NaN or infinite samples",
+                "too_short": f"{path}: {result.duration_s:.3f} s is shorter than the {self.fp.min_duration_s:g} s "
+                             "minimum the model was trained with",
+                "silent": f"{path}: silent (peak below {self.fp.silence_dbfs:g} dBFS)",
+            }.get(reason, f"{path}: {reason}")
+            return result
+        result.windows = self.predict_wave(wave)
+        return result
+
+    def predict_files(self, paths: Sequence[str | Path]) -> list[FileResult]:
+        results = []
+        for path in tqdm(paths, desc="predict", unit="file", disable=len(paths) < 2, leave=False):
+            result = self.predict_file(path)
+            if not result.ok:
+                log.warning("skipped %s (%s): %s", path, result.reason, result.error)
+            results.append(result)
+        return results
+
+
+# ---------------------------------------------------------------------- output
+def _label(labels: Sequence[str], probs: Optional[Sequence[float]]) -> Optional[str]:
+    return None if probs is None else labels[int(np.argmax(probs))]
+
+
+def _as_dict(result: FileResult, labels: Sequence[str]) -> dict[str, Any]:
+    probs = result.probabilities
+    return {
+        "path": result.path, "duration_s": result.duration_s, "label": _label(labels, probs),
+        "probabilities": None if probs is None else {k: round(float(p), 6) for k, p in zip(labels, probs)},
+        "windows": [{"start_s": w.start_s, "end_s": w.end_s, "label": _label(labels, w.probabilities),
+                     "probabilities": {k: round(p, 6) for k, p in zip(labels, w.probabilities)}}
+                    for w in result.windows],
+        "error": result.error, "reason": result.reason,
+    }
+
+
+def _render_json(results: Sequence[FileResult], predictor: Predictor) -> str:
+    doc = {"model": str(predictor.model_dir), "labels": predictor.labels, "input": predictor.input,
+           "window_s": predictor.window_s, "hop_s": predictor.hop_s,
+           "files": [_as_dict(r, predictor.labels) for r in results]}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _render_csv(results: Sequence[FileResult], labels: Sequence[str]) -> str:
+    """One row per window and one `overall` row per file; a failed file is one row with `error` set."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "window", "start_s", "end_s", "label", *labels, "error", "reason"])
+    for r in results:
+        if not r.ok:
+            writer.writerow([r.path, "", "", "", "", *[""] * len(labels), r.error, r.reason])
+            continue
+        for i, w in enumerate(r.windows):
+            writer.writerow([r.path, i, w.start_s, w.end_s, _label(labels, w.probabilities),
+                             *(f"{p:.6f}" for p in w.probabilities), "", ""])
+        writer.writerow([r.path, "overall", 0.0, r.duration_s, _label(labels, r.probabilities),
+                         *(f"{p:.6f}" for p in r.probabilities), "", ""])
+    return buf.getvalue()
+
+
+def _render_table(results: Sequence[FileResult], labels: Sequence[str]) -> str:
+    """Aligned text: one row per file; multi-window files list their windows, then `overall`."""
+    rows = [["file", "window", "emotion", *labels]]
+    for r in results:
+        if not r.ok:
+            rows.append([r.path, "-", f"ERROR ({r.reason})", r.error or ""])
+            continue
+        if len(r.windows) > 1:
+            for w in r.windows:
+                rows.append([r.path, f"{w.start_s:.2f}-{w.end_s:.2f}s", _label(labels, w.probabilities),
+                             *(f"{p:.3f}" for p in w.probabilities)])
+        window = "overall" if len(r.windows) > 1 else f"0.00-{r.duration_s:.2f}s"
+        rows.append([r.path, window, _label(labels, r.probabilities), *(f"{p:.3f}" for p in r.probabilities)])
+    # An error row's message (its 4th cell) overflows: it is left out of the column widths.
+    head = len(rows[0])
+    widths = [max(len(row[c]) for row in rows if len(row) == head or c < 3) for c in range(head)]
+    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render(results: Sequence[FileResult], predictor: Predictor, fmt: str = "table") -> str:
+    """Results as `fmt` (table, json or csv)."""
+    if fmt == "json":
+        return _render_json(results, predictor)
+    if fmt == "csv":
+        return _render_csv(results, predictor.labels)
+    if fmt == "table":
+        return _render_table(results, predictor.labels)
+    raise ValueError(f"unknown format {fmt!r}; known: {list(FORMATS)}")
+
+
+def summary(results: Sequence[FileResult]) -> str:
+    """One line for the log: how many files were predicted, which failed and why."""
+    failed = [r for r in results if not r.ok]
+    windows = sum(len(r.windows) for r in results)
+    return (f"{len(results) - len(failed)} of {len(results)} file(s) predicted ({windows} window(s))"
+            + (f"; {len(failed)} failed: " + ", ".join(f"{r.path} ({r.reason})" for r in failed[:5])
+               + (" ..." if len(failed) > 5 else "") if failed else ""))
+

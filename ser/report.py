@@ -1,0 +1,310 @@
+"""`ser report`: one markdown table and one chart of every model's UAR, in the
+workspace and in DVC experiments.
+
+Sources:
+  workspace    <metrics_dir>/<scope>/<model>.json as written by evaluation
+               (scopes: in_domain, ravdess = cross-corpus), with their bootstrap
+               confidence intervals (`uar_ci95`, ...);
+  experiments  `dvc exp show --json` (dvc 3.x): a list of baseline commits, each
+               with `experiments: [{name, executor, revs: [{rev, data: {params,
+               metrics}}]}]`. Only finished experiments are read (queued,
+               running and failed ones have no results). `dvc exp show` leaves
+               list values out of metrics, so the intervals are read from the
+               experiment's commit itself (`git show <rev>:<file>`: the metrics
+               are git-tracked, `cache: false`).
+
+An experiment contributes the models whose metrics differ from those of the
+commit it was based on (all of them if that commit has none), labelled with
+the experiment's name and the params it changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from ser.evaluation import SCOPES
+
+__all__ = ["Row", "read_workspace", "parse_exp_show", "read_experiments", "render_markdown", "plot_rows",
+           "write_report", "SCOPE_TITLES"]
+
+log = logging.getLogger(__name__)
+
+SCOPE_TITLES = {"in_domain": "in-domain", "ravdess": "cross-corpus (RAVDESS)"}
+WORKSPACE = "workspace"
+_METRIC_FILE = re.compile(r"(?:^|/)(%s)/([^/]+)\.json$" % "|".join(map(re.escape, SCOPES)))
+
+
+@dataclass
+class Row:
+    """One model in one run (the workspace or an experiment): its metrics record per scope."""
+    run: str
+    model: str
+    changed: str = ""  # "lambda_domain=0.3, ..." for experiments
+    scopes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def value(self, scope: str, key: str = "uar") -> Optional[float]:
+        value = self.scopes.get(scope, {}).get(key)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    def interval(self, scope: str, key: str = "uar") -> Optional[tuple[float, float]]:
+        """The record's confidence interval of `key` (`<key>_ci<level>`), if it has one."""
+        for name, value in self.scopes.get(scope, {}).items():
+            if (name.startswith(f"{key}_ci") and isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(isinstance(v, (int, float)) for v in value)):
+                return float(value[0]), float(value[1])
+        return None
+
+    @property
+    def label(self) -> str:
+        return self.model if self.run == WORKSPACE else f"{self.model} @ {self.run}" + (
+            f" ({self.changed})" if self.changed else "")
+
+
+def _ci_level(rows: Iterable[Row]) -> str:
+    for row in rows:
+        for record in row.scopes.values():
+            for name in record:
+                match = re.fullmatch(r"uar_ci(\d+)", name)
+                if match:
+                    return match.group(1)
+    return "95"
+
+
+# ---------------------------------------------------------------------- reading
+def read_workspace(metrics_dir: str | Path) -> list[Row]:
+    """Rows of the metrics files under metrics_dir/<scope>/*.json (sorted by model)."""
+    metrics_dir = Path(metrics_dir)
+    rows: dict[str, Row] = {}
+    for scope in SCOPES:
+        for path in sorted((metrics_dir / scope).glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: not a metrics JSON file ({exc}); re-run evaluation "
+                                 f"(`dvc repro evaluate-{scope.replace('_', '-')}`)") from None
+            rows.setdefault(path.stem, Row(WORKSPACE, path.stem)).scopes[scope] = record
+    return [rows[name] for name in sorted(rows)]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _params(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat {dotted.key: value} over every params file (keys of files other than params.yaml are prefixed)."""
+    flat: dict[str, Any] = {}
+    for fname, entry in (data.get("params") or {}).items():
+        values = _flatten((entry or {}).get("data") or {})
+        flat.update(values if fname == "params.yaml" else {f"{fname}:{k}": v for k, v in values.items()})
+    return flat
+
+
+def _records(data: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """{(model, scope): (file, record)} for the metrics files of one revision."""
+    out = {}
+    for path, entry in (data.get("metrics") or {}).items():
+        match = _METRIC_FILE.search(path)
+        record = (entry or {}).get("data")
+        if match and isinstance(record, dict):
+            out[(match.group(2), match.group(1))] = (path, record)
+    return out
+
+
+def _comparable(record: dict[str, Any]) -> tuple:
+    return tuple(record.get(k) for k in ("accuracy", "uar", "macro_f1", "n"))
+
+
+def parse_exp_show(doc: list[dict[str, Any]],
+                   full_record: Optional[Callable[[str, str], Optional[dict]]] = None) -> list[Row]:
+    """Rows of the finished experiments in `dvc exp show --json` output.
+
+    full_record(rev, path) -> dict or None: the whole metrics file of a
+    revision (exp show drops list values such as the confidence intervals).
+    """
+    rows: list[Row] = []
+    for baseline in doc:
+        if baseline.get("rev") == WORKSPACE:
+            continue
+        base_data = baseline.get("data") or {}
+        base_params, base_records = _params(base_data), _records(base_data)
+        for exp in baseline.get("experiments") or []:
+            name = exp.get("name") or "?"
+            state = (exp.get("executor") or {}).get("state", "success")
+            revs = exp.get("revs") or []
+            if state != "success" or not revs or revs[0].get("error") or not revs[0].get("data"):
+                log.info("experiment %s: %s, no results to report", name, state if state != "success" else "failed")
+                continue
+            rev, data = revs[0]["rev"], revs[0]["data"]
+            params = _params(data)
+            changed = ", ".join(f"{k}={params[k]}" for k in sorted(params) if params[k] != base_params.get(k))
+            records = _records(data)
+            for model in sorted({m for m, _ in records}):
+                scopes = {scope: records[(m, scope)] for m, scope in records if m == model}
+                if all((model, scope) in base_records
+                       and _comparable(base_records[(model, scope)][1]) == _comparable(record)
+                       for scope, (_, record) in scopes.items()):
+                    continue  # the experiment did not re-run this model
+                row = Row(name, model, changed)
+                for scope, (path, record) in sorted(scopes.items()):
+                    full = full_record(rev, path) if full_record is not None else None
+                    row.scopes[scope] = full if isinstance(full, dict) else record
+                rows.append(row)
+    return rows
+
+
+def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    # The dvc of this interpreter's environment, whatever is first on PATH.
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _git_show(repo: Path, rev: str, path: str) -> Optional[dict[str, Any]]:
+    # "<rev>:./<path>": relative to `repo`, also when the DVC root is a subdirectory of the git root.
+    proc = subprocess.run(["git", "show", f"{rev}:./{path}"], cwd=repo, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def read_experiments(repo: str | Path = ".") -> list[Row]:
+    """Rows of the finished DVC experiments of `repo` (empty, with a warning, where there are none)."""
+    repo = Path(repo)
+    try:
+        proc = _dvc(repo, "exp", "show", "--json")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not run `dvc exp show` in %s (%s): reporting the workspace only", repo, exc)
+        return []
+    if proc.returncode != 0:
+        log.warning("`dvc exp show --json` failed in %s: %s; reporting the workspace only", repo,
+                    (proc.stderr.strip().splitlines() or ["(no message)"])[-1])
+        return []
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`dvc exp show --json` in {repo} printed no JSON ({exc}): {proc.stdout[:200]!r}") from None
+    rows = parse_exp_show(doc, lambda rev, path: _git_show(repo, rev, path))
+    log.info("read %d model result(s) from %d DVC experiment(s) in %s", len(rows), len({r.run for r in rows}), repo)
+    return rows
+
+
+# ---------------------------------------------------------------------- writing
+def _pct(row: Row, scope: str, key: str) -> str:
+    value = row.value(scope, key)
+    if value is None:
+        return "—"
+    ci = row.interval(scope, key)
+    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") -> str:
+    level = _ci_level(rows)
+    head = ["Run", "Changed params", "Model"]
+    for scope in SCOPES:
+        head += [f"{SCOPE_TITLES[scope]} UAR [{level}% CI]", f"{SCOPE_TITLES[scope]} accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.run, row.changed or "—", row.model]
+        for scope in SCOPES:
+            cells += [_pct(row, scope, "uar"), _pct(row, scope, "accuracy")]
+        lines.append("| " + " | ".join(cells) + " |")
+    n_exps = len({r.run for r in rows if r.run != WORKSPACE})
+    text = ["# SER report", "",
+            f"UAR and accuracy on each model's test sets, with {level}% bootstrap confidence intervals. "
+            "In-domain: the study's own test split (the source corpus of the cross-corpus study); "
+            "cross-corpus: the RAVDESS held-out actors (— where a model is not cross-corpus). "
+            "Rows: the workspace's models" + (f", then {n_exps} DVC experiment(s), each with the models "
+                                              "whose metrics it changed." if n_exps else "."), ""]
+    if image:
+        text += [f"![UAR per model with {level}% confidence intervals]({image})", ""]
+    return "\n".join(text + lines) + "\n"
+
+
+def plot_rows(rows: Sequence[Row], path: str | Path) -> None:
+    """Horizontal bars: per row, in-domain and cross-corpus UAR side by side, CI error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    level = _ci_level(rows)
+    height = 0.8 / len(SCOPES)
+    colors = {"in_domain": "#4C72B0", "ravdess": "#DD8452"}
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.55 * len(rows) * len(SCOPES) / 2), constrained_layout=True)
+    for k, scope in enumerate(SCOPES):
+        ys, values, errs = [], [], [[], []]
+        for i, row in enumerate(rows):
+            value = row.value(scope)
+            if value is None:
+                continue
+            lo, hi = row.interval(scope) or (value, value)
+            ys.append(i + (k - (len(SCOPES) - 1) / 2) * height)
+            values.append(value)
+            errs[0].append(max(0.0, value - lo))
+            errs[1].append(max(0.0, hi - value))
+        ax.barh(ys, values, height=height, xerr=errs, capsize=3, color=colors.get(scope),
+                label=f"{SCOPE_TITLES[scope]} UAR", error_kw={"elinewidth": 1})
+        for y, v in zip(ys, values):
+            ax.text(0.005, y, f"{v:.2f}", va="center", ha="left", fontsize=7, color="white")
+    # Chance UAR is 1 / number of classes (4 cross-corpus, 7 multi-corpus): a bar near it learned nothing.
+    chance = [(i, 1.0 / len(rec["support"])) for i, row in enumerate(rows)
+              for rec in list(row.scopes.values())[:1] if isinstance(rec.get("support"), dict) and rec["support"]]
+    if chance:
+        ax.scatter([c for _, c in chance], [i for i, _ in chance], marker="|", s=400, color="black",
+                   linewidths=1.5, zorder=3, label="chance (1 / classes)")
+    boundary = next((i for i, r in enumerate(rows) if r.run != WORKSPACE), None)
+    if boundary:
+        ax.axhline(boundary - 0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"UAR (error bars: {level}% bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+    # Outside the axes: bars can reach any UAR, a legend inside could hide one.
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(SCOPES) + 1, fontsize=8,
+               markerscale=0.5)
+    ax.set_title("Unweighted average recall: in-domain vs cross-corpus")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    log.info("wrote %s", path)
+
+
+def _experiment_order(rows: Sequence[Row]) -> list[Row]:
+    """Experiments grouped by model (workspace order), best cross-corpus UAR first."""
+    def key(row: Row) -> tuple:
+        cross = row.value("ravdess")
+        return (row.model, cross is None, -(cross or 0.0), -(row.value("in_domain") or 0.0), row.run)
+    return sorted(rows, key=key)
+
+
+def write_report(metrics_dir: str | Path = "metrics", out_dir: str | Path = "reports", repo: str | Path = ".",
+                 experiments: bool = True) -> tuple[Path, Path]:
+    """Write out_dir/report.md and out_dir/report.png; returns their paths."""
+    out_dir = Path(out_dir)
+    rows = read_workspace(metrics_dir)
+    exp_rows = read_experiments(repo) if experiments else []
+    if not rows and not exp_rows:
+        raise FileNotFoundError(f"nothing to report: no metrics files under {Path(metrics_dir)}/"
+                                f"{{{','.join(SCOPES)}}} and no finished DVC experiments; run `dvc repro` first")
+    rows = rows + _experiment_order(exp_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, png = out_dir / "report.md", out_dir / "report.png"
+    md.write_text(render_markdown(rows, png.name))
+    log.info("wrote %s (%d rows)", md, len(rows))
+    plot_rows(rows, png)
+    return md, png
