@@ -302,7 +302,7 @@ def test_stage_scripts_build_every_study(tmp_path: Path) -> None:
         write_manifest(rows, manifests / f"{name}.csv")
     for kind in ("mels", "waves"):
         report = tmp_path / f"{kind}.json"
-        subprocess.run([sys.executable, str(REPO / "stages" / f"precompute_{kind}.py"), "--params", str(params_path),
+        subprocess.run([sys.executable, str(REPO / "stages" / "precompute.py"), "--kind", kind, "--params", str(params_path),
                         "--manifests", str(manifests), "--out-dir", str(tmp_path / kind), "--report", str(report)],
                        check=True, cwd=tmp_path, capture_output=True, text=True)
         result = json.loads(report.read_text())

@@ -107,6 +107,18 @@ class ScanBuilder:
     def ignore(self, what: str, n: int = 1) -> None:
         self._ignored[what] += n
 
+    def wav_files(self, folder: Path) -> list[Path]:
+        """The .wav files directly in `folder`; hidden and other files are counted as ignored."""
+        wavs = []
+        for path in iter_files(folder):
+            if is_hidden(path):
+                self.ignore("hidden files (._*, .*)")
+            elif path.suffix.lower() != ".wav":
+                self.ignore(f"non-wav files ({path.suffix or 'no extension'})")
+            else:
+                wavs.append(path)
+        return wavs
+
     def result(self) -> ScanResult:
         if self._skipped:
             shown = "\n  ".join(f"{p}: {why}" for p, why in sorted(self._skipped)[:MAX_LOGGED])

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
+from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, nested_hint
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,7 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
     if not sex:
         log.info("CREMA-D: no usable %s in %s; gender left unknown", DEMOGRAPHICS, root)
     out = ScanBuilder(name)
-    candidates = []
-    for path in iter_files(audio):
-        if is_hidden(path):
-            out.ignore("hidden files (._*, .*)")
-        elif path.suffix.lower() != ".wav":
-            out.ignore(f"non-wav files ({path.suffix or 'no extension'})")
-        else:
-            candidates.append(path)
+    candidates = out.wav_files(audio)
     if not candidates:
         raise _not_found(name, root)
     for path in out.progress(candidates):

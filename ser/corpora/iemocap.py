@@ -76,14 +76,9 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
             if is_hidden(dialog):
                 out.ignore("hidden files (._*, .*)")
                 continue
-            for path in iter_files(dialog):
-                if is_hidden(path):
-                    out.ignore("hidden files (._*, .*)")
-                elif path.suffix.lower() != ".wav":
-                    out.ignore(f"non-wav files ({path.suffix or 'no extension'})")
-                else:
-                    seen.add(path.stem)
-                    candidates.append((path, number, labels, conflicting, label_dir / f"{dialog.name}.txt"))
+            for path in out.wav_files(dialog):
+                seen.add(path.stem)
+                candidates.append((path, number, labels, conflicting, label_dir / f"{dialog.name}.txt"))
         unheard = len(set(labels) - seen)
         if unheard:
             log.warning("IEMOCAP session %d: %d labelled turn(s) have no wav file", number, unheard)

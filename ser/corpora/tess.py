@@ -68,13 +68,8 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
         if m is None:
             out.ignore("folders not named <OAF|YAF>_<emotion>")
             continue
-        for path in iter_files(folder):
-            if is_hidden(path):
-                out.ignore("hidden files (._*, .*)")
-            elif path.suffix.lower() != ".wav":
-                out.ignore(f"non-wav files ({path.suffix or 'no extension'})")
-            else:
-                candidates.append((path, m.group(1).lower(), normalize(m.group(2))))
+        for path in out.wav_files(folder):
+            candidates.append((path, m.group(1).lower(), normalize(m.group(2))))
     for path, folder_speaker, folder_emotion in out.progress(candidates):
         if folder_emotion not in table:
             out.skip(path, f"folder emotion {folder_emotion!r} is not a TESS emotion (known: {sorted(table)})")

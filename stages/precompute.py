@@ -1,0 +1,37 @@
+"""Stages precompute-mels / precompute-waves: one feature store per study.
+
+data/manifests/<study>.csv -> <out-dir>/<study>/{meta.json,<split>.npy,<split>.csv} + report JSON.
+--kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models.
+"""
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ser.config import load_params
+from ser.features import precompute_mels, precompute_waves
+from ser.logutil import setup_logging
+
+KINDS = {"mels": precompute_mels, "waves": precompute_waves}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", required=True, choices=sorted(KINDS))
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="folder of <study>.csv")
+    ap.add_argument("--out-dir", type=Path, required=True, help="data/features/<kind>")
+    ap.add_argument("--report", type=Path, required=True, help="data/reports/<kind>.json")
+    args = ap.parse_args(argv)
+    setup_logging()
+    params = load_params(args.params)
+    report = {name: KINDS[args.kind](args.manifests / f"{name}.csv", args.out_dir / name, params.features,
+                                     labels=study.labels, target=study.target)
+              for name, study in params.studies.items()}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    logging.getLogger(f"precompute-{args.kind}").info("wrote %s", args.report)
+
+
+if __name__ == "__main__":
+    main()
