@@ -25,8 +25,11 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Side-by-side ratios, printed and written to bench/results/ (see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python bench/precompute.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/qlora_memory.py
 
 clean-venv:
 	rm -rf $(VENV)

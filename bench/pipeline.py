@@ -1,0 +1,190 @@
+"""Benchmark: wall time of the whole pipeline from a fresh clone, a no-op re-run and an experiment.
+
+    python bench/pipeline.py [--repo .] [--workdir DIR] [--skip-setup [--venv .venv]] [--tiny] [--keep]
+
+1. `git clone` of the repository's committed HEAD into a temp dir (uncommitted
+   changes are not part of it, as for any user cloning it);
+2. set-up: `make setup` (a fresh .venv and `pip install -e .[dev]`; needs PyPI).
+   With --skip-setup the clone's .venv is a symlink to an existing venv (--venv,
+   default: this repository's .venv), `make` is told not to rebuild it
+   (`make -o .venv/.installed`), and PYTHONPATH points at the clone so the stages
+   import the clone's `ser`, not the venv's editable install;
+3. `make repro` - every stage, from the demo corpora to metrics/summary.md;
+4. `dvc repro` again - a no-op: nothing may re-run;
+5. the results are committed in the clone (as a user would before an
+   experiment), then `dvc exp run -S lambda_domain=0.3`: which stages re-ran
+   is parsed from DVC's "Running stage" lines.
+Reports each wall time and the stages each run executed, with set-up excluded
+and included. --tiny shrinks the demo corpora, epochs and bootstrap in the
+clone's params.yaml (a smoke run of this script, minutes); its JSON goes to
+bench/results/pipeline_tiny.json, the full run's to bench/results/pipeline.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNING = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
+SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping", re.MULTILINE)
+# What --tiny writes into the clone's params.yaml (the same shrink as tests/test_pipeline.py).
+TINY_CLIPS = {"iemocap": 10, "ravdess": 4, "crema_d": 1, "tess": 70}
+
+
+def stages_run(output: str) -> list[str]:
+    """Stages DVC executed, in order, from its "Running stage 'name':" lines."""
+    return RUNNING.findall(output)
+
+
+def stages_skipped(output: str) -> list[str]:
+    return SKIPPED.findall(output)
+
+
+def shrink_params(path: Path) -> None:
+    """The --tiny profile: few demo clips, one epoch per model, a short bootstrap."""
+    params = yaml.safe_load(path.read_text())
+    params["demo"]["clips_per_speaker"] = dict(TINY_CLIPS)
+    for model in params["models"].values():
+        model["epochs"] = 1
+    params["evaluation"]["bootstrap"] = 50
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str]:
+    """Run `cmd`, append its output to `log`; (wall seconds, output). Fails loudly with the tail."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - t0
+    with log.open("a") as fh:
+        fh.write(f"$ {' '.join(cmd)}  ({seconds:.1f} s, exit {proc.returncode})\n{proc.stdout}\n")
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}); full log: {log}\n"
+                           f"{proc.stdout[-4000:]}")
+    return seconds, proc.stdout
+
+
+def clone(repo: Path, dest: Path) -> str:
+    """Clone the committed HEAD of `repo` into `dest`; returns the commit id."""
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(repo), str(dest)], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, check=True, capture_output=True, text=True)
+    for key, value in (("user.email", "bench@localhost"), ("user.name", "bench")):
+        subprocess.run(["git", "config", key, value], cwd=dest, check=True)
+    return head.stdout.strip()
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'step':44s} {'wall s':>8s}  stages run"]
+    for r in rows:
+        ran = r.get("stages_run")
+        shown = "-" if ran is None else f"{len(ran)}" + (f": {', '.join(ran)}" if ran and len(ran) < 8 else "")
+        lines.append(f"{r['step']:44s} {r['seconds']:8.1f}  {shown}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", type=Path, default=REPO, help="repository to clone (its committed HEAD)")
+    ap.add_argument("--workdir", type=Path, help="where to clone (default: a temp dir, removed unless --keep)")
+    ap.add_argument("--skip-setup", action="store_true", help="reuse an existing venv instead of `make setup`")
+    ap.add_argument("--venv", type=Path, default=REPO / ".venv", help="the venv --skip-setup reuses")
+    ap.add_argument("--tiny", action="store_true", help="shrink the demo profile in the clone (smoke run)")
+    ap.add_argument("--keep", action="store_true", help="keep the clone")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    if args.skip_setup and not (args.venv / "bin" / "dvc").exists():
+        ap.error(f"--skip-setup: {args.venv} has no bin/dvc; give --venv a venv made by `make setup`")
+    load_before = os.getloadavg()[0]
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="ser-pipeline-"))
+    dest = base / "ser"
+    log = base / "pipeline.log"
+    kept_log = log if args.keep or args.workdir else Path(tempfile.gettempdir()) / "ser-pipeline-last.log"
+    base.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        sys.exit(f"{dest} exists; remove it or pass another --workdir")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The caller's environment (an activated venv, PYTHONPATH) must not leak into the clone's runs.
+    active = env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    if active:
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(active))
+    rows: list[dict] = []
+    try:
+        t0 = time.perf_counter()
+        commit = clone(args.repo.resolve(), dest)
+        rows.append({"step": "git clone", "seconds": time.perf_counter() - t0})
+        if args.tiny:
+            shrink_params(dest / "params.yaml")
+        make = ["make"]
+        if args.skip_setup:
+            (dest / ".venv").symlink_to(args.venv.resolve(), target_is_directory=True)
+            make = ["make", "-o", ".venv/.installed"]
+            # The venv's editable install points at another checkout: import the clone's ser first.
+            env["PYTHONPATH"] = str(dest)
+        else:
+            seconds, _ = run(["make", "setup"], dest, env, log)
+            rows.append({"step": "make setup (fresh .venv, pip install)", "seconds": seconds})
+        env["PATH"] = f"{dest / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+        which = subprocess.run([str(dest / ".venv" / "bin" / "python"), "-c", "import ser; print(ser.__file__)"],
+                               cwd=dest, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        if not Path(which).resolve().is_relative_to(dest.resolve()):
+            raise RuntimeError(f"the clone's stages would import ser from {which}, not from {dest}")
+
+        seconds, out = run(make + ["repro"], dest, env, log)
+        rows.append({"step": "make repro (fresh clone, all stages)", "seconds": seconds,
+                     "stages_run": stages_run(out)})
+        seconds, out = run(["dvc", "repro"], dest, env, log)
+        rows.append({"step": "dvc repro (no-op)", "seconds": seconds, "stages_run": stages_run(out),
+                     "stages_skipped": stages_skipped(out)})
+        subprocess.run(["git", "add", "-A"], cwd=dest, check=True, capture_output=True)
+        subprocess.run(["git", "commit", "-qm", "bench: results"], cwd=dest, check=True, capture_output=True)
+        seconds, out = run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], dest, env, log)
+        rows.append({"step": "dvc exp run -S lambda_domain=0.3", "seconds": seconds, "stages_run": stages_run(out),
+                     "stages_skipped": stages_skipped(out)})
+    finally:
+        if not args.keep and args.workdir is None:
+            # The clone goes (it holds corpora, models and a DVC cache); its log is kept.
+            if log.exists():
+                shutil.copy2(log, kept_log)
+            shutil.rmtree(base, ignore_errors=True)
+
+    by = {r["step"]: r for r in rows}
+    repro = by["make repro (fresh clone, all stages)"]["seconds"]
+    setup = sum(r["seconds"] for r in rows if r["step"].startswith(("git clone", "make setup")))
+    summary = {"set-up excluded: make repro": repro}
+    if not args.skip_setup:
+        summary["set-up included: clone + make setup + make repro"] = setup + repro
+    print(f"\npipeline from a fresh clone of {args.repo.resolve()} @ {commit[:12]}"
+          f"{' (--tiny profile)' if args.tiny else ''}; {os.cpu_count()} CPU cores "
+          f"(1-min load average before: {load_before:.2f}); "
+          + ("set-up skipped: existing venv " + str(args.venv) if args.skip_setup else "fresh venv via make setup"))
+    print(format_table(rows))
+    for name, seconds in summary.items():
+        print(f"{name:44s} {seconds:8.1f}")
+    noop = by["dvc repro (no-op)"]
+    print(f"no-op repro re-ran {len(noop['stages_run'])} stage(s); the experiment re-ran "
+          f"{by['dvc exp run -S lambda_domain=0.3']['stages_run']}")
+    out = args.out or REPO / "bench" / "results" / ("pipeline_tiny.json" if args.tiny else "pipeline.json")
+    payload = {"repo": str(args.repo.resolve()), "commit": commit, "tiny": args.tiny, "skip_setup": args.skip_setup,
+               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+               "load_average_before": round(load_before, 2), "steps": rows, "summary": summary,
+               "log": str(kept_log)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
