@@ -144,7 +144,7 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     log.info("evaluating %s on %s/%s%s (%d utterances) on %s", model_dir, store_root, split,
              f" [{corpus}]" if corpus else "", len(store), target)
     preds = []
-    for batch in tqdm(loader, desc=f"eval {model_dir.name}", leave=False):
+    for batch in tqdm(loader, desc=f"eval {model_dir.name}", leave=False, disable=None):
         x = batch["x"].to(target)
         lengths = batch["lengths"].to(target) if "lengths" in batch else None
         preds.append(model(x, lengths).argmax(dim=-1).cpu())

@@ -266,7 +266,7 @@ def _run_jobs(job: Callable[[_Task], _Result], tasks: Sequence[_Task], fp: Featu
     global _worker_fp
     if job is _mel_job:
         _analysis_for(fp)  # build the filterbank once; forked workers inherit the cache
-    bar = tqdm(total=len(tasks), desc=desc, unit="file", mininterval=1.0)
+    bar = tqdm(total=len(tasks), desc=desc, unit="file", mininterval=1.0, disable=None)
     previous, _worker_fp = _worker_fp, fp
     try:
         if workers <= 1 or len(tasks) < 2:

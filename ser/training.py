@@ -416,7 +416,9 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
         targets = (_target_batches(target_loader, data.target_set, target_sampler, epoch) if dann else None)
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
-        bar = tqdm(train_loader, desc=f"{name} epoch {epoch + 1}/{mp.epochs}", disable=not main, leave=False)
+        # disable=None: a bar on a terminal only; per-epoch log lines elsewhere (CI logs).
+        bar = tqdm(train_loader, desc=f"{name} epoch {epoch + 1}/{mp.epochs}", disable=None if main else True,
+                   leave=False)
         for i, batch in enumerate(bar):
             progress = min(1.0, (epoch * steps_per_epoch + i) / total_steps)
             loss, logs = step(objective, batch, next(targets) if targets else None, progress)
