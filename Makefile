@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # Side-by-side ratios, printed and written to bench/results/ (see bench/README.md).
 bench: $(STAMP)
-	$(BIN)/python bench/precompute.py
+	$(BIN)/python bench/precompute.py --n 600
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/qlora_memory.py
 
