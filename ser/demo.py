@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 import zlib
@@ -57,6 +56,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import soundfile as sf
 import soxr
+
+from ser.fsutil import write_json_atomic
 from scipy import fft as sp_fft
 from scipy import signal
 from tqdm import tqdm
@@ -692,17 +693,11 @@ def _prepare_root(name: str, root: Path, owned: tuple[str, ...], settings: dict)
             f"({MARKER} / {PARTIAL_MARKER}): it may be a real {name} corpus, so the demo will not "
             f"overwrite it. Set corpora.{name}.source to 'local', or move it away and rerun.")
     # Partial marker first: a run interrupted from here on is recognisably ours.
-    _write_json_atomic(root / PARTIAL_MARKER, settings)
+    write_json_atomic(root / PARTIAL_MARKER, settings)
     (root / MARKER).unlink(missing_ok=True)
     for e in present:
         p = root / e
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def generate_corpus(name: str, root: str | Path, clips_per_speaker: int, seed: int,
@@ -772,7 +767,7 @@ def generate_corpus(name: str, root: str | Path, clips_per_speaker: int, seed: i
               "short": sorted(plan.clips[i].rel for i in plan.short),
               "duplicates": [[plan.clips[a].rel, plan.clips[b].rel] for a, b in plan.duplicates]}
     n_files = len(plan.clips)
-    _write_json_atomic(root / MARKER, {**settings, "files": n_files, "sample_rate": sr,
+    write_json_atomic(root / MARKER, {**settings, "files": n_files, "sample_rate": sr,
                                        "speakers": len({c.speaker for c in plan.clips}), "faults": faults})
     (root / PARTIAL_MARKER).unlink(missing_ok=True)
     labels = sorted({c.label for c in plan.clips})

@@ -45,10 +45,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from ser.fsutil import write_json_atomic
 from ser.config import CorpusParams, Params
 
 __all__ = [
@@ -142,22 +143,6 @@ DEFAULT_SOURCES: dict[str, CorpusSource] = {
 
 
 # --------------------------------------------------------------------------- small helpers
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary sibling and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _hash_file(path: Path, *algorithms: str) -> dict[str, str]:
     """Hex digests of one file, read once."""
     hashers = {a: hashlib.new(a, usedforsecurity=False) for a in algorithms}

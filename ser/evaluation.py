@@ -26,7 +26,7 @@ from ser.stores import FeatureStore
 log = logging.getLogger(__name__)
 
 __all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record", "write_metrics_json",
-           "write_confusion_csv", "plot_confusion", "evaluate_scope", "write_summary", "SCOPES"]
+           "write_confusion_csv", "plot_confusion", "evaluate_scope", "write_summary", "resolve_device", "SCOPES"]
 
 SCOPES = ("in_domain", "ravdess")
 
@@ -103,15 +103,21 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int],
 
 
 # --------------------------------------------------------------------------- inference
-def inference_device(device: str = "auto") -> torch.device:
-    """The device accelerate would pick for params.train.device (auto: CUDA when present).
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when available, else CPU; otherwise a torch device name (cpu, cuda, cuda:1).
 
     Chosen directly rather than through an Accelerator, whose process-wide
     state would pin the training settings of a later run in the same process.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible; set it to 'auto' or 'cpu'")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is visible; use cpu (or auto)")
+    return device
 
 
 @torch.no_grad()
@@ -126,7 +132,7 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     from ser.training import BACKBONE_CACHE
 
     model_dir, features_root = Path(model_dir), Path(features_root)
-    target = inference_device(device)
+    target = resolve_device(device)
     model, meta = load_checkpoint(model_dir, device=str(target), cache_dir=model_dir / BACKBONE_CACHE)
     model.eval()
     mp = meta["model_params"]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 from tqdm import tqdm
 
 from ser.config import Params
+from ser.fsutil import write_json_atomic
 from ser.corpora import ScanResult, display_name, scan_corpus
 from ser.labels import label_table, to_canonical
 from ser.manifest import ManifestError, Utterance, validate, write_manifest
@@ -243,9 +244,5 @@ def write_outputs(manifests: dict[str, list[Utterance]], report: dict, out_dir: 
     for sname, rows in manifests.items():
         n = write_manifest(rows, out_dir / f"{sname}.csv")
         log.info("wrote %s (%d rows)", out_dir / f"{sname}.csv", n)
-    report_path = Path(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_suffix(report_path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(report_path)
+    write_json_atomic(report_path, report, sort_keys=False)
     log.info("wrote %s", report_path)

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ser.audio import AudioError, check_audio, load_audio
+from ser.evaluation import resolve_device
 from ser.features import feature_params_from_meta, mel_for_inference
 
 __all__ = ["AUDIO_SUFFIXES", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
@@ -105,19 +106,6 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
     if starts[-1] + window < n:  # cover the tail with a full window ending at the last sample
         starts.append(n - window)
     return starts
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto: CUDA when available, else CPU; otherwise a torch device name (cpu, cuda, cuda:1)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu (or auto)")
-    return device
 
 
 class Predictor:

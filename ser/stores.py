@@ -21,6 +21,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ser.fsutil import write_json_atomic
+
 INDEX_FIELDS = ("utt_id", "corpus", "speaker", "emotion", "domain", "offset", "length")
 
 
@@ -39,16 +41,10 @@ class IndexRow:
     length: int
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
 def write_meta(root: str | Path, meta: dict[str, Any]) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_json(meta, root / "meta.json")
+    write_json_atomic(root / "meta.json", meta)
 
 
 def write_split(root: str | Path, split: str, array: np.ndarray, index: Sequence[IndexRow]) -> None:

@@ -4,11 +4,11 @@ data/manifests/<study>.csv -> <out-dir>/<study>/{meta.json,<split>.npy,<split>.c
 --kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models.
 """
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from ser.config import load_params
+from ser.fsutil import write_json_atomic
 from ser.features import precompute_mels, precompute_waves
 from ser.logutil import setup_logging
 
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {name: KINDS[args.kind](args.manifests / f"{name}.csv", args.out_dir / name, params.features,
                                      labels=study.labels, target=study.target)
               for name, study in params.studies.items()}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(args.report, report, sort_keys=False)
     logging.getLogger(f"precompute-{args.kind}").info("wrote %s", args.report)
 
 
