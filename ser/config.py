@@ -15,15 +15,18 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from ser.errors import SerError
+
 __all__ = [
     "ParamsError", "Params", "load_params", "parse_params",
     "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams",
-    "OptimParams", "CrnnParams", "LoraParams", "Wav2Vec2Params", "ModelParams", "TrainParams",
+    "OptimParams", "CrnnParams", "LoraParams", "Wav2Vec2Params", "SpecAugmentParams", "ModelParams",
+    "TrainParams", "ARCHS",
     "EvalParams",
 ]
 
 
-class ParamsError(ValueError):
+class ParamsError(ValueError, SerError):
     """A parameter file is malformed; the message names the key and the problem."""
 
 
@@ -73,8 +76,14 @@ class StudyParams:
     corpora: tuple[str, ...]
     source: Optional[str] = None  # cross-corpus: the labeled training corpus
     target: Optional[str] = None  # cross-corpus: the adaptation / test corpus
+    # A target corpus's labels are never trained on unless this says so: its
+    # unlisted speakers are left out (not implicit train data), and a train or
+    # val list for it is an error.
+    train_on_target: bool = False
 
     def __post_init__(self) -> None:
+        if self.target is not None and self.target == self.source:
+            raise ValueError(f"source and target are the same corpus {self.target!r}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be >= 2 distinct names, got {list(self.labels)}")
         for role in ("source", "target"):
@@ -105,6 +114,21 @@ class SplitParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+
+    def provides(self, implicit_train: bool = True) -> set[str]:
+        """The splits this protocol fills, known from params alone (empty lists fill nothing).
+
+        implicit_train: an omitted train list means "every other speaker"
+        (False for a cross-corpus target corpus, whose labels are not trained on).
+        """
+        if self.protocol == "all_test":
+            return {"test"}
+        if self.protocol == "loso":
+            return {"train", "val", "test"}
+        if self.protocol == "held_out_words":
+            return {"train", "test"} | ({"val"} if self.val_fraction > 0 else set())
+        listed = {name for name in ("train", "val", "test", "adapt") if getattr(self, name)}
+        return listed | ({"train"} if implicit_train else set())
 
     def __post_init__(self) -> None:
         if self.protocol == "loso" and self.fold is None:
@@ -138,6 +162,22 @@ class FeatureParams:
 
 
 # --------------------------------------------------------------------------- models
+# The keys of ser.models.MODELS ("linear": the classical openSMILE baseline); a test keeps them in step.
+Arch = Literal["crnn", "wav2vec2", "linear"]
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
+
+
+def _check_min(obj: Any, names: tuple[str, ...], low: int = 1) -> None:
+    for name in names:
+        if getattr(obj, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(obj, name)}")
+
+
+def _check_dropout(value: float, name: str = "dropout") -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 @dataclass(frozen=True)
 class OptimParams:
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -154,6 +194,11 @@ class OptimParams:
             raise ValueError("learning rates must be > 0")
         if not 0 < self.plateau_factor < 1:
             raise ValueError("plateau_factor must be in (0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 (or null for no clipping), got {self.grad_clip}")
+        _check_min(self, ("plateau_patience",), 0)
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,12 @@ class CrnnParams:
     fc_hidden: int = 128
     dropout: float = 0.3
     domain_hidden: int = 128
+
+    def __post_init__(self) -> None:
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be a non-empty list of positive sizes, got {list(self.channels)}")
+        _check_min(self, ("lstm_hidden", "fc_hidden", "domain_hidden"))
+        _check_dropout(self.dropout)
 
 
 @dataclass(frozen=True)
@@ -176,6 +227,13 @@ class LoraParams:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha < 1:
+            raise ValueError(f"lora.alpha must be >= 1, got {self.alpha}")
+        _check_dropout(self.dropout, "lora.dropout")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError(f"lora.layers must be null or non-negative layer indices, got {self.layers}")
 
 
 @dataclass(frozen=True)
@@ -191,12 +249,43 @@ class Wav2Vec2Params:
     gradient_checkpointing: bool = False
     max_seconds: float = 6.0
 
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            raise ValueError("backbone must name a hub id, a directory or random:<preset>")
+        _check_min(self, ("head_hidden", "domain_hidden"))
+        if self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+@dataclass(frozen=True)
+class SpecAugmentParams:
+    """SpecAugment (Park et al. 2019) masking of training log-mels, without time warping.
+
+    Each training clip gets `freq_masks` bands of 0..freq_width mel bins and
+    `time_masks` spans of 0..time_width frames (inside its valid frames) set
+    to 0, which is the train mean of a normalised log-mel store.
+    """
+    freq_masks: int = 2
+    freq_width: int = 8
+    time_masks: int = 2
+    time_width: int = 20
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("freq_masks", "freq_width", "time_masks", "time_width"), 0)
+
 
 @dataclass(frozen=True)
 class ModelParams:
-    """One trained model of one study."""
+    """One trained model of one study.
+
+    balance: how training copes with class imbalance. "loss": cross-entropy
+    weighted by inverse train-split class frequency (weights of mean 1);
+    "sampler": class-balanced batches (drawn with replacement); "none".
+    spec_augment: SpecAugment masks on training batches (input mels only).
+    patience: stop when val UAR has not improved for this many epochs (null: never).
+    """
     study: str
-    arch: str  # registry key, see ser.models
+    arch: Arch  # registry key, see ser.models
     objective: Literal["ce", "dann"]
     input: Literal["mels", "waves"]
     epochs: int
@@ -204,10 +293,17 @@ class ModelParams:
     optim: OptimParams
     crnn: Optional[CrnnParams] = None
     wav2vec2: Optional[Wav2Vec2Params] = None
+    balance: Literal["none", "loss", "sampler"] = "loss"
+    spec_augment: Optional[SpecAugmentParams] = None
+    patience: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.spec_augment is not None and self.input != "mels":
+            raise ValueError(f"spec_augment masks log-mels; input {self.input!r} has none (remove spec_augment)")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 (or null: no early stopping), got {self.patience}")
 
 
 @dataclass(frozen=True)
@@ -266,6 +362,36 @@ class Params:
                                  f"(known: {sorted(self.studies)})")
             if model.objective == "dann" and self.studies[model.study].target is None:
                 raise ValueError(f"models.{mname}: objective 'dann' needs a study with a target corpus")
+        for sname, study in self.studies.items():
+            target = study.target
+            if target is not None and not study.train_on_target:
+                sp = self.splits[sname][target]
+                if sp.protocol not in ("speakers", "sessions", "all_test") or sp.train or sp.val:
+                    raise ValueError(
+                        f"splits.{sname}.{target}: {target} is the target corpus of study {sname!r}, and its "
+                        f"labels are never trained on by default; use protocol speakers/sessions with only "
+                        f"`adapt` and `test` lists (or all_test), or set studies.{sname}.train_on_target: true")
+        for sname in sorted({m.study for m in self.models.values()}):
+            self._check_study_splits(sname)
+
+    def _check_study_splits(self, sname: str) -> None:
+        """Combinations that cannot train or evaluate fail here, before any work (see SplitParams.provides)."""
+        study, splits = self.studies[sname], self.splits[sname]
+        target = study.target
+        labeled = [c for c in study.corpora if c != target or study.train_on_target]
+        implicit = {c: c != target for c in study.corpora}
+        for split in ("train", "val"):
+            if not any(split in splits[c].provides(implicit[c]) for c in labeled):
+                raise ValueError(
+                    f"splits.{sname}: no corpus of study {sname!r} has {split} data ({', '.join(labeled)}: "
+                    f"list {split} speakers or sessions); training needs a {split} split")
+        dann = sorted(m for m, mp in self.models.items() if mp.study == sname and mp.objective == "dann")
+        if dann and "adapt" not in splits[target].provides(False):
+            raise ValueError(f"splits.{sname}.{target}: models {dann} (objective dann) need unlabeled target "
+                             f"data: list the adaptation speakers under `adapt`")
+        if not any("test" in splits[c].provides(implicit[c]) for c in study.corpora):
+            raise ValueError(f"splits.{sname}: no corpus of study {sname!r} has test data, so nothing "
+                             f"can be evaluated; list test speakers or sessions")
 
     def study(self, name: str) -> StudyParams:
         if name not in self.studies:

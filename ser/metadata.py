@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
+from ser.errors import SerError
 from ser.config import Params
 from ser.fsutil import write_json_atomic
 from ser.corpora import ScanResult, display_name, scan_corpus
@@ -34,7 +35,7 @@ __all__ = ["MetadataError", "build_manifests", "write_outputs", "corpus_roots", 
 CHUNK = 1 << 20
 
 
-class MetadataError(ValueError):
+class MetadataError(ValueError, SerError):
     """A study cannot be built from its corpora; the message says what to change."""
 
 
@@ -167,7 +168,8 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
                     f"study {sname}: no {display_name(corpus)} clip has a label in {list(study.labels)} "
                     f"({len(scan.utterances)} readable, {len(scan.skipped)} skipped, excluded by raw label "
                     f"{dict(excluded)}); check corpora.{corpus} and studies.{sname}.labels")
-            split_rows = assign_splits(kept, corpus, sp, where=f"splits.{sname}.{corpus}")
+            split_rows = assign_splits(kept, corpus, sp, where=f"splits.{sname}.{corpus}",
+                                       implicit_train=corpus != study.target or study.train_on_target)
             final = [r for r in split_rows if r.split != "unassigned"]
             missing = _missing_label_messages(corpus, study.labels, final, table, scan)
             for msg in missing:

@@ -10,6 +10,8 @@ the choices worth knowing:
   ("1-12", "1064-1072");
 - an omitted or empty `train` list means every speaker (session) not listed
   in another split, so a corpus's val/test actors are the only ones to name;
+  except for a cross-corpus study's target corpus, whose unlisted speakers are
+  left out: its labels are never trained on unless the study says so;
 - a listed id missing from the data is a warning (the demo and the real
   corpus may differ), but a listed split that ends up empty is an error;
 - `held_out_words` (TESS, whose two speakers say the same 200 words) holds out
@@ -26,6 +28,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence, Union
 
+from ser.errors import SerError
 from ser.config import SplitParams
 from ser.manifest import Utterance
 
@@ -39,7 +42,7 @@ RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 Key = Union[int, str]
 
 
-class SplitError(ValueError):
+class SplitError(ValueError, SerError):
     """A split protocol cannot be applied; the message names the params entry to fix."""
 
 
@@ -150,10 +153,14 @@ def _held_out_words(rows: list[Utterance], corpus: str, sp: SplitParams, where: 
     return [dataclasses.replace(r, split=split_of.get(r.text, "train")) for r in rows]
 
 
-def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: str = "") -> list[Utterance]:
+def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: str = "", *,
+                  implicit_train: bool = True) -> list[Utterance]:
     """Copies of `rows` with `split` set by protocol `sp`; rows in no split stay "unassigned".
 
     `where` names the params entry in messages (default: splits.<study>.<corpus>).
+    implicit_train=False (a cross-corpus target corpus): unlisted speakers stay
+    unassigned instead of becoming training data, so a forgotten speaker never
+    puts target labels into training.
     """
     where = where or f"splits.<study>.{corpus}"
     lists = {name: getattr(sp, name) for name in LISTED_SPLITS}
@@ -164,9 +171,9 @@ def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: st
     if sp.protocol == "all_test":
         out = [dataclasses.replace(r, split="test") for r in rows]
     elif sp.protocol == "sessions":
-        out = _by_lists(rows, corpus, "session", lists, implicit_train=True, where=where)
+        out = _by_lists(rows, corpus, "session", lists, implicit_train=implicit_train, where=where)
     elif sp.protocol == "speakers":
-        out = _by_lists(rows, corpus, "speaker", lists, implicit_train=True, where=where)
+        out = _by_lists(rows, corpus, "speaker", lists, implicit_train=implicit_train, where=where)
     elif sp.protocol == "loso":
         out = _loso(rows, corpus, sp, where)
     elif sp.protocol == "held_out_words":

@@ -1,4 +1,5 @@
 """Strict params loading: every profile loads; bad files fail naming the key."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import yaml
 from ser.config import ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
 
 
 def _default() -> dict:
@@ -91,3 +93,40 @@ def test_params_are_frozen():
     p = load_params(ROOT / "params.yaml")
     with pytest.raises(Exception):
         p.seed = 3  # type: ignore[misc]
+
+
+def _cross_only(data: dict) -> dict:
+    """The demo params reduced to the cross-corpus study (the multi-corpus study is optional)."""
+    data = copy.deepcopy(data)
+    data["studies"].pop("multi_corpus")
+    data["splits"].pop("multi_corpus")
+    data["models"] = {k: m for k, m in data["models"].items() if m["study"] == "cross_corpus"}
+    return data
+
+
+def test_studies_are_optional():
+    data = _cross_only(yaml.safe_load(PARAMS.read_text()))
+    params = parse_params(data)
+    assert set(params.studies) == {"cross_corpus"}
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(val=[]), r"no corpus .* has val data"),
+    (lambda d: d["splits"]["cross_corpus"]["ravdess"].update(adapt=[]), r"need unlabeled target data"),
+    (lambda d: d["splits"]["cross_corpus"]["ravdess"].update(val=["13"]), r"train_on_target"),
+    (lambda d: d["splits"]["cross_corpus"].update(
+        iemocap={"protocol": "sessions", "train": ["1", "2", "3"], "val": ["4"]},
+        ravdess={"protocol": "speakers", "adapt": ["1-12"]}), r"no corpus .* has test data"),
+])
+def test_unworkable_split_combinations_fail_at_load(edit, match):
+    data = _cross_only(yaml.safe_load(PARAMS.read_text()))
+    edit(data)
+    with pytest.raises(ParamsError, match=match):
+        parse_params(data)
+
+
+def test_source_without_test_speakers_is_valid():
+    """Training on a corpus that has no test speakers is normal: only its in-domain evaluation is skipped."""
+    data = _cross_only(yaml.safe_load(PARAMS.read_text()))
+    data["splits"]["cross_corpus"]["iemocap"] = {"protocol": "sessions", "train": ["1", "2", "3", "5"], "val": ["4"]}
+    parse_params(data)

@@ -213,3 +213,34 @@ def test_stage_script_end_to_end(tree, tmp_path):
                            "verify.json", "--out-dir", "o2", "--report", "o2.json"],
                           cwd=work, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "IEMOCAP expected at not/here/raw/iemocap" in proc.stderr
+
+
+def test_target_speakers_never_become_training_data(tree, caplog):
+    """A target actor missing from every list is left out, not used as labeled training data."""
+    def forget_actor_8(d):
+        d["splits"]["cross_corpus"]["ravdess"] = {"protocol": "speakers", "adapt": ["1-4"], "test": ["5-7"]}
+
+    with caplog.at_level(logging.WARNING):
+        manifests, report = build(tree, forget_actor_8)
+    ravdess = [r for r in manifests["cross_corpus"] if r.corpus == "ravdess"]
+    assert {r.split for r in ravdess} == {"adapt", "test"}
+    assert "08" not in {r.speaker for r in ravdess}
+    assert report["studies"]["cross_corpus"]["corpora"]["ravdess"]["unassigned"] > 0
+    assert "in no split" in caplog.text
+
+
+def test_training_on_target_labels_needs_explicit_consent(tree):
+    from ser.config import ParamsError
+
+    def train_on_target(d):
+        d["splits"]["cross_corpus"]["ravdess"] = {"protocol": "speakers", "train": ["1-2"], "adapt": ["3-4"],
+                                                  "test": ["5-8"]}
+    with pytest.raises(ParamsError, match=r"train_on_target"):
+        build(tree, train_on_target)
+
+    def consent(d):
+        train_on_target(d)
+        d["studies"]["cross_corpus"]["train_on_target"] = True
+    manifests, _ = build(tree, consent)
+    assert {r.speaker for r in manifests["cross_corpus"] if r.corpus == "ravdess" and r.split == "train"} \
+        == {"01", "02"}
