@@ -14,13 +14,15 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ser.errors import SerError
+
 __all__ = ["AudioError", "load_audio", "check_audio", "SKIP_REASONS"]
 
 # Reasons `check_audio` (and the precompute stages) give for skipping a file.
 SKIP_REASONS = ("missing", "unreadable", "empty", "non_finite", "too_short", "silent")
 
 
-class AudioError(RuntimeError):
+class AudioError(RuntimeError, SerError):
     """A file cannot be decoded; the message names the file and what to do."""
 
     def __init__(self, path: str | Path, problem: str, reason: str = "unreadable") -> None:

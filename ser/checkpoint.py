@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ser.errors import SerError
 from ser.config import ModelParams, _build
 from ser.models import SERModel, build_model
 
@@ -44,7 +45,7 @@ _RESERVED = ("format", "model_params", "build", "backbone", "parameters", "state
              "base_fingerprint")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, SerError):
     """A checkpoint is missing, incomplete, or does not match the model it describes."""
 
 

@@ -49,6 +49,7 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from ser.errors import SerError
 from ser.fsutil import write_json_atomic
 from ser.config import CorpusParams, Params
 
@@ -69,7 +70,7 @@ _LFS_POINTER = b"version https://git-lfs"
 _BIG = 64 << 20  # files larger than this get a hashing progress bar
 
 
-class CorpusError(RuntimeError):
+class CorpusError(RuntimeError, SerError):
     """A corpus cannot be obtained or is not what it should be; the message says what to do."""
 
 

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ser.errors import SerError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "adapt", "unassigned")
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, SerError):
     """A manifest breaks the schema; the message names the file or rows at fault."""
 
 

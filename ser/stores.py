@@ -21,12 +21,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ser.errors import SerError
 from ser.fsutil import write_json_atomic
 
 INDEX_FIELDS = ("utt_id", "corpus", "speaker", "emotion", "domain", "offset", "length")
 
 
-class StoreError(FileNotFoundError):
+class StoreError(FileNotFoundError, SerError):
     """A feature store is missing or inconsistent."""
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import soundfile as sf
 from tqdm import tqdm
 
+from ser.errors import SerError
 from ser.config import CorpusParams
 from ser.manifest import Utterance
 
@@ -37,7 +38,7 @@ def display_name(corpus: str) -> str:
     return DISPLAY_NAMES.get(corpus, corpus)
 
 
-class CorpusNotFound(FileNotFoundError):
+class CorpusNotFound(FileNotFoundError, SerError):
     """A corpus is not where params.yaml says; the message says how to get it."""
 
 

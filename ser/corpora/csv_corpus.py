@@ -17,6 +17,7 @@ import csv
 import os
 from pathlib import Path
 
+from ser.errors import SerError
 from ser.config import CorpusParams
 from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult
 
@@ -28,7 +29,7 @@ GENDERS = {"f": "F", "female": "F", "w": "F", "woman": "F",
 MAX_SHOWN = 20
 
 
-class CsvCorpusError(ValueError):
+class CsvCorpusError(ValueError, SerError):
     """A corpus metadata CSV is malformed; the message names the file, lines and problems."""
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from ser.errors import SerError
 from ser.config import LoraParams, Wav2Vec2Params
 from ser.models import SERModel
 from ser.models.grl import DomainHead
@@ -84,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _STAMP = "ser_random_backbone.json"
 
 
-class BackboneNotFound(OSError):
+class BackboneNotFound(OSError, SerError):
     """A pretrained backbone is neither a local directory nor in the Hugging Face cache."""
 
 

@@ -1,0 +1,15 @@
+"""The base class of the errors `ser` raises for problems a user can fix.
+
+Stage scripts and the `ser` command print such an error's message and exit
+non-zero without a traceback (`ser.stageutil.run_stage`); any other exception
+is a bug and keeps its traceback. Each error keeps its built-in base as well
+(`ParamsError` is still a `ValueError`), so existing `except` clauses still
+catch it.
+"""
+from __future__ import annotations
+
+__all__ = ["SerError"]
+
+
+class SerError(Exception):
+    """An expected error: bad params, missing or inconsistent data, an unusable path."""
