@@ -1,22 +1,33 @@
-"""Audio decoding and sanity checks shared by the precompute stages and `ser predict`.
+"""Audio decoding, sanity checks and conditioning shared by the precompute stages and `ser predict`.
 
 `load_audio` reproduces `librosa.load(path, sr=sample_rate)` (soundfile decode,
 channel mean, soxr "HQ" resampling, length fixed to ceil(n * ratio)) without
 librosa's per-call overhead, so stored features match the librosa definition.
+
+`condition` is the level/silence front end every feature kind applies after
+`check_audio` (see FeatureParams): trimming of leading/trailing silence, then
+per-utterance gain normalisation (peak, RMS over active samples, or ITU-R
+BS.1770 gated loudness), with a limiter so no sample exceeds 0 dBFS.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import soxr
 
 from ser.errors import SerError
 
-__all__ = ["AudioError", "load_audio", "check_audio", "SKIP_REASONS"]
+if TYPE_CHECKING:
+    from ser.config import FeatureParams
+
+__all__ = ["AudioError", "load_audio", "check_audio", "SKIP_REASONS", "condition", "condition_span",
+           "trim_span", "normalise_gain", "peak_dbfs", "active_rms_dbfs", "loudness_lufs"]
 
 # Reasons `check_audio` (and the precompute stages) give for skipping a file.
 SKIP_REASONS = ("missing", "unreadable", "empty", "non_finite", "too_short", "silent")
@@ -48,6 +59,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     try:
         with sf.SoundFile(path) as fh:
             native_sr = fh.samplerate
+            # The int16 fast path is for WAV only: FLAC/OGG decode through libsndfile's float path.
             if fh.format in ("WAV", "WAVEX") and fh.subtype == "PCM_16":
                 data = _pcm16_mono(fh.read(dtype="int16", always_2d=True))
             else:
@@ -118,3 +130,144 @@ def check_audio(wave: np.ndarray, sample_rate: int, min_duration_s: float,
     if peak <= 0.0 or 20.0 * math.log10(peak) < silence_dbfs:
         return "silent"
     return None
+
+
+# --------------------------------------------------------------------------- conditioning
+_FRAME_S = 0.025  # analysis frame of trimming and active-RMS (25 ms, as the STFT window)
+_HOP_S = 0.010  # 10 ms hop
+TRIM_MARGIN_S = 0.05  # kept on each side of the detected speech: onsets/offsets are soft
+ACTIVE_DB = 40.0  # rms gain: frames within this many dB of the loudest frame are "active"
+_FLOOR = 1e-10  # power floor (-100 dB), as the log-mels'
+
+
+def _frame_power_db(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, int]:
+    """Mean-square power (dB) of 25 ms frames every 10 ms, frame and hop in samples."""
+    frame = max(1, round(_FRAME_S * sample_rate))
+    hop = max(1, round(_HOP_S * sample_rate))
+    x = wave.astype(np.float64)
+    if x.shape[0] < frame:
+        x = np.pad(x, (0, frame - x.shape[0]))
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+    power = np.mean(frames * frames, axis=1)
+    return 10.0 * np.log10(np.maximum(power, _FLOOR)), frame, hop
+
+
+def trim_span(wave: np.ndarray, sample_rate: int, top_db: float, min_duration_s: float) -> tuple[int, int]:
+    """[start, end) of `wave` without its leading/trailing silence.
+
+    Like `librosa.effects.trim(top_db=...)`: a frame is silent when its power
+    is more than `top_db` below the loudest frame's (digital zeros always
+    are). TRIM_MARGIN_S is kept on each side. Never trims to nothing: a span
+    shorter than `min_duration_s` is widened symmetrically (within the clip)
+    to that minimum, so a trimmed clip passes the same length check.
+    """
+    n = wave.shape[0]
+    db, frame, hop = _frame_power_db(wave, sample_rate)
+    loud = np.flatnonzero(db > db.max() - top_db)
+    margin = round(TRIM_MARGIN_S * sample_rate)
+    start = max(0, int(loud[0]) * hop - margin)
+    end = min(n, int(loud[-1]) * hop + frame + margin)
+    need = min(n, int(math.ceil(min_duration_s * sample_rate)))
+    if end - start < need:
+        start = max(0, min(n - need, (start + end - need) // 2))
+        end = start + need
+    return start, end
+
+
+def peak_dbfs(wave: np.ndarray) -> float:
+    """Sample peak in dBFS (-inf for an all-zero clip)."""
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+
+
+def active_rms_dbfs(wave: np.ndarray, sample_rate: int) -> float:
+    """RMS level in dBFS over the active frames: those within ACTIVE_DB of the loudest.
+
+    Pauses and digital silence do not count, so a clip's level does not depend
+    on how much silence surrounds the speech.
+    """
+    db, _frame, _hop = _frame_power_db(wave, sample_rate)
+    active = db[db > db.max() - ACTIVE_DB]
+    return float(10.0 * math.log10(max(np.mean(10.0 ** (active / 10.0)), _FLOOR)))
+
+
+@functools.lru_cache(maxsize=8)
+def _k_weighting(sample_rate: int) -> np.ndarray:
+    """ITU-R BS.1770 K-weighting (high shelf + RLB high-pass) as second-order sections.
+
+    Designed for any rate from the analogue prototypes (the parameters
+    libebur128 derives; at 48 kHz they give the coefficients tabled in BS.1770).
+    """
+    f0, gain_db, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+    k = math.tan(math.pi * f0 / sample_rate)
+    vh = 10.0 ** (gain_db / 20.0)
+    vb = vh ** 0.4996667741545416
+    a0 = 1.0 + k / q + k * k
+    shelf = [(vh + vb * k / q + k * k) / a0, 2.0 * (k * k - vh) / a0, (vh - vb * k / q + k * k) / a0,
+             1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q + k * k) / a0]
+    f0, q = 38.13547087602444, 0.5003270373238773
+    k = math.tan(math.pi * f0 / sample_rate)
+    a0 = 1.0 + k / q + k * k
+    highpass = [1.0, -2.0, 1.0, 1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q + k * k) / a0]
+    return np.array([shelf, highpass])
+
+
+def loudness_lufs(wave: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness (LUFS) of a mono clip, ITU-R BS.1770-4.
+
+    K-weighting, 400 ms blocks with 75 % overlap, absolute gate at -70 LUFS,
+    relative gate 10 LU below the absolutely gated mean. A clip shorter than
+    one block is measured as one block; when every block is gated out the
+    ungated mean is used, so the result is always finite for a non-zero clip.
+    """
+    y = scipy.signal.sosfilt(_k_weighting(sample_rate), wave.astype(np.float64))
+    block, step = round(0.4 * sample_rate), round(0.1 * sample_rate)
+    if y.shape[0] <= block:
+        z = np.array([np.mean(y * y)])
+    else:
+        z = np.mean(np.lib.stride_tricks.sliding_window_view(y * y, block)[::step], axis=1)
+    level = -0.691 + 10.0 * np.log10(np.maximum(z, _FLOOR))
+    gated = z[level > -70.0]
+    if gated.size:
+        relative = -0.691 + 10.0 * math.log10(float(np.mean(gated))) - 10.0
+        gated = gated[-0.691 + 10.0 * np.log10(np.maximum(gated, _FLOOR)) > relative]
+    return float(-0.691 + 10.0 * math.log10(max(float(np.mean(gated if gated.size else z)), _FLOOR)))
+
+
+def normalise_gain(wave: np.ndarray, sample_rate: int, mode: str, target_dbfs: float) -> np.ndarray:
+    """Scale `wave` so its peak / active RMS / loudness is `target_dbfs` (dBFS or LUFS).
+
+    The one gain is then limited so that no sample exceeds 0 dBFS (the whole
+    clip is scaled down, no compression): a very peaky clip can end below its
+    target level rather than clip. mode "none" returns `wave` unchanged.
+    """
+    if mode == "none":
+        return wave
+    measure = {"peak": lambda: peak_dbfs(wave), "rms": lambda: active_rms_dbfs(wave, sample_rate),
+               "loudness": lambda: loudness_lufs(wave, sample_rate)}
+    if mode not in measure:
+        raise ValueError(f"gain must be one of ['none', *{sorted(measure)}], got {mode!r}")
+    level = measure[mode]()
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if not math.isfinite(level) or peak <= 0.0:
+        return wave  # all zeros: nothing to scale (check_audio rejects such clips anyway)
+    gain = min(10.0 ** ((target_dbfs - level) / 20.0), 1.0 / peak)
+    return np.clip(wave.astype(np.float64) * gain, -1.0, 1.0).astype(np.float32)
+
+
+def condition_span(wave: np.ndarray, fp: "FeatureParams") -> tuple[np.ndarray, int]:
+    """`condition(wave, fp)` and the offset (samples) of its first sample in `wave`."""
+    start, end = 0, wave.shape[0]
+    if fp.trim_db is not None and wave.size:
+        start, end = trim_span(wave, fp.sample_rate, fp.trim_db, fp.min_duration_s)
+    out = normalise_gain(wave[start:end], fp.sample_rate, fp.gain, fp.gain_dbfs)
+    return np.ascontiguousarray(out, dtype=np.float32), start
+
+
+def condition(wave: np.ndarray, fp: "FeatureParams") -> np.ndarray:
+    """The front end every feature kind applies to a checked clip (see FeatureParams).
+
+    Trim leading/trailing silence (`fp.trim_db`), then normalise the level of
+    what is left (`fp.gain`, `fp.gain_dbfs`), limited to 0 dBFS peak.
+    """
+    return condition_span(wave, fp)[0]
