@@ -314,6 +314,13 @@ class TrainParams:
     num_workers: int = 0
     bucket_by_length: bool = True
     deterministic: bool = True
+    # torch intra-op threads; null: the cores this process may use (see ser.stageutil.set_torch_threads).
+    # Under `dvc queue start -j N` set it to cores / N: oversubscribed threads slow training many-fold.
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or null: the cores available), got {self.threads}")
 
 
 @dataclass(frozen=True)

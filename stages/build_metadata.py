@@ -7,6 +7,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.logutil import setup_logging
 from ser.metadata import build_manifests, corpus_roots, write_outputs
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,9 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    ensure_writable(args.out_dir, files=[args.report])
     manifests, report = build_manifests(params, corpus_roots(params, args.verify_report))
     write_outputs(manifests, report, args.out_dir, args.report)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -9,8 +9,9 @@ import argparse
 from pathlib import Path
 
 from ser.config import load_params
-from ser.download import CorpusError, fetch_and_verify, write_json_atomic
+from ser.download import fetch_and_verify, write_json_atomic
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main() -> None:
@@ -20,12 +21,11 @@ def main() -> None:
     ap.add_argument("--lock", default="data/checksums.lock.json")
     args = ap.parse_args()
     setup_logging()
-    try:
-        report = fetch_and_verify(load_params(args.params), Path(args.lock))
-    except CorpusError as exc:  # the message says what to do; a traceback would bury it
-        raise SystemExit(f"download-verify failed: {exc}") from None
+    params = load_params(args.params)
+    ensure_writable(files=[args.report, args.lock])
+    report = fetch_and_verify(params, Path(args.lock))
     write_json_atomic(Path(args.report), report)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

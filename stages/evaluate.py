@@ -12,6 +12,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.evaluation import SCOPES, evaluate_scope
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage, set_torch_threads
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots-dir", type=Path, required=True, help="<model>.csv and <model>.png per model")
     args = ap.parse_args(argv)
     setup_logging()
-    evaluate_scope(load_params(args.params), args.scope, args.models_dir, args.features, args.metrics_dir,
+    params = load_params(args.params)
+    ensure_writable(args.metrics_dir, args.plots_dir)
+    set_torch_threads(params.train.threads)
+    evaluate_scope(params, args.scope, args.models_dir, args.features, args.metrics_dir,
                    args.plots_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,6 +11,7 @@ from ser.config import load_params
 from ser.fsutil import write_json_atomic
 from ser.features import precompute_mels, precompute_waves
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage
 
 KINDS = {"mels": precompute_mels, "waves": precompute_waves}
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    ensure_writable(args.out_dir, files=[args.report])
     report = {name: KINDS[args.kind](args.manifests / f"{name}.csv", args.out_dir / name, params.features,
                                      labels=study.labels, target=study.target)
               for name, study in params.studies.items()}
@@ -33,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,6 +7,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.evaluation import write_summary
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,8 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("metrics/summary.md"))
     args = ap.parse_args(argv)
     setup_logging()
-    write_summary(load_params(args.params), args.metrics_dir, args.models_dir, args.out)
+    params = load_params(args.params)
+    ensure_writable(files=[args.out])
+    write_summary(params, args.metrics_dir, args.models_dir, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

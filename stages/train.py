@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ser.config import load_params
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage, set_torch_threads
 from ser.training import train_model
 
 
@@ -24,9 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots (dvclive/<model>)")
     args = ap.parse_args(argv)
     setup_logging()
-    train_model(load_params(args.params), args.model, args.features, args.out_dir, args.resume_dir,
+    params = load_params(args.params)
+    # Before the first epoch, not after the last: a bad path fails in a second.
+    ensure_writable(args.out_dir, args.resume_dir, args.live_dir)
+    set_torch_threads(params.train.threads)
+    train_model(params, args.model, args.features, args.out_dir, args.resume_dir,
                 args.live_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
