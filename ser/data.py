@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 UNLABELED = -1  # label of items whose emotion must never be used (DANN target data)
 
-__all__ = ["UNLABELED", "FeatureDataset", "collate_batch", "EpochBatchSampler", "padding_waste",
-           "make_loader", "epoch_seed", "max_samples_for"]
+__all__ = ["UNLABELED", "FeatureDataset", "collate_batch", "EpochBatchSampler", "class_balanced_weights",
+           "padding_waste", "make_loader", "epoch_seed", "max_samples_for"]
 
 
 def epoch_seed(seed: int, *keys: int) -> int:
@@ -112,13 +112,25 @@ class EpochBatchSampler(Sampler[list[int]]):
     a batch (less padding) while batch composition still changes every epoch.
     shuffle=False keeps dataset order (evaluation). A trailing batch of one item
     is merged into its neighbour: a batch of one breaks batch-norm in training.
+
+    balance_labels (class-balanced sampling, shuffle=True only): instead of a
+    permutation, each epoch draws len(lengths) items with replacement, every
+    class present equally likely, from the same (seed, epoch) generator.
     """
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, bucket: bool = False, bucket_factor: int = 50) -> None:
+                 shuffle: bool = True, bucket: bool = False, bucket_factor: int = 50,
+                 balance_labels: Optional[Sequence[int] | np.ndarray] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.weights: Optional[torch.Tensor] = None
+        if balance_labels is not None:
+            if not shuffle:
+                raise ValueError("class-balanced sampling needs shuffle=True")
+            self.weights = class_balanced_weights(balance_labels)
+            if len(self.weights) != len(self.lengths):
+                raise ValueError(f"{len(self.weights)} labels for {len(self.lengths)} items")
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -141,7 +153,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         if not self.shuffle:
             return self._cut(list(range(n)))
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        perm = torch.randperm(n, generator=gen).tolist()
+        if self.weights is not None and n:
+            perm = torch.multinomial(self.weights, n, replacement=True, generator=gen).tolist()
+        else:
+            perm = torch.randperm(n, generator=gen).tolist()
         if not self.bucket:
             return self._cut(perm)
         batches: list[list[int]] = []
@@ -160,6 +175,15 @@ class EpochBatchSampler(Sampler[list[int]]):
         return len(self.batches()) if self.shuffle else -(-len(self.lengths) // self.batch_size)
 
 
+def class_balanced_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Per-item sampling weights 1 / (count of its class): each class present is drawn equally often."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError("class-balanced sampling needs labeled items (got UNLABELED ones)")
+    counts = np.bincount(labels) if labels.size else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(1.0 / counts[labels]).to(torch.float64)
+
+
 def padding_waste(lengths: Sequence[int] | np.ndarray, batches: Sequence[Sequence[int]]) -> float:
     """Fraction of a padded batch's cells that are padding, over all batches."""
     lengths = np.asarray(lengths)
@@ -169,8 +193,12 @@ def padding_waste(lengths: Sequence[int] | np.ndarray, batches: Sequence[Sequenc
 
 
 def make_loader(dataset: FeatureDataset, batch_size: int, *, seed: int = 0, shuffle: bool = False,
-                bucket: bool = False, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over `dataset` driven by an EpochBatchSampler (`loader.batch_sampler`)."""
-    sampler = EpochBatchSampler(dataset.lengths, batch_size, seed=seed, shuffle=shuffle, bucket=bucket)
+                bucket: bool = False, num_workers: int = 0, balance: bool = False) -> DataLoader:
+    """A DataLoader over `dataset` driven by an EpochBatchSampler (`loader.batch_sampler`).
+
+    balance: class-balanced batches drawn with replacement (see EpochBatchSampler).
+    """
+    sampler = EpochBatchSampler(dataset.lengths, batch_size, seed=seed, shuffle=shuffle, bucket=bucket,
+                                balance_labels=dataset.labels if balance else None)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=num_workers,
                       persistent_workers=False)

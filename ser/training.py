@@ -9,10 +9,20 @@ Objectives: CrossEntropy (baseline, fine-tune, QLoRA) and DomainAdversarial
 (DANN: CE on labeled source + lambda * domain CE on source and unlabeled target
 features through gradient reversal).
 
+Real corpora are imbalanced and small: `models.<name>.balance` weights the
+cross-entropy by inverse class frequency ("loss") or draws class-balanced
+batches ("sampler"); `spec_augment` masks training log-mels; `patience` stops
+when val UAR has not improved for that many epochs.
+
 Resumable: after every epoch the training state goes to `resume_dir`; a killed
 run restarted with the same command continues from the last completed epoch
 and ends with the same weights and metrics as an uninterrupted run, because
-every random stream is re-derived from (seed, epoch) rather than carried over.
+every random stream (batch order, crops, masks, dropout) is re-derived from
+(seed, epoch) rather than carried over. A run resumes only when the params,
+features and training code all match (`fingerprint`).
+
+The model directory holds only what the weights determine (meta.json is
+byte-identical across identical runs); wall-clock timings go to `timing_path`.
 
 Multi-process data parallelism (DDP) needs no code change:
 `accelerate launch --multi_gpu --num_processes 2 stages/train.py ...` (also on a
@@ -36,21 +46,30 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+import ser
+from ser.augment import spec_augment
 from ser.config import ModelParams, Params, TrainParams
 from ser.data import FeatureDataset, epoch_seed, make_loader, max_samples_for
 from ser.evaluation import compute_metrics
+from ser.fsutil import write_json_atomic
 from ser.stores import FeatureStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["train_model", "CrossEntropy", "DomainAdversarial", "make_objective", "fingerprint",
-           "make_accelerator", "TrainingInterrupted"]
+           "code_fingerprint", "class_weights", "make_accelerator", "TrainingInterrupted"]
 
 STATE_FILE = "state.pt"
 # Random wav2vec2 presets are materialised inside the model directory, so that
 # models/<name> alone is enough to rebuild the model (ser.evaluation does).
 BACKBONE_CACHE = "backbone"
 BEST_DIR = "best"  # inside resume_dir: the best epoch so far, copied to out_dir at the end
+# Modules of the `ser` package that cannot change a training result (CLI, demo
+# audio, downloads, inference, reports); every other .py file of the package is
+# hashed into the resume fingerprint. Erring towards hashing too much only
+# costs a restart; hashing too little resumes epochs trained by other code.
+_CODE_NOT_IN_FINGERPRINT = frozenset({"cli.py", "demo.py", "download.py", "predict.py", "report.py"})
+_AUGMENT_STREAM = 1  # epoch_seed key of the SpecAugment generator (independent of batch order and dropout)
 Batch = dict[str, torch.Tensor]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -64,13 +83,20 @@ def _embed(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model.embed(batch["x"], batch.get("lengths"))
 
 
+def _ce(logits: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, weight=None if weight is None else weight.to(logits.device))
+
+
 class CrossEntropy:
-    """Cross-entropy on the labeled batch."""
+    """Cross-entropy on the labeled batch; `weight` [n_classes] weights the classes (balance: loss)."""
+
+    def __init__(self, weight: Optional[torch.Tensor] = None) -> None:
+        self.weight = weight
 
     def __call__(self, model: nn.Module, batch: Batch, target_batch: Optional[Batch],
                  progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model.classify(_embed(model, batch))
-        loss = F.cross_entropy(logits.float(), batch["y"])
+        loss = _ce(logits, batch["y"], self.weight)
         return loss, {"loss": loss.detach(), "ce": loss.detach()}
 
 
@@ -78,12 +104,14 @@ class DomainAdversarial:
     """DANN (Ganin & Lempitsky 2015): CE + lambda * domain CE through gradient reversal.
 
     The reversal coefficient follows dann_alpha(progress, max_alpha); the
-    target batch's emotion labels are never read.
+    target batch's emotion labels are never read. `weight` weights the emotion
+    classes of the CE term only (the domain term is balanced by construction).
     """
 
-    def __init__(self, lambda_domain: float, max_alpha: float) -> None:
+    def __init__(self, lambda_domain: float, max_alpha: float, weight: Optional[torch.Tensor] = None) -> None:
         self.lambda_domain = lambda_domain
         self.max_alpha = max_alpha
+        self.weight = weight
 
     def __call__(self, model: nn.Module, batch: Batch, target_batch: Optional[Batch],
                  progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -93,7 +121,7 @@ class DomainAdversarial:
             raise ValueError("DomainAdversarial needs a target batch every step")
         source = _embed(model, batch)
         target = _embed(model, target_batch)
-        ce = F.cross_entropy(model.classify(source).float(), batch["y"])
+        ce = _ce(model.classify(source), batch["y"], self.weight)
         alpha = dann_alpha(progress, self.max_alpha)
         feats = torch.cat([source, target])
         domains = torch.cat([torch.zeros(len(source), dtype=torch.long, device=feats.device),
@@ -106,10 +134,27 @@ class DomainAdversarial:
                       "domain_acc": domain_acc.detach(), "alpha": torch.tensor(float(alpha))}
 
 
-def make_objective(params: Params, mp: ModelParams) -> CrossEntropy | DomainAdversarial:
+def make_objective(params: Params, mp: ModelParams,
+                   weight: Optional[torch.Tensor] = None) -> CrossEntropy | DomainAdversarial:
     if mp.objective == "dann":
-        return DomainAdversarial(params.lambda_domain, params.max_alpha)
-    return CrossEntropy()
+        return DomainAdversarial(params.lambda_domain, params.max_alpha, weight)
+    return CrossEntropy(weight)
+
+
+def class_weights(labels: Any, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights of the train labels, mean 1 over the classes present.
+
+    A class absent from train gets weight 0 (nothing to learn it from) and a warning.
+    """
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=n_classes).double()
+    present = counts > 0
+    if not bool(present.all()):
+        log.warning("classes %s have no training examples: class weight 0",
+                    torch.nonzero(~present).flatten().tolist())
+    weight = torch.zeros(n_classes, dtype=torch.float64)
+    weight[present] = 1.0 / counts[present]
+    weight[present] /= weight[present].mean()
+    return weight.float()
 
 
 class _Step(nn.Module):
@@ -159,12 +204,31 @@ def _set_determinism(train: TrainParams) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def code_fingerprint() -> str:
+    """sha256 of the `ser` package's source files that can change a training result.
+
+    Every .py file of the installed package except _CODE_NOT_IN_FINGERPRINT,
+    keyed by its path inside the package: a run killed under one version of
+    the trainer or models never resumes under another.
+    """
+    root = Path(ser.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in _CODE_NOT_IN_FINGERPRINT:
+            continue
+        digest.update(f"{rel}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def fingerprint(params: Params, name: str, feature_meta: dict[str, Any]) -> str:
-    """sha256 of everything that determines the training result (resume only on a match)."""
+    """sha256 of everything that determines the training result (resume only on a match):
+    model params, seed, labels, feature meta, trainer knobs and the training code."""
     mp = params.models[name]
     payload: dict[str, Any] = {"model": dataclasses.asdict(mp), "seed": params.seed,
                                "labels": list(params.study(mp.study).labels), "features": feature_meta,
-                               "bucket_by_length": params.train.bucket_by_length}
+                               "bucket_by_length": params.train.bucket_by_length, "code": code_fingerprint()}
     if mp.objective == "dann":
         payload.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -201,7 +265,7 @@ class _Data:
         # Reading labels here fails fast (naming the file) on an emotion outside the study's label set.
         self.train_set = FeatureDataset(train_store, labels, max_samples=cap, crop="random", seed=params.seed)
         self.train = make_loader(self.train_set, mp.batch_size, seed=params.seed, shuffle=True, bucket=bucket,
-                                 num_workers=workers)
+                                 num_workers=workers, balance=mp.balance == "sampler")
         self.val_set = FeatureDataset(val_store, labels, max_samples=cap, crop="center")
         self.val = make_loader(self.val_set, mp.batch_size, num_workers=workers)
         self.target = self.adapt = None
@@ -273,7 +337,7 @@ def _load_resume(resume_dir: Path, expected: str) -> Optional[dict[str, Any]]:
         log.warning("%s is unreadable (%s): starting fresh", path, exc)
         return None
     if state.get("fingerprint") != expected:
-        log.info("%s: fingerprint differs from the current params/features: starting fresh", path)
+        log.info("%s: fingerprint differs from the current params/features/code: starting fresh", path)
         return None
     return state
 
@@ -325,12 +389,34 @@ def _validate(accelerator: Any, model: nn.Module, data: _Data, labels: list[str]
 
 
 # --------------------------------------------------------------------------- the loop
+def _augment(batch: Batch, mp: ModelParams, gen: Optional[torch.Generator]) -> Batch:
+    """SpecAugment on a training batch (mels only; masks inside batch["lengths"] when present)."""
+    if gen is None or mp.spec_augment is None:
+        return batch
+    return {**batch, "x": spec_augment(batch["x"], batch.get("lengths"), mp.spec_augment, gen)}
+
+
+def _stops_early(mp: ModelParams, best_epoch: int, done: int) -> bool:
+    """True when val UAR has not improved for `patience` epochs after `done` completed epochs."""
+    return mp.patience is not None and 0 < done < mp.epochs and done - best_epoch >= mp.patience
+
+
+def _write_timing(path: Path, name: str, result: dict[str, Any]) -> None:
+    """Wall-clock figures of a run: kept out of the model directory, whose bytes they would change."""
+    write_json_atomic(path, {"model": name, "train_seconds": result["train_seconds"],
+                             "epochs_run": result["epochs_run"], "resumed_from_epoch": result["resumed_from_epoch"],
+                             "seconds_per_epoch": result["train_seconds"] / max(1, result["epochs_run"])})
+    log.info("wrote %s", path)
+
+
 def train_model(params: Params, name: str, features_root: Path, out_dir: Path, resume_dir: Path,
-                live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None) -> dict[str, Any]:
+                live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,
+                timing_path: Optional[Path] = None) -> dict[str, Any]:
     """Train model `name` of params.models; the best epoch (val UAR) is saved to out_dir.
 
     on_epoch_end(epoch, logs) runs after each epoch's state is saved; raising
-    TrainingInterrupted there stops the run resumably.
+    TrainingInterrupted there stops the run resumably. timing_path: a JSON file
+    for the run's wall-clock time (see _write_timing), outside out_dir.
     """
     from dvclive import Live
 
@@ -371,14 +457,16 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
                  if mp.optim.scheduler == "plateau" else None)
 
     start_epoch, history, best, train_seconds = 0, [], {"uar": -1.0, "epoch": -1, "val": {}}, 0.0
+    stopped_early = False
     if state is not None:
         _restore_weights(model, resume_dir / state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        train_seconds = state["train_seconds"]
-        log.info("resuming %s from %s after epoch %d of %d", name, resume_dir, start_epoch, mp.epochs)
+        train_seconds, stopped_early = state["train_seconds"], state.get("stopped_early", False)
+        log.info("resuming %s from %s after epoch %d of %d%s", name, resume_dir, start_epoch, mp.epochs,
+                 " (already stopped early)" if stopped_early else "")
 
     train_sampler, target_sampler = data.train.batch_sampler, data.target.batch_sampler if dann else None
     step = _Step(model)
@@ -389,7 +477,12 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     if dann:
         target_loader, data.adapt = loaders[2], loaders[3]
     net = accelerator.unwrap_model(step).model
-    objective = make_objective(params, mp)
+    weight = None
+    if mp.balance == "loss":
+        weight = class_weights(data.train_set.labels, len(labels))
+        log.info("class weights (balance: loss): %s",
+                 ", ".join(f"{k} {w:.3f}" for k, w in zip(labels, weight.tolist())))
+    objective = make_objective(params, mp, weight)
 
     live = None
     if main:
@@ -403,17 +496,23 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     steps_per_epoch = len(train_loader)
     total_steps = max(1, mp.epochs * steps_per_epoch)
     # save_checkpoint adds model_params, build arguments and parameter counts itself.
+    # No wall-clock figures here: meta.json must be identical across identical runs.
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": data.meta,
             "seed": params.seed}
     if dann:
         meta.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
     step.train()
     for epoch in range(start_epoch, mp.epochs):
+        if stopped_early:
+            break
         started = time.perf_counter()
         # Every random stream of this epoch derives from (seed, epoch, process): resume-safe.
         _seed_everything(epoch_seed(params.seed, epoch, accelerator.process_index))
         _set_epoch(train_loader, data.train_set, train_sampler, epoch)
         targets = (_target_batches(target_loader, data.target_set, target_sampler, epoch) if dann else None)
+        masks = (torch.Generator().manual_seed(epoch_seed(params.seed, epoch, accelerator.process_index,
+                                                          _AUGMENT_STREAM))
+                 if mp.spec_augment is not None else None)
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
         # disable=None: a bar on a terminal only; per-epoch log lines elsewhere (CI logs).
@@ -421,7 +520,9 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
                    leave=False)
         for i, batch in enumerate(bar):
             progress = min(1.0, (epoch * steps_per_epoch + i) / total_steps)
-            loss, logs = step(objective, batch, next(targets) if targets else None, progress)
+            # DANN's target batches are masked too: masks only on source clips would be a domain cue.
+            target_batch = _augment(next(targets), mp, masks) if targets else None
+            loss, logs = step(objective, _augment(batch, mp, masks), target_batch, progress)
             accelerator.backward(loss)
             if mp.optim.grad_clip:
                 accelerator.clip_grad_norm_(step.parameters(), mp.optim.grad_clip)
@@ -450,34 +551,43 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
             if main:
                 # The best model lives beside the resume state until the run ends: DVC deletes
                 # out_dir before re-running a stage, so a resumed run must not depend on it.
-                save_checkpoint(net, resume_dir / BEST_DIR, {**meta, "best_epoch": epoch + 1, "val": val,
-                                                             "train_seconds": train_seconds})
+                save_checkpoint(net, resume_dir / BEST_DIR, {**meta, "best_epoch": epoch + 1, "val": val})
                 log.info("new best val UAR %.4f at epoch %d", best["uar"], epoch + 1)
         history.append(epoch_logs)
+        stopped_early = _stops_early(mp, best["epoch"], epoch + 1)
         if main:
             for key, value in epoch_logs.items():
                 live.log_metric(key, value)
             live.next_step()
+            # stopped_early is part of the state: a run killed right after its last epoch resumes as finished.
             _save_resume(resume_dir, net, {
                 "epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "best": best, "history": history, "train_seconds": train_seconds, "fingerprint": fp})
+                "best": best, "history": history, "train_seconds": train_seconds, "fingerprint": fp,
+                "patience": mp.patience, "stopped_early": stopped_early})
             log.info("wrote resume state for epoch %d to %s", epoch + 1, resume_dir)
         accelerator.wait_for_everyone()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, epoch_logs)
+        if stopped_early:
+            log.info("%s: early stop after epoch %d: val UAR has not improved for %d epochs (best %.4f at epoch %d)",
+                     name, epoch + 1, mp.patience, best["uar"], best["epoch"])
 
+    epochs_run = len(history)
     result = {"model": name, "best_epoch": best["epoch"], "val": best["val"], "epochs": mp.epochs,
-              "resumed_from_epoch": start_epoch, "train_seconds": train_seconds,
-              "parameters": {"total": int(total), "trainable": int(trainable)}, "history": history}
+              "epochs_run": epochs_run, "stopped_early": stopped_early, "resumed_from_epoch": start_epoch,
+              "train_seconds": train_seconds, "parameters": {"total": int(total), "trainable": int(trainable)},
+              "history": history}
     if main:
-        # The best checkpoint was written mid-run; its meta gets the whole run's training time.
+        # The best checkpoint was written mid-run; its meta gets how the run ended.
         best_model, _ = load_checkpoint(resume_dir / BEST_DIR, cache_dir=out_dir / BACKBONE_CACHE)
         save_checkpoint(best_model, out_dir, {**meta, "best_epoch": best["epoch"], "val": best["val"],
-                                              "train_seconds": train_seconds})
+                                              "epochs_run": epochs_run, "stopped_early": stopped_early})
+        if timing_path is not None:
+            _write_timing(Path(timing_path), name, result)
         live.end()
         shutil.rmtree(resume_dir, ignore_errors=True)
-        log.info("finished %s: best val UAR %.4f at epoch %d; wrote %s and %s; removed %s", name, best["uar"],
-                 best["epoch"], out_dir, live_dir, resume_dir)
+        log.info("finished %s: best val UAR %.4f at epoch %d of %d run; wrote %s and %s; removed %s", name,
+                 best["uar"], best["epoch"], epochs_run, out_dir, live_dir, resume_dir)
     accelerator.wait_for_everyone()
     return result

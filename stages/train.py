@@ -23,14 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", type=Path, required=True, help="best checkpoint (models/<model>)")
     ap.add_argument("--resume-dir", type=Path, required=True, help="per-epoch training state (checkpoints/<model>)")
     ap.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots (dvclive/<model>)")
+    ap.add_argument("--timing", type=Path, help="wall-clock timing JSON, kept out of the cached --out-dir")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
     # Before the first epoch, not after the last: a bad path fails in a second.
-    ensure_writable(args.out_dir, args.resume_dir, args.live_dir)
+    ensure_writable(args.out_dir, args.resume_dir, args.live_dir, files=[args.timing] if args.timing else [])
     set_torch_threads(params.train.threads)
-    train_model(params, args.model, args.features, args.out_dir, args.resume_dir,
-                args.live_dir)
+    train_model(params, args.model, args.features, args.out_dir, args.resume_dir, args.live_dir,
+                timing_path=args.timing)
 
 
 if __name__ == "__main__":
