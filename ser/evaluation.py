@@ -8,9 +8,12 @@ absent from the test set is left out rather than counted as 0 or 1.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -21,14 +24,15 @@ from tqdm.auto import tqdm
 
 from ser.config import Params
 from ser.data import FeatureDataset, make_loader, max_samples_for
-from ser.stores import FeatureStore
+from ser.stores import FeatureStore, read_index
 
 log = logging.getLogger(__name__)
 
 __all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record", "write_metrics_json",
-           "write_confusion_csv", "plot_confusion", "evaluate_scope", "write_summary", "resolve_device", "SCOPES"]
+           "write_confusion_csv", "plot_confusion", "Scope", "model_scopes", "evaluate_model_scopes",
+           "model_fingerprint", "write_summary", "prune_stale_outputs", "resolve_device", "SCOPES"]
 
-SCOPES = ("in_domain", "ravdess")
+SCOPES = ("in_domain", "target")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -129,9 +133,12 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     Returns (compute_metrics(...), y_true, y_pred) in store order.
     """
     from ser.checkpoint import load_checkpoint
+    from ser.classical import evaluate_classical, is_linear
     from ser.training import BACKBONE_CACHE
 
     model_dir, features_root = Path(model_dir), Path(features_root)
+    if is_linear(model_dir):  # the classical baseline: numpy weights, no torch model
+        return evaluate_classical(model_dir, features_root, split, corpus)
     target = resolve_device(device)
     model, meta = load_checkpoint(model_dir, device=str(target), cache_dir=model_dir / BACKBONE_CACHE)
     model.eval()
@@ -182,6 +189,14 @@ def metrics_record(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarr
         record[f"{name}_ci{round(ci * 100)}"] = list(bootstrap_ci(y_true, y_pred, name, n_boot, ci, seed))
     record["per_class_recall"] = metrics["per_class_recall"]
     record["support"] = metrics["support"]
+    # A constant predictor's UAR interval collapses to a point ([25, 25] for 4 classes), which reads as
+    # certainty: say plainly when a model predicts one class, and how dominant its top class is.
+    shares = _prediction_shares(y_pred, metrics["labels"])
+    top = max(shares, key=shares.get) if len(y_pred) else None
+    record["prediction_share"] = shares
+    record["top_class"] = top
+    record["top_class_share"] = shares[top] if top else None
+    record["single_class"] = top if top and shares[top] == 1.0 else None
     return _plain(record)
 
 
@@ -233,43 +248,97 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], labels: Seque
 
 
 # --------------------------------------------------------------------------- stage entry points
-def scope_targets(params: Params, scope: str) -> list[tuple[str, Optional[str]]]:
-    """(model name, corpus filter or None) pairs evaluated in a scope.
+@dataclass(frozen=True)
+class Scope:
+    """One test set of one model: `in_domain` (its study's test split: the source
+    corpus of a cross-corpus study, every corpus otherwise) or `target` (a
+    cross-corpus study's target corpus, named in `corpus`)."""
+    name: str
+    study: str
+    corpus: Optional[str]  # None: every corpus of the study
 
-    in_domain: every model on its study's test split, restricted to the source
-    corpus when the study has a target (else all corpora); ravdess: the
-    cross-corpus models (studies with a target) on the target corpus.
+    @property
+    def test_set(self) -> str:
+        return f"{self.study}/test [{self.corpus or 'all corpora'}]"
+
+
+def model_scopes(params: Params, name: str) -> list[Scope]:
+    """The test sets model `name` is evaluated on."""
+    mp = params.models[name]
+    study = params.study(mp.study)
+    scopes = [Scope("in_domain", mp.study, study.source if study.target else None)]
+    if study.target:
+        scopes.append(Scope("target", mp.study, study.target))
+    return scopes
+
+
+def _test_rows(store_root: Path, corpus: Optional[str]) -> int:
+    """Test clips of `corpus` (all corpora when None) in a store; 0 when it has no test split."""
+    index = store_root / "test.csv"
+    if not index.is_file():
+        return 0
+    return sum(1 for r in read_index(index) if corpus is None or r.corpus == corpus)
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 over a model directory's top-level files (weights and meta): which model a metrics file describes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _prediction_shares(y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(np.asarray(y_pred, dtype=np.int64), minlength=len(labels))
+    total = max(1, int(counts.sum()))
+    return {label: float(counts[k] / total) for k, label in enumerate(labels)}
+
+
+def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_root: Path, metrics_dir: Path,
+                          plots_dir: Path) -> dict[str, dict[str, Any]]:
+    """Evaluate one model on each of its test sets.
+
+    Writes <metrics_dir>/<scope>.json and <plots_dir>/<scope>.{csv,png}. A test
+    set without clips (e.g. a source corpus used only for training) is skipped,
+    logged, and recorded as {"skipped": reason}, so the metrics say so too.
     """
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; known: {list(SCOPES)}")
-    targets = []
-    for name, mp in params.models.items():
-        study = params.study(mp.study)
-        if scope == "in_domain":
-            targets.append((name, study.source if study.target else None))
-        elif study.target:
-            targets.append((name, study.target))
-    return targets
+    from ser.checkpoint import META
 
-
-def evaluate_scope(params: Params, scope: str, models_dir: Path, features_root: Path, metrics_dir: Path,
-                   plots_dir: Path) -> dict[str, dict[str, Any]]:
-    """Evaluate every model of `scope`; write <metrics_dir>/<model>.json and <plots_dir>/<model>.{csv,png}."""
-    records = {}
-    for name, corpus in scope_targets(params, scope):
-        study = params.models[name].study
-        test_set = f"{study}/test" + (f" [{corpus}]" if corpus else " [all corpora]")
-        metrics, y_true, y_pred = evaluate_model(Path(models_dir) / name, features_root, "test", corpus,
+    if name not in params.models:
+        raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
+    mp = params.models[name]
+    model_dir, metrics_dir, plots_dir = Path(models_dir) / name, Path(metrics_dir), Path(plots_dir)
+    store_root = Path(features_root) / mp.input / mp.study
+    fingerprint = model_fingerprint(model_dir)
+    records: dict[str, dict[str, Any]] = {}
+    for scope in model_scopes(params, name):
+        base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
+                "model_fingerprint": fingerprint}
+        if not _test_rows(store_root, scope.corpus):
+            reason = (f"no test clips of {scope.corpus or 'any corpus'} in {store_root}: "
+                      f"splits.{mp.study}.{scope.corpus or '<corpus>'} lists no test speakers")
+            log.warning("%s: skipping %s evaluation (%s)", name, scope.name, reason)
+            records[scope.name] = {**base, "skipped": reason}
+            write_metrics_json(metrics_dir / f"{scope.name}.json", records[scope.name])
+            continue
+        metrics, y_true, y_pred = evaluate_model(model_dir, features_root, "test", scope.corpus,
                                                  device=params.train.device)
-        record = metrics_record(metrics, y_true, y_pred, model=name, test_set=test_set,
+        record = metrics_record(metrics, y_true, y_pred, model=name, test_set=scope.test_set,
                                 n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci, seed=params.seed)
-        write_metrics_json(Path(metrics_dir) / f"{name}.json", record)
-        write_confusion_csv(Path(plots_dir) / f"{name}.csv", y_true, y_pred, metrics["labels"])
-        plot_confusion(Path(plots_dir) / f"{name}.png", metrics["confusion"], metrics["labels"],
-                       f"{name} on {test_set}: UAR {metrics['uar']:.3f}")
-        log.info("%s on %s: accuracy %.3f, UAR %.3f (n=%d)", name, test_set, metrics["accuracy"],
-                 metrics["uar"], metrics["n"])
-        records[name] = record
+        record = {**base, **record}
+        write_metrics_json(metrics_dir / f"{scope.name}.json", record)
+        write_confusion_csv(plots_dir / f"{scope.name}.csv", y_true, y_pred, metrics["labels"])
+        warn = f", predicts only {record['single_class']}" if record.get("single_class") else ""
+        plot_confusion(plots_dir / f"{scope.name}.png", metrics["confusion"], metrics["labels"],
+                       f"{name} on {scope.test_set}: UAR {metrics['uar']:.3f}{warn}")
+        log.info("%s on %s: accuracy %.3f, UAR %.3f (n=%d)%s", name, scope.test_set, metrics["accuracy"],
+                 metrics["uar"], metrics["n"], warn)
+        records[scope.name] = record
+    if not any("skipped" not in r for r in records.values()):
+        raise ValueError(f"model {name!r} has no test data in any of its test sets ({store_root}); "
+                         f"list test speakers under splits.{mp.study}")
+    if not (model_dir / META).is_file():
+        raise FileNotFoundError(f"{model_dir / META} is missing: train {name!r} first (`dvc repro`)")
     return records
 
 
@@ -302,35 +371,85 @@ def _read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path) -> str:
+def _timing(live_dir: Optional[Path], name: str) -> Optional[float]:
+    """Training seconds from <live_dir>/<name>/timing.json (kept out of the cached model directory)."""
+    record = _read_json(Path(live_dir) / name / "timing.json") if live_dir else None
+    value = (record or {}).get("train_seconds")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _cell(record: Optional[dict], key: str) -> str:
+    if record and record.get("skipped"):
+        return "no test data"
+    text = _pct(record, key)
+    if record and record.get("single_class") and key == "uar":
+        text += f" (predicts only {record['single_class']})"
+    return text
+
+
+def prune_stale_outputs(params: Params, dirs: Sequence[Path]) -> list[Path]:
+    """Remove per-model folders (metrics, plots, DVCLive) of models params.yaml no longer defines.
+
+    Their stages are gone, so nothing would overwrite them: left in place they
+    would be saved into the next experiment as if they were its results.
+    """
+    removed = []
+    for root in map(Path, dirs):
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and child.name not in params.models:
+                log.info("removing %s: model %r is not in params.yaml `models`", child, child.name)
+                shutil.rmtree(child)
+                removed.append(child)
+    return removed
+
+
+def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path,
+                  live_dir: Optional[Path] = None) -> str:
     """Markdown results table (one row per model in params.models), written to `out`.
 
-    Reads metrics/<scope>/<model>.json and models/<model>/meta.json (parameter
-    counts, training time).
+    Reads <metrics_dir>/<model>/<scope>.json, models/<model>/meta.json
+    (parameter counts) and <live_dir>/<model>/timing.json. Refuses metrics
+    written for another version of a model (their `model_fingerprint` differs),
+    so the table never mixes runs.
     """
     from ser.checkpoint import META
 
     metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
-    lines = ["| Model | Study | In-domain accuracy | In-domain UAR | RAVDESS accuracy | RAVDESS UAR "
-             "| Parameters (total) | Parameters (trainable) | Training time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Model | Study | In-domain test set | In-domain accuracy | In-domain UAR | Target test set "
+             "| Target accuracy | Target UAR | Parameters (total) | Parameters (trainable) | Training time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, mp in params.models.items():
-        in_domain = _read_json(metrics_dir / "in_domain" / f"{name}.json")
-        target = _read_json(metrics_dir / "ravdess" / f"{name}.json")
         meta = _read_json(models_dir / name / META)
         if meta is None:
             raise FileNotFoundError(f"{models_dir / name / META} is missing: train {name!r} first (`dvc repro`)")
+        fingerprint = model_fingerprint(models_dir / name)
+        records: dict[str, Optional[dict]] = {}
+        for scope in model_scopes(params, name):
+            path = metrics_dir / name / f"{scope.name}.json"
+            record = _read_json(path)
+            if record is None:
+                raise FileNotFoundError(f"{path} is missing: evaluate {name!r} first (`dvc repro`)")
+            if record.get("model_fingerprint") != fingerprint:
+                raise ValueError(f"{path} describes another version of {models_dir / name}; "
+                                 f"re-run its evaluation (`dvc repro`)")
+            records[scope.name] = record
+        in_domain, target = records.get("in_domain"), records.get("target")
         counts = meta.get("parameters", {})
-        lines.append(f"| {name} | {mp.study} | {_pct(in_domain, 'accuracy')} | {_pct(in_domain, 'uar')} "
-                     f"| {_pct(target, 'accuracy')} | {_pct(target, 'uar')} | {_count(counts.get('total'))} "
-                     f"| {_count(counts.get('trainable'))} | {_duration(meta.get('train_seconds'))} |")
+        lines.append(
+            f"| {name} | {mp.study} | {(in_domain or {}).get('test_set', '—')} | {_cell(in_domain, 'accuracy')} "
+            f"| {_cell(in_domain, 'uar')} | {(target or {}).get('test_set', '—')} | {_cell(target, 'accuracy')} "
+            f"| {_cell(target, 'uar')} | {_count(counts.get('total'))} | {_count(counts.get('trainable'))} "
+            f"| {_duration(_timing(live_dir, name))} |")
     ci = round(100 * params.evaluation.ci)
     text = "\n".join([
         "# Results", "",
-        f"Accuracy and UAR on each study's test split, with {ci}% percentile bootstrap intervals "
-        f"({params.evaluation.bootstrap} resamples) in brackets. In-domain: the source corpus of a "
-        "cross-corpus study, all corpora otherwise. RAVDESS: the cross-corpus models on the target "
-        "corpus's held-out actors (— where the model is not cross-corpus).", "",
+        f"Accuracy and UAR on each model's test sets, with {ci}% percentile bootstrap intervals "
+        f"({params.evaluation.bootstrap} resamples) in brackets. In-domain: the study's test split (the source "
+        "corpus of a cross-corpus study, all corpora otherwise). Target: a cross-corpus study's target corpus "
+        "(— where the model is not cross-corpus). \"predicts only X\" marks a model that gives one class to "
+        "every clip: its interval is then no measure of certainty.", "",
         *lines, ""])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

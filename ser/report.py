@@ -2,8 +2,9 @@
 workspace and in DVC experiments.
 
 Sources:
-  workspace    <metrics_dir>/<scope>/<model>.json as written by evaluation
-               (scopes: in_domain, ravdess = cross-corpus), with their bootstrap
+  workspace    <metrics_dir>/models/<model>/<scope>.json as written by evaluation
+               (scopes: in_domain, target = a cross-corpus study's target corpus,
+               named in the record's `corpus`), with their bootstrap
                confidence intervals (`uar_ci95`, ...);
   experiments  `dvc exp show --json` (dvc 3.x): a list of baseline commits, each
                with `experiments: [{name, executor, revs: [{rev, data: {params,
@@ -36,9 +37,10 @@ __all__ = ["Row", "read_workspace", "parse_exp_show", "read_experiments", "rende
 
 log = logging.getLogger(__name__)
 
-SCOPE_TITLES = {"in_domain": "in-domain", "ravdess": "cross-corpus (RAVDESS)"}
+SCOPE_TITLES = {"in_domain": "in-domain", "target": "cross-corpus (target)"}
 WORKSPACE = "workspace"
-_METRIC_FILE = re.compile(r"(?:^|/)(%s)/([^/]+)\.json$" % "|".join(map(re.escape, SCOPES)))
+# metrics/models/<model>/<scope>.json
+_METRIC_FILE = re.compile(r"(?:^|/)models/([^/]+)/(%s)\.json$" % "|".join(map(re.escape, SCOPES)))
 
 
 @dataclass
@@ -79,17 +81,18 @@ def _ci_level(rows: Iterable[Row]) -> str:
 
 # ---------------------------------------------------------------------- reading
 def read_workspace(metrics_dir: str | Path) -> list[Row]:
-    """Rows of the metrics files under metrics_dir/<scope>/*.json (sorted by model)."""
+    """Rows of the metrics files under metrics_dir/models/<model>/<scope>.json (sorted by model)."""
     metrics_dir = Path(metrics_dir)
     rows: dict[str, Row] = {}
     for scope in SCOPES:
-        for path in sorted((metrics_dir / scope).glob("*.json")):
+        for path in sorted((metrics_dir / "models").glob(f"*/{scope}.json")):
+            model = path.parent.name
             try:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{path}: not a metrics JSON file ({exc}); re-run evaluation "
-                                 f"(`dvc repro evaluate-{scope.replace('_', '-')}`)") from None
-            rows.setdefault(path.stem, Row(WORKSPACE, path.stem)).scopes[scope] = record
+                raise ValueError(f"{path}: not a metrics JSON file ({exc}); re-run its evaluation "
+                                 f"(`dvc repro evaluate@{model}`)") from None
+            rows.setdefault(model, Row(WORKSPACE, model)).scopes[scope] = record
     return [rows[name] for name in sorted(rows)]
 
 
@@ -118,7 +121,7 @@ def _records(data: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str,
         match = _METRIC_FILE.search(path)
         record = (entry or {}).get("data")
         if match and isinstance(record, dict):
-            out[(match.group(2), match.group(1))] = (path, record)
+            out[(match.group(1), match.group(2))] = (path, record)
     return out
 
 
@@ -204,11 +207,19 @@ def read_experiments(repo: str | Path = ".") -> list[Row]:
 
 # ---------------------------------------------------------------------- writing
 def _pct(row: Row, scope: str, key: str) -> str:
+    record = row.scopes.get(scope, {})
+    if record.get("skipped"):
+        return "no test data"
     value = row.value(scope, key)
     if value is None:
         return "—"
     ci = row.interval(scope, key)
-    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    text = f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    if scope == "target" and record.get("corpus"):
+        text += f" on {record['corpus']}"
+    if record.get("single_class") and key == "uar":
+        text += f" (predicts only {record['single_class']})"
+    return text
 
 
 def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") -> str:
@@ -226,7 +237,8 @@ def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") ->
     text = ["# SER report", "",
             f"UAR and accuracy on each model's test sets, with {level}% bootstrap confidence intervals. "
             "In-domain: the study's own test split (the source corpus of the cross-corpus study); "
-            "cross-corpus: the RAVDESS held-out actors (— where a model is not cross-corpus). "
+            "cross-corpus: the target corpus's test speakers, named in each cell (— where a model is "
+            "not cross-corpus). "
             "Rows: the workspace's models" + (f", then {n_exps} DVC experiment(s), each with the models "
                                               "whose metrics it changed." if n_exps else "."), ""]
     if image:
@@ -242,7 +254,7 @@ def plot_rows(rows: Sequence[Row], path: str | Path) -> None:
 
     level = _ci_level(rows)
     height = 0.8 / len(SCOPES)
-    colors = {"in_domain": "#4C72B0", "ravdess": "#DD8452"}
+    colors = {"in_domain": "#4C72B0", "target": "#DD8452"}
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.55 * len(rows) * len(SCOPES) / 2), constrained_layout=True)
     for k, scope in enumerate(SCOPES):
         ys, values, errs = [], [], [[], []]
@@ -287,7 +299,7 @@ def plot_rows(rows: Sequence[Row], path: str | Path) -> None:
 def _experiment_order(rows: Sequence[Row]) -> list[Row]:
     """Experiments grouped by model (workspace order), best cross-corpus UAR first."""
     def key(row: Row) -> tuple:
-        cross = row.value("ravdess")
+        cross = row.value("target")
         return (row.model, cross is None, -(cross or 0.0), -(row.value("in_domain") or 0.0), row.run)
     return sorted(rows, key=key)
 
@@ -299,8 +311,8 @@ def write_report(metrics_dir: str | Path = "metrics", out_dir: str | Path = "rep
     rows = read_workspace(metrics_dir)
     exp_rows = read_experiments(repo) if experiments else []
     if not rows and not exp_rows:
-        raise FileNotFoundError(f"nothing to report: no metrics files under {Path(metrics_dir)}/"
-                                f"{{{','.join(SCOPES)}}} and no finished DVC experiments; run `dvc repro` first")
+        raise FileNotFoundError(f"nothing to report: no metrics files under {Path(metrics_dir)}/models/<model>/"
+                                f"{{{','.join(SCOPES)}}}.json and no finished DVC experiments; run `dvc repro` first")
     rows = rows + _experiment_order(exp_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, png = out_dir / "report.md", out_dir / "report.png"

@@ -1,27 +1,32 @@
-"""summarize: the results table (metrics/summary.md) from the evaluation metrics and model metadata."""
+"""summarize: the results table (metrics/summary.md) from every model's metrics, meta and timing.
+
+Per-model outputs of models no longer in params.yaml are removed first, so the
+table and the next experiment only ever describe the current run.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from ser.config import load_params
-from ser.evaluation import write_summary
+from ser.evaluation import prune_stale_outputs, write_summary
 from ser.logutil import setup_logging
-from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="holds in_domain/ and ravdess/")
+    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics/models"), help="<model>/<scope>.json")
+    ap.add_argument("--plots-dir", type=Path, default=Path("plots"), help="<model>/ confusion matrices")
+    ap.add_argument("--live-dir", type=Path, default=Path("dvclive"), help="<model>/ curves and timing.json")
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=Path("metrics/summary.md"))
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    ensure_writable(files=[args.out])
-    write_summary(params, args.metrics_dir, args.models_dir, args.out)
+    prune_stale_outputs(params, [args.metrics_dir, args.plots_dir, args.live_dir])
+    write_summary(params, args.metrics_dir, args.models_dir, args.out, args.live_dir)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ser.config import load_params
-from ser.evaluation import (bootstrap_ci, compute_metrics, metrics_record, plot_confusion, scope_targets,
+from ser.evaluation import (bootstrap_ci, compute_metrics, metrics_record, plot_confusion, model_scopes,
                             write_confusion_csv, write_metrics_json)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,12 +100,24 @@ def test_writers(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_scope_targets_follow_the_studies():
+def test_model_scopes_follow_the_studies():
     params = load_params(ROOT / "params.yaml")
-    in_domain = dict(scope_targets(params, "in_domain"))
-    assert in_domain == {"baseline": "iemocap", "dann": "iemocap", "wav2vec_dann": "iemocap",
-                         "qlora": None, "finetune": None}
-    assert dict(scope_targets(params, "ravdess")) == {"baseline": "ravdess", "dann": "ravdess",
-                                                      "wav2vec_dann": "ravdess"}
-    with pytest.raises(ValueError, match="unknown scope"):
-        scope_targets(params, "tess")
+    scopes = {name: [(s.name, s.corpus) for s in model_scopes(params, name)] for name in params.models}
+    cross = [("in_domain", "iemocap"), ("target", "ravdess")]
+    assert scopes == {"baseline": cross, "dann": cross, "wav2vec_dann": cross,
+                      "qlora": [("in_domain", None)], "finetune": [("in_domain", None)]}
+    assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"
+
+
+def test_single_class_predictor_is_flagged():
+    labels = ["angry", "happy", "neutral", "sad"]
+    y_true, y_pred = np.array([0, 1, 2, 3] * 5), np.zeros(20, dtype=int)
+    record = metrics_record(compute_metrics(y_true, y_pred, labels), y_true, y_pred, model="m", test_set="t",
+                            n_boot=50)
+    assert record["single_class"] == "angry" and record["top_class_share"] == 1.0
+    assert record["uar_ci95"] == [0.25, 0.25]  # a point interval: hence the flag
+    y_pred[:3] = 1
+    record = metrics_record(compute_metrics(y_true, y_pred, labels), y_true, y_pred, model="m", test_set="t",
+                            n_boot=50)
+    assert record["single_class"] is None and record["top_class_share"] == 0.85
+    assert record["prediction_share"] == {"angry": 0.85, "happy": 0.15, "neutral": 0.0, "sad": 0.0}

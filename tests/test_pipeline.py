@@ -69,19 +69,21 @@ def test_demo_dag_end_to_end(tmp_path):
     _run(["git", "commit", "-qm", "smoke"], repo)
 
     out = _run(["dvc", "repro"], repo)
-    for stage in ("download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-                  "train-baseline", "train-dann", "train-wav2vec-dann", "train-qlora", "train-finetune",
-                  "evaluate-in-domain", "evaluate-ravdess", "summarize"):
+    stages = ["check-params", "download-verify", "build-metadata", "precompute-mels", "precompute-waves",
+              *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "summarize"]
+    for stage in stages:
         assert f"Running stage '{stage}'" in out, stage
 
-    for scope, models in (("in_domain", MODELS), ("ravdess", CROSS)):
-        for model in models:
-            metrics = json.loads((repo / "metrics" / scope / f"{model}.json").read_text())
+    for model in MODELS:
+        for scope in ("in_domain", "target") if model in CROSS else ("in_domain",):
+            metrics = json.loads((repo / "metrics" / "models" / model / f"{scope}.json").read_text())
             for key in ("accuracy", "uar", "macro_f1"):
                 assert _is_number(metrics[key]) and 0 <= metrics[key] <= 1, (scope, model, key)
             assert len(metrics["uar_ci95"]) == 2
-            assert (repo / "plots" / scope / f"{model}.png").stat().st_size > 1000
-            assert (repo / "plots" / scope / f"{model}.csv").read_text().startswith("actual,predicted")
+            assert (repo / "plots" / model / f"{scope}.png").stat().st_size > 1000
+            assert (repo / "plots" / model / f"{scope}.csv").read_text().startswith("actual,predicted")
+        assert not (repo / "models" / model / "timing.json").exists()
+        assert _is_number(json.loads((repo / "dvclive" / model / "timing.json").read_text())["train_seconds"])
     summary = (repo / "metrics" / "summary.md").read_text()
     assert all(model in summary for model in MODELS)
     assert (repo / "dvclive" / "dann" / "metrics.json").is_file()
@@ -91,13 +93,23 @@ def test_demo_dag_end_to_end(tmp_path):
     assert "Running stage" not in out, out
     assert "up to date" in _run(["dvc", "status"], repo)
 
-    # Changing lambda_domain re-runs only the DANN models and what reads them.
+    # Changing lambda_domain re-trains the DANN models; a cross-entropy model's stage re-runs too (every
+    # train@ stage depends on the top-level DANN knobs) but writes byte-identical weights and meta, so its
+    # evaluation is not re-run.
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "results"], repo)
     out = _run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert {"train-dann", "train-wav2vec-dann"} <= ran
+    assert {"train@dann", "train@wav2vec_dann", "evaluate@dann", "evaluate@wav2vec_dann"} <= ran
     assert not ran & {"download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-                      "train-baseline", "train-qlora", "train-finetune"}, ran
+                      "evaluate@baseline", "evaluate@qlora", "evaluate@finetune"}, ran
+
     assert "lambda_domain" in _run(["dvc", "params", "diff"], repo)
     _run(["dvc", "metrics", "diff"], repo)
+
+    # A misspelled key fails the run at once, naming the key, although no stage reads it.
+    params_path = repo / "params.yaml"
+    params_path.write_text(params_path.read_text() + "lamda_domain: 0.3\n")
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode != 0 and "lamda_domain" in proc.stdout + proc.stderr

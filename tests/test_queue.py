@@ -19,18 +19,18 @@ import psutil
 LAMBDAS = (0.1, 0.3, 0.5)
 
 STAGE = '''\
-"""Writes metrics/<scope>/<model>.json like ser.evaluation; dann's UAR depends on lambda_domain."""
+"""Writes metrics/models/<model>/<scope>.json like ser.evaluation; dann's UAR depends on lambda_domain."""
 import json
 from pathlib import Path
 
 import yaml
 
 lam = yaml.safe_load(Path("params.yaml").read_text())["lambda_domain"]
-results = {("in_domain", "baseline"): 0.62, ("ravdess", "baseline"): 0.41,
-           ("in_domain", "dann"): round(0.60 + 0.02 * lam, 4), ("ravdess", "dann"): round(0.40 + 0.1 * lam, 4),
+results = {("in_domain", "baseline"): 0.62, ("target", "baseline"): 0.41,
+           ("in_domain", "dann"): round(0.60 + 0.02 * lam, 4), ("target", "dann"): round(0.40 + 0.1 * lam, 4),
            ("in_domain", "qlora"): 0.55}
 for (scope, model), uar in results.items():
-    out = Path("metrics") / scope / f"{model}.json"
+    out = Path("metrics") / "models" / model / f"{scope}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": model, "test_set": scope, "accuracy": round(uar + 0.03, 4), "uar": uar, "macro_f1": uar,
               "cohen_kappa": 0.2, "n": 96, "accuracy_ci95": [round(uar - 0.02, 4), round(uar + 0.08, 4)],
@@ -46,9 +46,7 @@ stages:
     deps: [evaluate.py]
     params: [lambda_domain, models.dann]
     metrics:
-      - metrics/in_domain:
-          cache: false
-      - metrics/ravdess:
+      - metrics/models:
           cache: false
 """
 
@@ -150,18 +148,18 @@ def test_sweep_queued_with_one_command_runs_on_two_workers(tmp_path):
     for exp in exps:
         data = exp["revs"][0]["data"]
         lam = data["params"]["params.yaml"]["data"]["lambda_domain"]
-        found[lam] = data["metrics"]["metrics/ravdess/dann.json"]["data"]["uar"]
+        found[lam] = data["metrics"]["metrics/models/dann/target.json"]["data"]["uar"]
         # The unchanged model gives the baseline's numbers in every experiment.
-        assert data["metrics"]["metrics/ravdess/baseline.json"]["data"]["uar"] == 0.41
+        assert data["metrics"]["metrics/models/baseline/target.json"]["data"]["uar"] == 0.41
     assert found == {lam: expected_dann_uar(lam) for lam in LAMBDAS}
 
     # The documented command: experiments sorted by cross-corpus UAR, best first.
-    table = dvc(repo, "exp", "show", "--sort-by", "metrics/ravdess/dann.json:uar", "--sort-order", "desc",
+    table = dvc(repo, "exp", "show", "--sort-by", "metrics/models/dann/target.json:uar", "--sort-order", "desc",
                 "--csv", "--keep", "lambda_domain", "--drop", "baseline|qlora|in_domain")
     rows = [line.split(",") for line in table.strip().splitlines()]
     col = rows[0].index("lambda_domain")
     exp_rows = [r for r in rows[1:] if r[0]]  # named experiments; baselines have no name
     assert [float(r[col]) for r in exp_rows] == sorted(LAMBDAS, reverse=True), table
     # The queued runs happened in temporary copies: the workspace still holds the committed results.
-    assert json.loads((repo / "metrics" / "ravdess" / "dann.json").read_text())["uar"] == expected_dann_uar(0.5)
+    assert json.loads((repo / "metrics" / "models" / "dann" / "target.json").read_text())["uar"] == expected_dann_uar(0.5)
     assert run(repo, "git", "status", "--porcelain").strip() == ""

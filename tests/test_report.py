@@ -20,14 +20,14 @@ def _record(model: str, uar: float, ci: tuple[float, float] | None = (0.0, 1.0))
 
 
 def _write(metrics: Path, scope: str, model: str, record: dict) -> None:
-    (metrics / scope).mkdir(parents=True, exist_ok=True)
-    (metrics / scope / f"{model}.json").write_text(json.dumps(record))
+    (metrics / "models" / model).mkdir(parents=True, exist_ok=True)
+    (metrics / "models" / model / f"{scope}.json").write_text(json.dumps(record))
 
 
 def test_workspace_report_from_metrics_files_without_dvc(tmp_path):
     metrics = tmp_path / "metrics"
     _write(metrics, "in_domain", "dann", _record("dann", 0.6, (0.55, 0.65)))
-    _write(metrics, "ravdess", "dann", _record("dann", 0.45, (0.40, 0.50)))
+    _write(metrics, "target", "dann", _record("dann", 0.45, (0.40, 0.50)))
     _write(metrics, "in_domain", "qlora", _record("qlora", 0.7, None))  # no interval, no cross-corpus
     _write(metrics, "in_domain", "baseline", {**_record("baseline", 0.5), "uar": None})  # NaN written as null
     (metrics / "summary.md").write_text("not a metrics file")
@@ -35,8 +35,8 @@ def test_workspace_report_from_metrics_files_without_dvc(tmp_path):
     rows = read_workspace(metrics)
     assert [r.model for r in rows] == ["baseline", "dann", "qlora"]
     dann = rows[1]
-    assert dann.value("ravdess") == 0.45 and dann.interval("ravdess") == (0.40, 0.50)
-    assert rows[2].interval("in_domain") is None and rows[2].value("ravdess") is None
+    assert dann.value("target") == 0.45 and dann.interval("target") == (0.40, 0.50)
+    assert rows[2].interval("in_domain") is None and rows[2].value("target") is None
     assert rows[0].value("in_domain") is None
 
     # tmp_path is no DVC repository: experiments are skipped with a warning, the report still works.
@@ -51,7 +51,8 @@ def test_workspace_report_from_metrics_files_without_dvc(tmp_path):
     assert image.ndim == 3 and image.shape[0] > 150 and image.shape[1] > 500
 
     with pytest.raises(ValueError, match="not a metrics JSON"):
-        (metrics / "ravdess" / "broken.json").write_text("{")
+        (metrics / "models" / "broken").mkdir()
+        (metrics / "models" / "broken" / "target.json").write_text("{")
         read_workspace(metrics)
 
 
@@ -75,14 +76,14 @@ def test_parse_of_real_exp_show_json(exp_repo):
     # Only the model the experiment changed; the queued experiment has no results yet.
     assert [(r.run, r.model, r.changed) for r in rows] == [("lam-0.3", "dann", "lambda_domain=0.3")]
     (dann,) = rows
-    assert dann.value("ravdess") == 0.43 and dann.value("in_domain") == 0.606
+    assert dann.value("target") == 0.43 and dann.value("in_domain") == 0.606
     # `dvc exp show` drops list values; the intervals come from the experiment's commit.
-    assert dann.interval("ravdess") == (0.38, 0.48) and dann.interval("in_domain", "accuracy") == (0.586, 0.686)
+    assert dann.interval("target") == (0.38, 0.48) and dann.interval("in_domain", "accuracy") == (0.586, 0.686)
 
     # Without the commit lookup the numbers are still there, the intervals are not.
     doc = json.loads(dvc(exp_repo, "exp", "show", "--json"))
     (plain,) = parse_exp_show(doc)
-    assert plain.value("ravdess") == 0.43 and plain.interval("ravdess") is None
+    assert plain.value("target") == 0.43 and plain.interval("target") is None
 
 
 def test_cli_report_with_experiments(exp_repo, tmp_path):
@@ -101,8 +102,8 @@ def test_cli_report_with_experiments(exp_repo, tmp_path):
 
 
 def test_rows_render_in_order_with_labels():
-    rows = [Row("workspace", "dann", scopes={"ravdess": _record("dann", 0.5)}),
-            Row("exp-a", "dann", "lambda_domain=0.1", {"ravdess": _record("dann", 0.4, None)})]
+    rows = [Row("workspace", "dann", scopes={"target": _record("dann", 0.5)}),
+            Row("exp-a", "dann", "lambda_domain=0.1", {"target": _record("dann", 0.4, None)})]
     text = render_markdown(rows, image=None)
     assert "![" not in text
     assert text.index("| workspace |") < text.index("| exp-a | lambda_domain=0.1 | dann | — | — | 40.0% | 41.0% |")

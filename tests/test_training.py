@@ -154,28 +154,60 @@ def test_cross_entropy_run_writes_checkpoint_live_metrics_and_evaluates(base_par
 
 
 def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
-    from ser.evaluation import evaluate_scope, write_summary
+    from ser.evaluation import evaluate_model_scopes, prune_stale_outputs, write_summary
 
     params = dataclasses.replace(base_params, models={k: dataclasses.replace(MODELS[k], epochs=1)
                                                       for k in ("crnn_ce", "crnn_dann")})
     for name in params.models:
         run(params, name, features, tmp_path)
-    models_dir = tmp_path / "run" / "models"
-    for scope in ("in_domain", "ravdess"):
-        records = evaluate_scope(params, scope, models_dir, features, tmp_path / "metrics" / scope,
-                                 tmp_path / "plots" / scope)
-        assert set(records) == {"crnn_ce", "crnn_dann"}
-        for name, rec in records.items():
+    models_dir, metrics, plots = tmp_path / "run" / "models", tmp_path / "metrics" / "models", tmp_path / "plots"
+    for name in params.models:
+        records = evaluate_model_scopes(params, name, models_dir, features, metrics / name, plots / name)
+        assert set(records) == {"in_domain", "target"}
+        for scope, rec in records.items():
             assert rec["n"] == 12 and rec["test_set"].endswith("[iemocap]" if scope == "in_domain" else "[ravdess]")
-            assert (tmp_path / "metrics" / scope / f"{name}.json").is_file()
-            assert (tmp_path / "plots" / scope / f"{name}.png").is_file()
-            assert len((tmp_path / "plots" / scope / f"{name}.csv").read_text().splitlines()) == 13
-    text = write_summary(params, tmp_path / "metrics", models_dir, tmp_path / "metrics" / "summary.md")
-    assert (tmp_path / "metrics" / "summary.md").read_text() == text
+            assert rec["corpus"] == ("iemocap" if scope == "in_domain" else "ravdess") and rec["scope"] == scope
+            assert abs(sum(rec["prediction_share"].values()) - 1) < 1e-9 and rec["top_class_share"] >= 0.25
+            assert (metrics / name / f"{scope}.json").is_file() and (plots / name / f"{scope}.png").is_file()
+            assert len((plots / name / f"{scope}.csv").read_text().splitlines()) == 13
+    text = write_summary(params, metrics, models_dir, tmp_path / "summary.md")
+    assert (tmp_path / "summary.md").read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| crnn")]
-    assert len(rows) == 2 and all(row.count("%") == 4 and row.count("[") == 4 for row in rows)
-    in_domain = json.loads((tmp_path / "metrics" / "in_domain" / "crnn_ce.json").read_text())
+    assert len(rows) == 2 and all(row.count("%") == 4 and row.count(" [") == 6 for row in rows)  # 4 CIs, 2 test sets
+    in_domain = json.loads((metrics / "crnn_ce" / "in_domain.json").read_text())
     assert f"{100 * in_domain['uar']:.1f}%" in rows[0]
+
+    # Metrics of another version of a model are refused, never summarised as current.
+    (models_dir / "crnn_ce" / "meta.json").write_text((models_dir / "crnn_ce" / "meta.json").read_text() + " ")
+    with pytest.raises(ValueError, match="another version"):
+        write_summary(params, metrics, models_dir, tmp_path / "summary.md")
+
+    # A model removed from params: its per-model outputs go, the others stay.
+    (metrics / "old_model").mkdir()
+    (plots / "old_model").mkdir()
+    removed = prune_stale_outputs(params, [metrics, plots])
+    assert sorted(p.name for p in removed) == ["old_model", "old_model"]
+    assert (metrics / "crnn_ce").is_dir() and not (metrics / "old_model").exists()
+
+
+def test_evaluation_skips_and_says_what_has_no_test_data(base_params, features, tmp_path):
+    """A source corpus without test speakers: in-domain is skipped and recorded, the target is evaluated."""
+    from ser.evaluation import evaluate_model_scopes
+    from ser.stores import FeatureStore, read_index, write_split
+
+    params = dataclasses.replace(base_params, models={"crnn_ce": dataclasses.replace(MODELS["crnn_ce"], epochs=1)})
+    run(params, "crnn_ce", features, tmp_path)
+    store_root = features / "mels" / "cross_corpus"
+    test = FeatureStore(store_root, "test")
+    keep = [i for i, r in enumerate(test.index) if r.corpus != "iemocap"]
+    rows = [dataclasses.replace(test.index[i], offset=j) for j, i in enumerate(keep)]
+    write_split(store_root, "test", test.array[[test.index[i].offset for i in keep]], rows)
+    assert {r.corpus for r in read_index(store_root / "test.csv")} == {"ravdess"}
+    records = evaluate_model_scopes(params, "crnn_ce", tmp_path / "run" / "models", features,
+                                    tmp_path / "m", tmp_path / "p")
+    assert "no test clips of iemocap" in records["in_domain"]["skipped"]
+    assert json.loads((tmp_path / "m" / "in_domain.json").read_text())["skipped"]
+    assert records["target"]["n"] == 12 and not (tmp_path / "p" / "in_domain.png").exists()
 
 
 def test_dann_logs_domain_terms_and_never_reads_target_labels(base_params, features, tmp_path):
@@ -259,3 +291,107 @@ def test_bad_params_fail_before_training(base_params, features, tmp_path):
     with pytest.raises(KeyError, match="unknown model 'cnn'"):
         run(bad_arch, "x", features, tmp_path)
     assert not (tmp_path / "run" / "dvclive").exists(), "nothing was trained or logged"
+
+
+# --------------------------------------------------------------------------- real-data features
+AUGMENTED = dict(balance="sampler", patience=2,
+                 spec_augment=SpecAugmentParams(freq_masks=1, freq_width=4, time_masks=1, time_width=5))
+
+
+def test_resume_with_sampler_spec_augment_and_early_stopping(base_params, features, tmp_path):
+    params = dataclasses.replace(base_params, models={
+        "crnn_dann": dataclasses.replace(MODELS["crnn_dann"], epochs=8, **AUGMENTED)})
+    straight, ds = run(params, "crnn_dann", features, tmp_path, "straight")
+    n = straight["epochs_run"]
+    assert straight["stopped_early"] and n < 8 and len(straight["history"]) == n
+    uars = [h["val/uar"] for h in straight["history"]]
+    best = straight["best_epoch"]
+    assert n - best == 2 and max(uars[best:]) <= uars[best - 1] == max(uars), "stops 2 epochs after the best"
+    meta = json.loads((ds["models"] / "meta.json").read_text())
+    assert meta["stopped_early"] is True and meta["epochs_run"] == n and meta["best_epoch"] == best
+
+    # Killed mid-run, and killed right after the stopping epoch's state was saved.
+    for kill_at in (1, n):
+        tag = f"killed{kill_at}"
+        with pytest.raises(TrainingInterrupted):
+            run(params, "crnn_dann", features, tmp_path, tag, on_epoch_end=stop_after(kill_at))
+        state = torch.load(tmp_path / tag / "checkpoints" / "crnn_dann" / "state.pt", weights_only=True)
+        assert state["patience"] == 2 and state["stopped_early"] == (kill_at == n)
+        shutil.rmtree(tmp_path / tag / "models", ignore_errors=True)
+        resumed, dr = run(params, "crnn_dann", features, tmp_path, tag)
+        assert resumed["resumed_from_epoch"] == kill_at
+        _assert_same_run(straight, ds, resumed, dr)
+
+
+def test_sampler_and_spec_augment_change_training(base_params, features, tmp_path):
+    """Each option reaches the loop: one epoch with it differs from one without it."""
+    losses = {}
+    for tag, extra in [("plain", {}), ("sampler", {"balance": "sampler"}),
+                       ("masks", {"spec_augment": AUGMENTED["spec_augment"]})]:
+        mp = dataclasses.replace(MODELS["crnn_dann"], epochs=1, **extra)
+        result, _ = run(dataclasses.replace(base_params, models={"crnn_dann": mp}), "crnn_dann", features,
+                        tmp_path, tag)
+        losses[tag] = result["history"][0]["train/loss"]
+    assert losses["sampler"] != losses["plain"] and losses["masks"] != losses["plain"]
+
+
+def test_patience_never_reached_runs_every_epoch(base_params, features, tmp_path):
+    mp = dataclasses.replace(MODELS["crnn_ce"], epochs=3, patience=3)
+    result, d = run(dataclasses.replace(base_params, models={"crnn_ce": mp}), "crnn_ce", features, tmp_path)
+    assert result["epochs_run"] == 3 and not result["stopped_early"]
+    assert json.loads((d["models"] / "meta.json").read_text())["stopped_early"] is False
+
+
+def test_model_dir_identical_across_identical_runs_timing_outside(base_params, features, tmp_path):
+    mp = dataclasses.replace(MODELS["crnn_ce"], spec_augment=AUGMENTED["spec_augment"])
+    params = dataclasses.replace(base_params, models={"crnn_ce": mp})
+    timing = tmp_path / "reports" / "timing" / "crnn_ce.json"
+    a, da = run(params, "crnn_ce", features, tmp_path, "a", timing_path=timing)
+    b, db = run(params, "crnn_ce", features, tmp_path, "b")
+    assert sorted(p.name for p in da["models"].iterdir()) == ["meta.json", "model.safetensors"]
+    assert (da["models"] / "meta.json").read_bytes() == (db["models"] / "meta.json").read_bytes()
+    assert b"seconds" not in (da["models"] / "meta.json").read_bytes()
+    digest = lambda d: hashlib.sha256((d["models"] / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
+    assert digest(da) == digest(db)
+    record = json.loads(timing.read_text())
+    assert record["model"] == "crnn_ce" and record["train_seconds"] == a["train_seconds"] > 0
+    assert record["epochs_run"] == 2 and record["resumed_from_epoch"] == 0
+    assert not (db["models"].parent.parent / "reports").exists(), "no timing file unless asked for"
+
+
+def test_changed_code_starts_fresh(base_params, features, tmp_path, monkeypatch, caplog):
+    with pytest.raises(TrainingInterrupted):
+        run(base_params, "crnn_ce", features, tmp_path, on_epoch_end=stop_after(1))
+    monkeypatch.setattr(ser.training, "code_fingerprint", lambda: "0" * 64)  # ser/training.py edited
+    with caplog.at_level("INFO", logger="ser.training"):
+        result, _ = run(base_params, "crnn_ce", features, tmp_path)
+    assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
+    assert "fingerprint differs" in caplog.text
+
+
+def test_code_fingerprint_covers_training_code_not_reports(tmp_path, monkeypatch):
+    real = code_fingerprint()
+    assert len(real) == 64 and real == code_fingerprint()
+    pkg = tmp_path / "ser"
+    (pkg / "models").mkdir(parents=True)
+    for rel in ("__init__.py", "training.py", "data.py", "models/crnn.py", "report.py", "predict.py", "cli.py"):
+        (pkg / rel).write_text("# v1\n")
+    monkeypatch.setattr(ser, "__file__", str(pkg / "__init__.py"))
+    before = code_fingerprint()
+    for rel in ("report.py", "predict.py", "cli.py"):
+        (pkg / rel).write_text("# v2\n")
+    assert code_fingerprint() == before, "editing a report or the CLI must not restart training"
+    for rel in ("training.py", "data.py", "models/crnn.py", "models/linear.py"):
+        (pkg / rel).write_text("# v2\n")
+        after = code_fingerprint()
+        assert after != before, rel
+        before = after
+
+
+def test_class_weights_inverse_frequency_mean_one():
+    weight = class_weights(np.array([0, 0, 0, 1, 1, 2]), 3)
+    # counts 3, 2, 1 -> 1/3, 1/2, 1 -> divided by their mean 11/18
+    assert torch.allclose(weight, torch.tensor([6 / 11, 9 / 11, 18 / 11]))
+    assert float(weight.mean()) == pytest.approx(1.0)
+    absent = class_weights(np.array([0, 0, 0, 1]), 3)  # class 2 has no training example
+    assert torch.allclose(absent, torch.tensor([0.5, 1.5, 0.0]))
