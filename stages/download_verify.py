@@ -19,11 +19,15 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--report", default="data/reports/download_verify.json")
     ap.add_argument("--lock", default="data/checksums.lock.json")
+    ap.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
+                    help="where demo and downloaded corpora go (created even when every corpus is local)")
     args = ap.parse_args()
     setup_logging()
     params = load_params(args.params)
-    ensure_writable(files=[args.report, args.lock])
-    report = fetch_and_verify(params, Path(args.lock))
+    # The folder is this stage's declared output: it must exist even when every
+    # corpus is `source: local` elsewhere on disk, or DVC fails the stage.
+    ensure_writable(args.raw_dir, files=[args.report, args.lock])
+    report = fetch_and_verify(params, Path(args.lock), downloads_dir=args.raw_dir / ".downloads")
     write_json_atomic(Path(args.report), report)
 
 

@@ -475,6 +475,8 @@ def test_stage_script_writes_report(tmp_path):
     assert proc.returncode == 0, proc.stderr
     entry = json.loads(report.read_text())["corpora"]["ravdess"]
     assert (entry["source"], entry["found_files"], entry["checksum"]) == ("local", 24, None)
+    # Every corpus is local and outside data/raw: the stage's declared output folder exists anyway.
+    assert (tmp_path / "data" / "raw").is_dir()
 
     moved = root.rename(tmp_path / "gone")  # a missing corpus: exit 1, the message, no traceback
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "download_verify.py"),
