@@ -130,3 +130,61 @@ def test_source_without_test_speakers_is_valid():
     data = _cross_only(yaml.safe_load(PARAMS.read_text()))
     data["splits"]["cross_corpus"]["iemocap"] = {"protocol": "sessions", "train": ["1", "2", "3", "5"], "val": ["4"]}
     parse_params(data)
+
+
+# --------------------------------------------------------------------------- model params
+def _set(path: str, value):
+    """An edit of the demo params: set the dotted key `path` (creating mappings) to `value`."""
+    def edit(d):
+        *parents, last = path.split(".")
+        for key in parents:
+            d = d.setdefault(key, {})
+        d[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("models.baseline.crnn.dropout", 1.5), r"models\.baseline\.crnn: dropout must be in \[0, 1\), got 1\.5"),
+    (_set("models.dann.crnn.dropout", -0.1), r"models\.dann\.crnn: dropout must be in \[0, 1\)"),
+    (_set("models.baseline.crnn.channels", [32, 0]), r"models\.baseline\.crnn: channels must be"),
+    (_set("models.baseline.crnn.channels", []), r"models\.baseline\.crnn: channels must be"),
+    (_set("models.baseline.crnn.lstm_hidden", 0), r"models\.baseline\.crnn: lstm_hidden must be >= 1"),
+    (_set("models.baseline.arch", "cnn"), r"models\.baseline\.arch: 'cnn' is not one of \['crnn', 'wav2vec2'"),
+    (_set("models.qlora.wav2vec2.lora.dropout", 1.0), r"models\.qlora\.wav2vec2\.lora: lora\.dropout must be in"),
+    (_set("models.qlora.wav2vec2.lora.target_modules", []), r"models\.qlora\.wav2vec2\.lora: .*target_modules"),
+    (_set("models.finetune.wav2vec2.head_hidden", 0), r"models\.finetune\.wav2vec2: head_hidden must be >= 1"),
+    (_set("models.finetune.wav2vec2.max_seconds", 0), r"models\.finetune\.wav2vec2: max_seconds must be > 0"),
+    (_set("models.finetune.optim.grad_clip", 0), r"models\.finetune\.optim: grad_clip must be > 0"),
+    (_set("models.finetune.optim.weight_decay", -0.01), r"models\.finetune\.optim: weight_decay must be >= 0"),
+    (_set("models.baseline.balance", "weighted"), r"models\.baseline\.balance: 'weighted' is not one of"),
+    (_set("models.baseline.patience", 0), r"models\.baseline: patience must be >= 1"),
+    (_set("models.finetune.spec_augment", {"time_masks": 2}), r"models\.finetune: spec_augment masks log-mels"),
+    (_set("models.baseline.spec_augment", {"time_width": -1}),
+     r"models\.baseline\.spec_augment: time_width must be >= 0"),
+    (_set("models.baseline.spec_augment", {"freq_mask": 2}), r"unknown key models\.baseline\.spec_augment\.freq_mask"),
+])
+def test_bad_model_params_fail_at_load(edit, match):
+    data = yaml.safe_load(PARAMS.read_text())
+    edit(data)
+    with pytest.raises(ParamsError, match=match):
+        parse_params(data)
+
+
+def test_training_options_load():
+    data = yaml.safe_load(PARAMS.read_text())
+    data["models"]["baseline"].update(balance="sampler", patience=3,
+                                      spec_augment={"freq_masks": 1, "freq_width": 0, "time_width": 12})
+    mp = parse_params(data).models["baseline"]
+    assert mp.balance == "sampler" and mp.patience == 3
+    assert (mp.spec_augment.freq_masks, mp.spec_augment.freq_width, mp.spec_augment.time_masks,
+            mp.spec_augment.time_width) == (1, 0, 2, 12)
+    for key in ("balance", "patience", "spec_augment"):  # the defaults, whatever params.yaml sets
+        data["models"]["dann"].pop(key, None)
+    default = parse_params(data).models["dann"]
+    assert default.balance == "loss" and default.patience is None and default.spec_augment is None
+
+
+def test_arch_choices_follow_the_model_registry():
+    from ser.config import ARCHS
+    from ser.models import MODELS
+    assert set(MODELS) <= set(ARCHS), "every registered model must be a valid `arch` in params.yaml"
