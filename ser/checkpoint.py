@@ -161,9 +161,17 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
     if not meta_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (expected {META} and {WEIGHTS}); "
                               "run the model's train stage (`dvc repro`)")
-    doc = json.loads(meta_path.read_text())
+    try:
+        doc = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # truncated or edited by hand
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc}); restore it or re-run training") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    missing = [k for k in ("labels", "model_params", "build") if k not in doc]
+    if missing:
+        raise CheckpointError(f"{meta_path}: lacks {missing}; restore it or re-run training")
     if _sha256(weights_path) != doc.get("weights_sha256"):
         raise CheckpointError(f"{weights_path} does not match {meta_path} (sha256): the checkpoint was "
                               "written incompletely or edited; re-run training")

@@ -4,7 +4,7 @@ The model directory written by training (meta.json + model.safetensors, see
 ser.checkpoint) carries everything inference needs: the label list, the input
 kind and the feature store's meta. Audio is decoded exactly as the precompute
 stages decoded it (ser.audio.load_audio: any sample rate, mono or multichannel,
-wav/flac/ogg) and turned into the model's input with the stored settings:
+any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the model's input with the stored settings:
 
   mels   ser.features.mel_for_inference: the stored log-mel parameters,
          pad/crop policy and train-split normalisation statistics;
@@ -28,11 +28,14 @@ import csv
 import io
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
@@ -40,12 +43,21 @@ from ser.audio import AudioError, check_audio, load_audio
 from ser.evaluation import resolve_device
 from ser.features import feature_params_from_meta, mel_for_inference
 
-__all__ = ["AUDIO_SUFFIXES", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
+__all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
            "resolve_device", "render", "summary", "FORMATS"]
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what every libsndfile build decodes
+# File suffixes of the libsndfile formats, by `soundfile.available_formats()` name. RAW
+# (needs its layout given) and MAT4/MAT5 (any MATLAB file) are left out on purpose.
+_FORMAT_SUFFIXES = {
+    "WAV": (".wav",), "WAVEX": (".wav",), "RF64": (".rf64",), "W64": (".w64",), "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",), "AIFF": (".aiff", ".aif", ".aifc"),
+    "AU": (".au", ".snd"), "CAF": (".caf",), "AVR": (".avr",), "HTK": (".htk",), "IRCAM": (".sf",),
+    "MPC2K": (".mpc2k",), "NIST": (".nist", ".sph"), "PAF": (".paf",), "PVF": (".pvf",), "SD2": (".sd2",),
+    "SDS": (".sds",), "SVX": (".8svx", ".iff"), "VOC": (".voc",), "WVE": (".wve",), "XI": (".xi",),
+}
 FORMATS = ("table", "json", "csv")
 
 
@@ -78,21 +90,43 @@ class FileResult:
         return np.mean([w.probabilities for w in self.windows], axis=0)
 
 
+@lru_cache(maxsize=1)
+def audio_suffixes() -> tuple[str, ...]:
+    """Lower-case suffixes of every format this soundfile/libsndfile build decodes
+    (mp3 needs libsndfile >= 1.1, opus >= 1.0.29)."""
+    formats = sf.available_formats()
+    found = {s for name, suffixes in _FORMAT_SUFFIXES.items() if name in formats for s in suffixes}
+    return tuple(sorted(found | set(AUDIO_SUFFIXES)))
+
+
 def collect_audio(inputs: Iterable[str | Path]) -> list[Path]:
     """Audio files named by `inputs`: files as given, folders searched recursively
-    for .wav/.flac/.ogg (any letter case), each folder's files in sorted order.
+    for every format the decoder reads (`audio_suffixes`, any letter case), each
+    folder's files in sorted order. Other files in a folder are skipped with a
+    warning that counts them by suffix (hidden files quietly).
 
     A path that does not exist is kept, so that it gets its own error result.
     """
+    suffixes = audio_suffixes()
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                log.warning("%s: no %s files in this folder or below", item, "/".join(AUDIO_SUFFIXES))
-            files.extend(found)
-        else:
+        if not item.is_dir():
             files.append(item)
+            continue
+        found, skipped = [], Counter()
+        for p in sorted(item.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(item).parts):
+                continue
+            if p.suffix.lower() in suffixes:
+                found.append(p)
+            else:
+                skipped[p.suffix.lower() or "(no suffix)"] += 1
+        if skipped:
+            log.warning("%s: skipped %d file(s) that are not audio the decoder reads: %s", item,
+                        sum(skipped.values()), ", ".join(f"{n} {s}" for s, n in sorted(skipped.items())))
+        if not found:
+            log.warning("%s: no audio files in this folder or below (formats: %s)", item, " ".join(suffixes))
+        files.extend(found)
     return files
 
 
@@ -197,6 +231,9 @@ class Predictor:
         try:
             wave = load_audio(path, self.sample_rate)
         except AudioError as exc:
+            if exc.reason == "unreadable" and Path(path).stat().st_size == 0:
+                result.reason, result.error = "empty", f"{path}: empty file (0 bytes)"
+                return result
             result.reason = exc.reason
             # AudioError's advice is about corpora (re-download, rebuild the manifest); a user's
             # own recording needs only what is wrong with it.

@@ -15,12 +15,14 @@ import logging
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn, Optional
+from typing import Callable, Iterable, Iterator, NoReturn, Optional
 
 from ser.errors import SerError
 
-__all__ = ["OutputNotWritable", "run_stage", "ensure_writable", "available_cores", "set_torch_threads"]
+__all__ = ["OutputNotWritable", "run_stage", "ensure_writable", "available_cores", "set_torch_threads",
+           "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +117,15 @@ def set_torch_threads(threads: Optional[int] = None) -> int:
     torch.set_num_threads(threads)
     log.info("torch uses %d thread(s) (%s)", threads, source)
     return threads
+
+
+@contextmanager
+def torch_threads(threads: Optional[int] = None) -> Iterator[int]:
+    """`set_torch_threads` for a block; the previous setting is restored after it (the CLI in-process)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        yield set_torch_threads(threads)
+    finally:
+        torch.set_num_threads(previous)

@@ -144,13 +144,38 @@ def test_device_auto_picks_cuda_when_present():
             resolve_device("cuda")
 
 
-def test_collect_audio_recurses_folders_and_keeps_explicit_paths(tmp_path):
-    for rel in ("a/x.wav", "a/b/y.FLAC", "a/b/c/z.ogg", "a/notes.txt", "a/b/w.mp3"):
+def test_collect_audio_recurses_folders_and_keeps_explicit_paths(tmp_path, caplog):
+    for rel in ("a/x.wav", "a/b/y.FLAC", "a/b/c/z.ogg", "a/notes.txt", "a/b/w.mp3", "a/b/v.MP3", "a/b/u.aiff",
+                "a/.hidden/h.wav", "a/.DS_Store", "a/b/movie.m4a"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    found = collect_audio([tmp_path / "a", tmp_path / "missing.wav", tmp_path / "a" / "notes.txt"])
+    with caplog.at_level("WARNING", logger="ser.predict"):
+        found = collect_audio([tmp_path / "a", tmp_path / "missing.wav", tmp_path / "a" / "notes.txt"])
+    # Every format libsndfile decodes, in any letter case; mp3 needs libsndfile >= 1.1.
+    mp3 = ["a/b/v.MP3", "a/b/w.mp3"] if "MP3" in sf.available_formats() else []
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
-        "a/b/c/z.ogg", "a/b/y.FLAC", "a/x.wav", "missing.wav", "a/notes.txt"]
+        "a/b/c/z.ogg", "a/b/u.aiff", *mp3, "a/b/y.FLAC", "a/x.wav", "missing.wav", "a/notes.txt"]
+    # Skipped files are counted by suffix, hidden ones are not mentioned.
+    assert "skipped 2 file(s)" in caplog.text and "1 .m4a, 1 .txt" in caplog.text
+    assert "DS_Store" not in caplog.text
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="libsndfile < 1.1 decodes no mp3")
+def test_cli_scores_every_decodable_format_in_a_folder(study, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    write_clip(tmp_path / "a.wav", tone(0, 0.3, SR, rng), SR)
+    write_clip(tmp_path / "b.mp3", tone(1, 0.3, 44100, rng), 44100, "MP3", "MPEG_LAYER_III")
+    write_clip(tmp_path / "c.MP3", tone(2, 0.3, 44100, rng), 44100, "MP3", "MPEG_LAYER_III")
+    code, out = _run_cli(capsys, tmp_path, "--model", study["models"] / "crnn", "--format", "json")
+    assert code == 0
+    assert [(Path(f["path"]).name, f["error"]) for f in json.loads(out)["files"]] == [
+        ("a.wav", None), ("b.mp3", None), ("c.MP3", None)]
+
+
+def test_an_empty_file_is_empty_not_unreadable(study, tmp_path):
+    (tmp_path / "zero.wav").write_bytes(b"")
+    result = Predictor(study["models"] / "crnn", device="cpu").predict_file(tmp_path / "zero.wav")
+    assert result.reason == "empty" and "empty file (0 bytes)" in result.error
 
 
 # ---------------------------------------------------------------------- parity with evaluation
@@ -323,3 +348,39 @@ def test_render_rejects_unknown_format(study):
     predictor = Predictor(study["models"] / "crnn", device="cpu")
     with pytest.raises(ValueError, match="unknown format"):
         render([], predictor, "xml")
+
+
+def test_cli_unwritable_output_fails_before_scoring(study, tmp_path, capsys, caplog, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Predictor, "predict_files", lambda self, paths: calls.append(paths) or [])
+    (tmp_path / "a_file").write_text("")  # a folder that can never be created, even as root
+    out = tmp_path / "a_file" / "sub" / "preds.json"
+    with caplog.at_level("ERROR"):
+        code, _ = _run_cli(capsys, study["test_paths"][0], "--model", study["models"] / "crnn", "-o", out)
+    assert code == 2 and calls == [], "the scorer must not run when the output cannot be written"
+    assert "cannot write to" in caplog.text and str(out.parent) in caplog.text
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda doc: json.dumps({k: v for k, v in doc.items() if k != "labels"}), "lacks ['labels']"),
+    (lambda doc: json.dumps(doc)[:60], "not valid JSON"),
+])
+def test_cli_damaged_meta_json_exits_two_naming_the_file(study, tmp_path, capsys, caplog, damage, message):
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in (study["models"] / "crnn").iterdir():
+        if f.is_file():
+            (model / f.name).write_bytes(f.read_bytes())
+    (model / "meta.json").write_text(damage(json.loads((model / "meta.json").read_text())))
+    with caplog.at_level("ERROR"):
+        code, _ = _run_cli(capsys, study["test_paths"][0], "--model", model)
+    assert code == 2
+    assert message in caplog.text and str(model / "meta.json") in caplog.text
+
+
+def test_quiet_flag_works_before_and_after_the_subcommand():
+    from ser.cli import build_parser
+
+    for argv in (["-q", "report"], ["report", "-q"], ["predict", "x.wav", "--model", "m", "-q"]):
+        assert build_parser().parse_args(argv).quiet is True, argv
+    assert build_parser().parse_args(["report"]).quiet is False
