@@ -157,7 +157,8 @@ def trim_span(wave: np.ndarray, sample_rate: int, top_db: float, min_duration_s:
 
     Like `librosa.effects.trim(top_db=...)`: a frame is silent when its power
     is more than `top_db` below the loudest frame's (digital zeros always
-    are). TRIM_MARGIN_S is kept on each side. Never trims to nothing: a span
+    are). TRIM_MARGIN_S is kept on each side, but no leading or trailing
+    exact zeros. Never trims to nothing: a span
     shorter than `min_duration_s` is widened symmetrically (within the clip)
     to that minimum, so a trimmed clip passes the same length check.
     """
@@ -167,6 +168,9 @@ def trim_span(wave: np.ndarray, sample_rate: int, top_db: float, min_duration_s:
     margin = round(TRIM_MARGIN_S * sample_rate)
     start = max(0, int(loud[0]) * hop - margin)
     end = min(n, int(loud[-1]) * hop + frame + margin)
+    nonzero = np.flatnonzero(wave[start:end])  # the margin never keeps digital zeros
+    if nonzero.size:
+        start, end = start + int(nonzero[0]), start + int(nonzero[-1]) + 1
     need = min(n, int(math.ceil(min_duration_s * sample_rate)))
     if end - start < need:
         start = max(0, min(n - need, (start + end - need) // 2))

@@ -253,7 +253,7 @@ def test_iemocap_reads_category_lines_only(tmp_path):
     assert set(why) == {"Ses01F_impro01_F004.wav", "Ses02F_impro01_F000.wav"}
     assert "no category line for Ses01F_impro01_F004" in why["Ses01F_impro01_F004.wav"]
     assert "session 2" in why["Ses02F_impro01_F000.wav"]
-    assert res.ignored == {"hidden files (._*, .*)": 1, "labelled turns without a wav file": 1}
+    assert res.ignored == {"hidden files (._*, .*)": 1, "labelled turns without an audio file": 1}
 
 
 def test_iemocap_not_found_says_licensed(tmp_path):
@@ -315,3 +315,47 @@ def test_csv_adapter_missing_files(tmp_path):
         scan_corpus("emodb", cfg(tmp_path, adapter="csv"), tmp_path)
     with pytest.raises(CorpusNotFound, match=r"metadata CSV .*nope.csv not found; set corpora.emodb.csv"):
         scan_corpus("emodb", cfg(tmp_path, adapter="csv", csv="nope.csv"), tmp_path)
+
+
+# --------------------------------------------------------------------------- FLAC and other formats
+def _to_format(root: Path, suffix: str) -> int:
+    """Re-encode every .wav under `root` as `suffix` (soundfile picks the format from it); returns the count."""
+    wavs = [p for p in root.rglob("*.wav") if not p.name.startswith(".")]
+    for wav in wavs:
+        try:
+            data, sr = sf.read(str(wav), dtype="float32")
+        except sf.LibsndfileError:  # the fixtures' corrupt files stay corrupt
+            wav.rename(wav.with_suffix(suffix))
+            continue
+        sf.write(str(wav.with_suffix(suffix)), data, sr, format=suffix[1:].upper(), subtype="PCM_16")
+        wav.unlink()
+    return len(wavs)
+
+
+def test_ravdess_in_flac_with_any_suffix_case(tmp_path):
+    """Corpus mirrors ship FLAC (and upper-case suffixes): read like the WAV originals, mp3 ignored."""
+    root = make_ravdess(tmp_path / "ravdess", actors=(1, 2), emotions=("03", "05"), extras=False)
+    _to_format(root, ".flac")
+    (root / "Actor_02" / "03-01-05-01-02-01-02.flac").rename(root / "Actor_02" / "03-01-05-01-02-01-02.FLAC")
+    sf.write(str(root / "Actor_02" / "03-01-04-01-01-01-02.ogg"), np.zeros(1600, np.float32) + 0.1, 16000,
+             format="OGG", subtype="VORBIS")
+    write_junk(root / "Actor_01" / "03-01-04-01-01-01-01.mp3")
+    res = scan_corpus("ravdess", cfg(root), root)
+    assert len(res.utterances) == 2 * 2 * 2 + 1 and not res.skipped
+    u = next(u for u in res.utterances if u.utt_id == "ravdess/03-01-05-01-02-01-02")
+    assert u.path.endswith(".FLAC") and u.sample_rate == 48000 and u.duration_s == pytest.approx(0.2, abs=1e-3)
+    assert res.ignored == {"non-audio files (.mp3)": 1}
+
+
+@pytest.mark.parametrize("name, make", [("crema_d", lambda r: make_crema(r, extras=False)),
+                                        ("tess", lambda r: make_tess(r, extras=False)),
+                                        ("iemocap", lambda r: make_iemocap(r, extras=False))])
+def test_every_adapter_reads_a_flac_copy_of_its_corpus(tmp_path, name, make):
+    wav_scan = scan_corpus(name, cfg(make(tmp_path / "wav")), tmp_path / "wav")
+    flac_root = make(tmp_path / "flac")
+    assert _to_format(flac_root, ".flac") > 0
+    flac_scan = scan_corpus(name, cfg(flac_root), flac_root)
+    assert [u.utt_id for u in flac_scan.utterances] == [u.utt_id for u in wav_scan.utterances]
+    assert all(u.path.endswith(".flac") for u in flac_scan.utterances)
+    assert [(u.speaker, u.raw_label, u.duration_s) for u in flac_scan.utterances] == \
+        [(u.speaker, u.raw_label, u.duration_s) for u in wav_scan.utterances]

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_LOGGED = 20  # skipped files listed in the log; the report lists all
 
-__all__ = ["ADAPTERS", "CorpusNotFound", "ScanResult", "ScanBuilder", "scan_corpus",
-           "display_name", "is_hidden", "iter_files", "find_nested", "nested_hint"]
+__all__ = ["ADAPTERS", "AUDIO_SUFFIXES", "CorpusNotFound", "ScanResult", "ScanBuilder", "scan_corpus",
+           "display_name", "is_audio", "is_hidden", "iter_files", "find_nested", "nested_hint"]
+
+# Audio formats the adapters accept (any letter case): what ser.audio.load_audio decodes through
+# soundfile. Many corpus mirrors ship FLAC (e.g. RAVDESS and EmoDB copies on the Hugging Face Hub).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 # Names people know the corpora by, for messages ("RAVDESS has no frustrated class").
 DISPLAY_NAMES = {"ravdess": "RAVDESS", "crema_d": "CREMA-D", "tess": "TESS", "iemocap": "IEMOCAP"}
@@ -108,17 +112,17 @@ class ScanBuilder:
     def ignore(self, what: str, n: int = 1) -> None:
         self._ignored[what] += n
 
-    def wav_files(self, folder: Path) -> list[Path]:
-        """The .wav files directly in `folder`; hidden and other files are counted as ignored."""
-        wavs = []
+    def audio_files(self, folder: Path) -> list[Path]:
+        """The audio files (AUDIO_SUFFIXES) directly in `folder`; hidden and other files are counted as ignored."""
+        found = []
         for path in iter_files(folder):
             if is_hidden(path):
                 self.ignore("hidden files (._*, .*)")
-            elif path.suffix.lower() != ".wav":
-                self.ignore(f"non-wav files ({path.suffix or 'no extension'})")
+            elif not is_audio(path):
+                self.ignore(f"non-audio files ({path.suffix or 'no extension'})")
             else:
-                wavs.append(path)
-        return wavs
+                found.append(path)
+        return found
 
     def result(self) -> ScanResult:
         if self._skipped:
@@ -128,6 +132,11 @@ class ScanBuilder:
                         shown, f"\n  ... and {more} more (see the metadata report)" if more > 0 else "")
         return ScanResult(utterances=sorted(self._rows, key=lambda u: u.path),
                           skipped=sorted(self._skipped), ignored=dict(sorted(self._ignored.items())))
+
+
+def is_audio(path: Path) -> bool:
+    """A .wav, .flac or .ogg file name, in any letter case."""
+    return path.suffix.lower() in AUDIO_SUFFIXES
 
 
 def is_hidden(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""CREMA-D: <root>/AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav.
+"""CREMA-D: <root>/AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav (or .flac / .ogg).
 
 Actors 1001-1091, sentence codes (IEO, TIE, DFA, ...), EMO in ANG DIS FEA HAP
 NEU SAD, level LO MD HI XX. Gender is not in the name: it comes from the
@@ -56,13 +56,13 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
     if not sex:
         log.info("CREMA-D: no usable %s in %s; gender left unknown", DEMOGRAPHICS, root)
     out = ScanBuilder(name)
-    candidates = out.wav_files(audio)
+    candidates = out.audio_files(audio)
     if not candidates:
         raise _not_found(name, root)
     for path in out.progress(candidates):
         m = NAME.match(path.stem)
         if m is None:
-            out.skip(path, "name does not match <actor>_<sentence>_<EMO>_<level>.wav (e.g. 1001_DFA_ANG_XX.wav)")
+            out.skip(path, "name does not match <actor>_<sentence>_<EMO>_<level>.wav|.flac (e.g. 1001_DFA_ANG_XX.wav)")
             continue
         actor, sentence, emotion, _level = (g.upper() for g in m.groups())
         out.add(path, native_id=path.stem, speaker=actor, raw_label=emotion,

@@ -1,4 +1,4 @@
-"""IEMOCAP: <root>/Session{1..5}/sentences/wav/<dialog>/<utt>.wav.
+"""IEMOCAP: <root>/Session{1..5}/sentences/wav/<dialog>/<utt>.wav (or .flac / .ogg).
 
 Labels come from <root>/Session{n}/dialog/EmoEvaluation/<dialog>.txt, of
 which only the consensus category line of each turn is read:
@@ -76,19 +76,19 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
             if is_hidden(dialog):
                 out.ignore("hidden files (._*, .*)")
                 continue
-            for path in out.wav_files(dialog):
+            for path in out.audio_files(dialog):
                 seen.add(path.stem)
                 candidates.append((path, number, labels, conflicting, label_dir / f"{dialog.name}.txt"))
         unheard = len(set(labels) - seen)
         if unheard:
-            log.warning("IEMOCAP session %d: %d labelled turn(s) have no wav file", number, unheard)
-            out.ignore("labelled turns without a wav file", unheard)
+            log.warning("IEMOCAP session %d: %d labelled turn(s) have no audio file", number, unheard)
+            out.ignore("labelled turns without an audio file", unheard)
     if not candidates:
-        raise _not_found(name, root, " No wav files under Session*/sentences/wav/.")
+        raise _not_found(name, root, " No audio files (.wav/.flac/.ogg) under Session*/sentences/wav/.")
     for path, number, labels, conflicting, label_file in out.progress(candidates):
         m = UTT_ID.match(path.stem)
         if m is None:
-            out.skip(path, "name does not match Ses0N<F|M>_<dialog>_<F|M>NNN.wav")
+            out.skip(path, "name does not match Ses0N<F|M>_<dialog>_<F|M>NNN.wav|.flac")
         elif int(m.group(1)) != number:
             out.skip(path, f"id says session {int(m.group(1))} but the file is in Session{number}")
         elif path.stem in conflicting:

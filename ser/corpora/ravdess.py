@@ -1,4 +1,4 @@
-"""RAVDESS speech: <root>/Actor_NN/MM-CC-EE-II-SS-RR-AA.wav.
+"""RAVDESS speech: <root>/Actor_NN/MM-CC-EE-II-SS-RR-AA.wav (or .flac / .ogg, as mirrors ship it).
 
 Name fields: modality (01 audio-video, 02 video-only, 03 audio-only), vocal
 channel (01 speech, 02 song), emotion, intensity, statement, repetition, actor
@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
+from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_audio, is_hidden, iter_files, nested_hint
 
 NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 ACTOR_DIR = re.compile(r"^Actor_(\d\d)$", re.IGNORECASE)
@@ -44,13 +44,13 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
                 out.ignore("video files (modality 01/02)")
             elif m and m.group(2) == "02":
                 out.ignore("song files (vocal channel 02)")
-            elif path.suffix.lower() != ".wav":
-                out.ignore(f"non-wav files ({path.suffix or 'no extension'})")
+            elif not is_audio(path):
+                out.ignore(f"non-audio files ({path.suffix or 'no extension'})")
             else:
                 candidates.append((path, m))
     for path, m in out.progress(candidates):
         if m is None:
-            out.skip(path, "name does not match MM-CC-EE-II-SS-RR-AA.wav (7 two-digit fields)")
+            out.skip(path, "name does not match MM-CC-EE-II-SS-RR-AA.wav|.flac (7 two-digit fields)")
             continue
         modality, channel, emotion, intensity, statement, repetition, actor = m.groups()
         if modality != "03" or channel != "01":

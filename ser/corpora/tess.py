@@ -1,4 +1,4 @@
-"""TESS: <root>/<OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav.
+"""TESS: <root>/<OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav (or .flac / .ogg).
 
 Two female speakers (OAF older, YAF younger) say 200 words in 7 emotions.
 Real copies spell folders and files inconsistently ("OAF_Fear",
@@ -42,7 +42,7 @@ def parse_file(stem: str, table: dict[str, str]) -> tuple[str, str, str | None] 
     """
     parts = normalize(stem).split("_")
     if len(parts) < 2 or parts[0] not in SPEAKERS:
-        return "name does not match <OAF|YAF>_<word>_<emotion>.wav"
+        return "name does not match <OAF|YAF>_<word>_<emotion>.wav|.flac"
     rest = parts[1:]
     for i in range(1, len(rest)):
         token = "_".join(rest[i:])
@@ -68,7 +68,7 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
         if m is None:
             out.ignore("folders not named <OAF|YAF>_<emotion>")
             continue
-        for path in out.wav_files(folder):
+        for path in out.audio_files(folder):
             candidates.append((path, m.group(1).lower(), normalize(m.group(2))))
     for path, folder_speaker, folder_emotion in out.progress(candidates):
         if folder_emotion not in table:
