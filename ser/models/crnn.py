@@ -7,6 +7,12 @@ log-mel [B, 1, n_mels, frames] -> 3 x (Conv2d 3x3, BatchNorm, ReLU, MaxPool 2)
 Pooling is the mean of the BiLSTM outputs over the valid time steps, not the
 last states: clips are centre-cropped / padded to a fixed frame count, so the
 "last" step of a short clip would be padding, and the mean uses every frame.
+The valid steps come from `lengths` (valid frames per clip; ser.data's mel
+batches carry the store index `length`): padded frames are zeroed before each
+conv block, as the convolution's own zero padding would be at a clip's end,
+and kept out of the (packed) BiLSTM and the mean, so in eval mode a padded
+clip embeds exactly as the unpadded clip does, whatever the padding holds.
+Without `lengths` every frame counts as valid.
 """
 from __future__ import annotations
 
@@ -47,6 +53,22 @@ class CRNN(SERModel):
         if with_domain_head:
             self.domain_head = DomainHead(self.feature_dim, p.domain_hidden, 2, p.dropout)
 
+    def _masked_conv(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The conv stack with time steps beyond each clip's valid length zeroed before every block.
+
+        Each block's MaxPool floors the time axis, so a clip of n frames has
+        n // 2 valid steps after it, none of which read a padded frame.
+        """
+        steps = lengths.to(device=x.device, dtype=torch.long).clamp(min=1)
+        blocks = list(self.conv)
+        for i in range(0, len(blocks), 4):   # Conv2d, BatchNorm2d, ReLU, MaxPool2d
+            valid = torch.arange(x.shape[3], device=x.device) < steps[:, None]   # [B, T]
+            x = x * valid[:, None, None, :].to(x.dtype)
+            for layer in blocks[i:i + 4]:
+                x = layer(x)
+            steps = torch.div(steps, 2, rounding_mode="floor").clamp(min=1)
+        return x
+
     def embed(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """x: [B, 1, n_mels, frames] (or [B, n_mels, frames]); lengths: valid frames per clip."""
         if x.dim() == 3:
@@ -55,7 +77,7 @@ class CRNN(SERModel):
             raise ValueError(f"crnn expects [B, 1, {self.n_mels}, frames] log-mels, got {tuple(x.shape)}")
         if x.shape[3] < self.pool_factor:
             raise ValueError(f"crnn needs >= {self.pool_factor} frames, got {x.shape[3]}")
-        h = self.conv(x)                                   # [B, C, F', T']
+        h = self.conv(x) if lengths is None else self._masked_conv(x, lengths)   # [B, C, F', T']
         b, c, f, t = h.shape
         h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)     # frequency folded into channels
         if lengths is None:
