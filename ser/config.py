@@ -21,7 +21,7 @@ __all__ = [
     "ParamsError", "Params", "load_params", "parse_params",
     "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams",
     "OptimParams", "CrnnParams", "LoraParams", "Wav2Vec2Params", "SpecAugmentParams", "ModelParams",
-    "TrainParams", "ARCHS",
+    "ClassicalParams", "TrainParams", "ARCHS",
     "EvalParams",
 ]
 
@@ -328,6 +328,27 @@ class SpecAugmentParams:
 
 
 @dataclass(frozen=True)
+class ClassicalParams:
+    """The classical baseline (arch `linear`, ser.classical): a linear classifier on openSMILE functionals.
+
+    C: the grid of inverse regularisation strengths; the one with the best
+    validation UAR is kept (ties: the smaller C). standardise: z-score with the
+    train split's statistics ("global") or each speaker's own ("speaker").
+    """
+    classifier: Literal["svm", "logreg"]
+    C: tuple[float, ...]
+    standardise: Literal["global", "speaker"]
+    class_weight: Literal["none", "balanced"] = "balanced"
+    max_iter: int = 10000
+
+    def __post_init__(self) -> None:
+        if not self.C or min(self.C) <= 0:
+            raise ValueError(f"C must be a non-empty list of values > 0, got {list(self.C)}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+
+
+@dataclass(frozen=True)
 class ModelParams:
     """One trained model of one study.
 
@@ -340,7 +361,7 @@ class ModelParams:
     study: str
     arch: Arch  # registry key, see ser.models
     objective: Literal["ce", "dann"]
-    input: Literal["mels", "waves"]
+    input: Literal["mels", "waves", "egemaps", "compare"]
     epochs: int
     batch_size: int
     optim: OptimParams
@@ -349,6 +370,8 @@ class ModelParams:
     balance: Literal["none", "loss", "sampler"] = "loss"
     spec_augment: Optional[SpecAugmentParams] = None
     patience: Optional[int] = None
+    # arch linear: epochs, batch_size and optim are required but unused (one fit per C).
+    classical: Optional[ClassicalParams] = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -357,6 +380,15 @@ class ModelParams:
             raise ValueError(f"spec_augment masks log-mels; input {self.input!r} has none (remove spec_augment)")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or null: no early stopping), got {self.patience}")
+        smile = self.input in ("egemaps", "compare")
+        if (self.arch == "linear") != smile:
+            raise ValueError(f"arch {self.arch!r} with input {self.input!r}: the openSMILE inputs (egemaps, "
+                             "compare) go with arch 'linear' and only with it")
+        if self.arch == "linear" and self.objective != "ce":
+            raise ValueError(f"objective {self.objective!r} does not apply to arch 'linear' (a linear classifier "
+                             "on fixed features has no encoder to adapt); use objective: ce")
+        if self.arch == "linear" and self.classical is None:
+            raise ValueError("arch 'linear' needs a 'classical:' section (classifier, C, standardise)")
 
 
 @dataclass(frozen=True)
@@ -420,6 +452,11 @@ class Params:
             if model.study not in self.studies:
                 raise ValueError(f"models.{mname}.study: unknown study {model.study!r} "
                                  f"(known: {sorted(self.studies)})")
+            needs = {"crnn": ("mels", "crnn"), "wav2vec2": ("waves", "wav2vec2")}.get(model.arch)
+            if needs and model.input != needs[0]:
+                raise ValueError(f"models.{mname}: arch {model.arch!r} reads {needs[0]}; set input: {needs[0]}")
+            if needs and getattr(model, needs[1]) is None:
+                raise ValueError(f"models.{mname}: arch {model.arch!r} needs a '{needs[1]}:' section")
             if model.objective == "dann" and self.studies[model.study].target is None:
                 raise ValueError(f"models.{mname}: objective 'dann' needs a study with a target corpus")
         for sname, study in self.studies.items():

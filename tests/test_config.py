@@ -188,3 +188,15 @@ def test_arch_choices_follow_the_model_registry():
     from ser.config import ARCHS
     from ser.models import MODELS
     assert set(MODELS) <= set(ARCHS), "every registered model must be a valid `arch` in params.yaml"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["baseline"].update(input="waves"), r"models.baseline: arch 'crnn' reads mels"),
+    (lambda m: m["baseline"].pop("crnn"), r"models.baseline: arch 'crnn' needs a 'crnn:' section"),
+    (lambda m: m["qlora"].update(input="mels"), r"models.qlora: arch 'wav2vec2' reads waves"),
+])
+def test_arch_input_and_section_checked_at_load(edit, match):
+    data = yaml.safe_load(PARAMS.read_text())
+    edit(data["models"])
+    with pytest.raises(ParamsError, match=match):
+        parse_params(data)
