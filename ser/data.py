@@ -43,7 +43,10 @@ def max_samples_for(store: FeatureStore, max_seconds: Optional[float]) -> Option
 
 
 class FeatureDataset(Dataset):
-    """Items of one store split: {"x": features, "y": label, "domain": 0/1, "index": i}.
+    """Items of one store split: {"x": features, "y": label, "domain": 0/1, "index": i, "length": n}.
+
+    `length` is what the model may pool over: for mels the store index
+    `length` (valid frames; padding excluded), for waves the samples after cropping.
 
     label_names=None marks the data as unlabeled (y = UNLABELED), as for the
     DANN target corpus, whose emotion column is never read.
@@ -84,15 +87,22 @@ class FeatureDataset(Dataset):
             else:
                 start = excess // 2
             x = x[..., start:start + self.max_samples]
-        return {"x": x, "y": int(self.labels[i]), "domain": int(self.domains[i]), "index": i}
+        length = int(self.store.index[i].length) if x.ndim == 2 else int(x.shape[-1])
+        return {"x": x, "y": int(self.labels[i]), "domain": int(self.domains[i]), "index": i,
+                "length": min(length, int(x.shape[-1]))}
 
 
 def collate_batch(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Mels -> x [B, 1, n_mels, frames]; waves -> right-padded x [B, T_max] and lengths [B]."""
+    """Mels -> x [B, 1, n_mels, frames]; waves -> right-padded x [B, T_max]; both with lengths [B].
+
+    Mel lengths are the items' valid frame counts (`length`; all frames when
+    an item has none), wave lengths their sample counts; models pool over them.
+    """
     batch = {k: torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("y", "domain", "index")}
     first = items[0]["x"]
     if first.ndim == 2:
         batch["x"] = torch.from_numpy(np.stack([it["x"] for it in items]).astype(np.float32)).unsqueeze(1)
+        batch["lengths"] = torch.tensor([it.get("length", it["x"].shape[-1]) for it in items], dtype=torch.long)
         return batch
     lengths = [len(it["x"]) for it in items]
     x = np.zeros((len(items), max(lengths)), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Log-mel and waveform feature stores (the precompute stages).
+"""Log-mel, waveform and openSMILE feature stores (the precompute stages).
 
 Every audio file of a study is decoded and resampled exactly once, here; the
 training and evaluation stages only slice the contiguous arrays written by
@@ -15,6 +15,12 @@ rounding, see tests/test_features.py)::
 
 i.e. a Hann-windowed STFT of the zero-padded signal, power spectrum, Slaney mel
 filterbank (librosa.filters.mel), 10*log10 with a 1e-10 floor (-100 dB).
+
+openSMILE stores (`egemaps`, `compare`; see ser.smile): one row of
+utterance-level functionals per clip, float32 [N, n_features], computed from
+the same decoded and conditioned wave as the other kinds (`_decode`) and
+stored raw: global or per-speaker standardisation is the classifier's choice
+(ser.classical). The index `length` is the clip's sample count.
 
 Store policy:
   * `fit_frames` gives every clip `fp.frames` frames: longer clips are cropped
@@ -64,7 +70,8 @@ from ser.manifest import ManifestError, Utterance, read_manifest
 from ser.stores import IndexRow, write_meta, write_split
 
 __all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "normalise",
-           "precompute_mels", "precompute_waves", "mel_for_inference", "feature_params_from_meta"]
+           "precompute_mels", "precompute_waves", "mel_for_inference", "feature_params_from_meta", "STORE_KINDS",
+           "precompute_smile", "smile_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM,
 _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
              "frames", "crop", "min_duration_s", "silence_dbfs")
 _WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs")
+# openSMILE functionals are computed from the decoded wave: the wave keys define them.
+_SMILE_KEYS = _WAVE_KEYS
 
 
 # --------------------------------------------------------------------------- log-mel
@@ -174,6 +183,20 @@ def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return normalise(mel, np.array(meta["mean"]), np.array(meta["std"]))
 
 
+def smile_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Raw float32 [n_features] openSMILE functionals of a whole wave, as the store computed them.
+
+    `wave` must be mono float32 at meta["sample_rate"], decoded and conditioned
+    as `_decode` does for the stores.
+    """
+    from ser.smile import SMILE_SETS, functionals
+
+    kind = meta.get("kind")
+    if kind not in SMILE_SETS:
+        raise ValueError(f"smile_for_inference needs an openSMILE store meta, got kind={kind!r}")
+    return functionals(wave, int(meta["sample_rate"]), kind)
+
+
 # --------------------------------------------------------------------------- workers
 @dataclass(frozen=True)
 class _Task:
@@ -256,6 +279,29 @@ def _wave_job(task: _Task) -> _Result:
     return _Result(wave, wave.shape[0], wave.shape[0] / fp.sample_rate)
 
 
+def _smile_job(kind: str, task: _Task) -> _Result:
+    """Decode, openSMILE functionals of the whole clip, written into its scratch row.
+
+    A clip opensmile gives no (or non-finite) features for is skipped as
+    `non_finite`, so the classifiers never see NaN.
+    """
+    from ser.smile import functionals
+
+    fp = _worker_fp
+    assert fp is not None, "worker not initialised"
+    wave, skipped = _decode(task.path, fp)
+    if skipped is not None:
+        return skipped
+    feats = functionals(wave, fp.sample_rate, kind)
+    seconds = wave.shape[0] / fp.sample_rate
+    if not np.isfinite(feats).all():
+        return _Result(None, 0, seconds, "non_finite",
+                       f"{task.path}: openSMILE {kind} gave {int((~np.isfinite(feats)).sum())} non-finite "
+                       f"features ({seconds:.3f} s decoded)")
+    _write_at(task.scratch, task.row * feats.nbytes, feats)
+    return _Result(None, wave.shape[0], seconds)
+
+
 def _run_jobs(job: Callable[[_Task], _Result], tasks: Sequence[_Task], fp: FeatureParams,
               workers: int, desc: str) -> Iterator[_Result]:
     """Results of `job` over `tasks`, in order, from `workers` processes (1: in-process).
@@ -294,7 +340,8 @@ def _run_jobs(job: Callable[[_Task], _Result], tasks: Sequence[_Task], fp: Featu
 class _Sink:
     """Collects one split in a float32 scratch file next to the store, in manifest order.
 
-    mels: a [manifest rows, n_mels, frames] file the workers fill by row;
+    mels: a [manifest rows, n_mels, frames] file the workers fill by row
+    (openSMILE kinds likewise, [manifest rows, n_features]);
     kept rows are compacted to the front afterwards (skips are rare).
     waves: the parent appends each decoded wave (ragged, size unknown up front).
     """
@@ -325,11 +372,11 @@ class _Sink:
         self.rows.append(IndexRow(utt.utt_id, utt.corpus, utt.speaker, utt.emotion, domain,
                                   offset, result.length))
         self.seconds += result.seconds
-        if self.moments is not None:
+        if self.moments is not None and result.moments is not None:  # mels only
             self.moments += result.moments  # in manifest order: identical for any worker count
 
     def array(self) -> np.ndarray:
-        """The kept items as one array: [n, n_mels, frames] or [samples].
+        """The kept items as one array: [n, *item_shape] or [samples].
 
         Waves are a read-only memmap. Mels are writable (they are normalised
         in place): read into RAM up to _IN_RAM_BYTES (one sequential read),
@@ -391,8 +438,7 @@ def _precompute_limited(kind: str, manifest_path: Path | str, out_root: Path | s
     try:
         for split in STORE_SPLITS:
             if per_split[split]:
-                sinks[split] = _Sink(out_root, split, per_split[split],
-                                     (fp.n_mels, fp.frames) if kind == "mels" else ())
+                sinks[split] = _Sink(out_root, split, per_split[split], _item_shape(kind, fp))
         skipped = _collect(kind, utts, sinks, fp, workers, target, f"{kind} {out_root.name}")
         written = {s: len(sink.rows) for s, sink in sinks.items() if sink.rows}
         if not written:
@@ -427,7 +473,7 @@ def _collect(kind: str, utts: Sequence[Utterance], sinks: dict[str, _Sink], fp: 
         tasks.append(_Task(u.path, str(sinks[u.split].path), seen[u.split]))
         seen[u.split] += 1
     skipped: list[dict[str, str]] = []
-    job = _mel_job if kind == "mels" else _wave_job
+    job = _JOBS[kind] if kind in _JOBS else functools.partial(_smile_job, kind)
     # closing(): the pool is shut down even when collecting fails half-way.
     with closing(_run_jobs(job, tasks, fp, workers, desc)) as results:
         for utt, task, result in zip(utts, tasks, results, strict=True):
@@ -445,7 +491,7 @@ def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: Feature
     """Normalise (mels) and write every split with rows, then meta.json; drop stale splits."""
     meta: dict[str, Any] = {
         "kind": kind, "sample_rate": fp.sample_rate, "labels": list(labels), "target": target,
-        "features": {k: getattr(fp, k) for k in (_MEL_KEYS if kind == "mels" else _WAVE_KEYS)},
+        "features": {k: getattr(fp, k) for k in _store_keys(kind)},
         "splits": {s: len(sink.rows) for s, sink in sinks.items() if sink.rows},
     }
     if kind == "mels":
@@ -453,6 +499,9 @@ def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: Feature
         meta.update(mean=mean.tolist(), std=std.tolist(), pad_db=SILENCE_DB,
                     definition="librosa.power_to_db(melspectrogram(power=2, center=True, "
                                "pad_mode='constant'), ref=1.0, amin=1e-10, top_db=None)")
+    elif kind not in _JOBS:
+        from ser.smile import smile_meta
+        meta.update(smile_meta(kind))
     for split in STORE_SPLITS:
         if split not in meta["splits"]:
             for stale in (out_root / f"{split}.npy", out_root / f"{split}.csv"):
@@ -515,3 +564,33 @@ def precompute_waves(manifest_path: str | Path, out_root: str | Path, fp: Featur
     """Build one study's waveform store: per split, all clips at fp.sample_rate
     concatenated into one float32 array, located by the index offset/length."""
     return _precompute("waves", manifest_path, out_root, fp, workers, labels, target)
+
+def precompute_smile(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+                     workers: Optional[int] = None, *, labels: Sequence[str],
+                     target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
+    """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.smile):
+    per split a float32 [N, n_features] array of raw functionals, one row per clip."""
+    if kind not in STORE_KINDS or kind in _JOBS:
+        raise KeyError(f"unknown openSMILE store kind {kind!r}; known: {sorted(set(STORE_KINDS) - set(_JOBS))}")
+    return _precompute(kind, manifest_path, out_root, fp, workers, labels, target)
+
+
+# kind -> worker job for the log-mel and wave stores; the other kinds are the
+# openSMILE feature sets of ser.smile.SMILE_SETS, run by _smile_job.
+_JOBS: dict[str, Callable[[_Task], _Result]] = {"mels": _mel_job, "waves": _wave_job}
+STORE_KINDS = ("mels", "waves", "egemaps", "compare")
+
+
+def _store_keys(kind: str) -> tuple[str, ...]:
+    """FeatureParams fields that define a store of `kind` (recorded in meta.json)."""
+    return {"mels": _MEL_KEYS, "waves": _WAVE_KEYS}.get(kind, _SMILE_KEYS)
+
+
+def _item_shape(kind: str, fp: FeatureParams) -> tuple[int, ...]:
+    """One stored item's shape: () for the ragged wave store."""
+    if kind == "mels":
+        return (fp.n_mels, fp.frames)
+    if kind == "waves":
+        return ()
+    from ser.smile import n_features
+    return (n_features(kind),)

@@ -8,7 +8,16 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
 
   mels   ser.features.mel_for_inference: the stored log-mel parameters,
          pad/crop policy and train-split normalisation statistics;
-  waves  the float waveform at the stored sample rate (16 kHz).
+  waves  the float waveform at the stored sample rate (16 kHz);
+  egemaps / compare  (arch linear, ser.classical) the openSMILE functionals of
+         the whole conditioned file (ser.features.smile_for_inference), the
+         store's function. No windows: functionals summarise a whole clip, as
+         at training, so --window/--hop are refused. A file has no speaker
+         statistics: a model trained with per-speaker standardisation falls
+         back to the global train statistics (with a warning). The scores are
+         softmax probabilities for logistic regression and the raw decision
+         values for the linear SVM (no probabilities; the label is still their
+         argmax).
 
 Sliding windows: a recording longer than the window is scored in windows of
 `window_s` every `hop_s` seconds (the last window is aligned to the end so the
@@ -41,7 +50,8 @@ from tqdm.auto import tqdm
 
 from ser.audio import AudioError, check_audio, load_audio
 from ser.evaluation import resolve_device
-from ser.features import feature_params_from_meta, mel_for_inference
+from ser.classical import LinearModel, is_linear, load_linear
+from ser.features import feature_params_from_meta, mel_for_inference, smile_for_inference
 
 __all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
            "resolve_device", "render", "summary", "FORMATS"]
@@ -145,6 +155,8 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
 class Predictor:
     """A loaded checkpoint plus the feature settings it was trained with."""
 
+    linear: Optional[LinearModel] = None  # the classical baseline (then `model` is None)
+
     def __init__(self, model_dir: str | Path, *, device: str = "auto", window_s: Optional[float] = None,
                  hop_s: Optional[float] = None, batch_size: int = 16) -> None:
         from ser.checkpoint import load_checkpoint
@@ -158,6 +170,9 @@ class Predictor:
         self.batch_size = batch_size
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
+        if is_linear(self.model_dir):
+            self._init_linear(window_s, hop_s)
+            return
         # load_checkpoint rebuilds the model from meta.json alone; a QLoRA model
         # gets its base re-quantized to 4 bits and its adapters loaded, as saved.
         self.model, self.meta = load_checkpoint(self.model_dir, device=self.device,
@@ -183,6 +198,27 @@ class Predictor:
         log.info("%s: %s model on %s, labels %s, %s input, window %.2f s, hop %.2f s", self.model_dir,
                  self.meta["model_params"]["arch"], self.device, self.labels, self.input, self.window_s,
                  self.hop_s)
+
+    def _init_linear(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
+        """A classical (ser.classical) model: whole-file openSMILE functionals, no windows."""
+        if window_s is not None or hop_s is not None:
+            raise ValueError("--window/--hop do not apply to a classical model: its openSMILE functionals "
+                             "summarise the whole file")
+        self.model = None
+        self.linear, self.meta = load_linear(self.model_dir)
+        self.labels = list(self.meta["labels"])
+        self.feature_meta = self.meta["features"]
+        self.input = self.meta["model_params"]["input"]
+        self._check_feature_meta()
+        self.fp = feature_params_from_meta(self.feature_meta)
+        self.sample_rate = int(self.feature_meta["sample_rate"])
+        self.window_s = self.hop_s = self.window = self.hop = None
+        if self.linear.standardisation == "speaker":
+            log.warning("%s was trained with per-speaker standardisation; a single file has no speaker "
+                        "statistics, so its features are standardised with the global train statistics "
+                        "instead (expect lower accuracy than the model's evaluation)", self.model_dir)
+        log.info("%s: linear %s model, labels %s, %s input, whole files (%s scores)", self.model_dir,
+                 self.meta["classifier"], self.labels, self.input, self.linear.scores)
 
     def _check_feature_meta(self) -> None:
         kind = self.feature_meta.get("kind")
@@ -214,6 +250,10 @@ class Predictor:
     @torch.no_grad()
     def predict_wave(self, wave: np.ndarray) -> list[Window]:
         """Window probabilities for a mono float32 wave at `self.sample_rate`."""
+        if self.linear is not None:  # one whole-file "window" (see the module docstring)
+            feats = smile_for_inference(wave, self.feature_meta)
+            scores = self.linear.score(self.linear.prepare(feats[None]))[0]
+            return [Window(0.0, round(len(wave) / self.sample_rate, 4), tuple(float(v) for v in scores))]
         starts = window_starts(len(wave), self.window, self.hop)
         size = min(self.window, len(wave))
         probs: list[np.ndarray] = []

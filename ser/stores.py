@@ -5,10 +5,12 @@ Layout of a store directory (one per study and feature kind)::
     <root>/meta.json          feature params, normalisation stats, label list
     <root>/<split>.npy        mels: float32 [N, n_mels, frames]
                               waves: float32 [total_samples] (ragged, see offsets)
+                              egemaps / compare: float32 [N, n_features] (openSMILE)
     <root>/<split>.csv        index: utt_id, corpus, speaker, emotion, domain, offset, length
 
 For mels `offset` is the row and `length` the number of valid (unpadded)
-frames; for waves `offset`/`length` are sample positions in the flat array.
+frames; for openSMILE stores `offset` is the row and `length` the clip's
+samples; for waves `offset`/`length` are sample positions in the flat array.
 Reading never decodes audio: training and evaluation only slice these arrays.
 """
 from __future__ import annotations
@@ -73,10 +75,11 @@ def read_index(path: str | Path) -> list[IndexRow]:
 
 
 class FeatureStore:
-    """Read-only view of one split of a store (mels or waves).
+    """Read-only view of one split of a store (mels, waves or openSMILE functionals).
 
     `kind` is read from meta.json: for "mels" item i is a [n_mels, frames]
-    array; for "waves" it is a 1-D float32 waveform at meta["sample_rate"].
+    array; for "waves" it is a 1-D float32 waveform at meta["sample_rate"];
+    for "egemaps" / "compare" it is a [n_features] row.
     `rows` optionally restricts the view to a subset (e.g. one corpus).
     """
 
@@ -102,7 +105,7 @@ class FeatureStore:
 
     def __getitem__(self, i: int) -> np.ndarray:
         row = self.index[i]
-        if self.kind == "mels":
+        if self.array.ndim > 1:  # one row per item (mels, openSMILE functionals)
             return np.asarray(self.array[row.offset])
         return np.asarray(self.array[row.offset: row.offset + row.length])
 

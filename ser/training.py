@@ -425,6 +425,9 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
 
     features_root, out_dir, resume_dir, live_dir = map(Path, (features_root, out_dir, resume_dir, live_dir))
     mp = _model_params(params, name)
+    if mp.arch == "linear":  # the classical baseline is fitted by sklearn, not by this loop
+        from ser.classical import train_classical
+        return train_classical(params, name, features_root, out_dir, live_dir, timing_path=timing_path)
     labels = list(params.study(mp.study).labels)
     dann = mp.objective == "dann"
     store_root = features_root / mp.input / mp.study

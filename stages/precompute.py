@@ -1,19 +1,23 @@
-"""Stages precompute-mels / precompute-waves: one feature store per study.
+"""Stages precompute-<kind>: one feature store per study.
 
 data/manifests/<study>.csv -> <out-dir>/<study>/{meta.json,<split>.npy,<split>.csv} + report JSON.
---kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models.
+--kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models;
+--kind egemaps / compare: openSMILE functionals for the classical baseline.
 """
 import argparse
+import functools
 import logging
 from pathlib import Path
 
 from ser.config import load_params
 from ser.fsutil import write_json_atomic
-from ser.features import precompute_mels, precompute_waves
+from ser.features import precompute_mels, precompute_smile, precompute_waves
 from ser.logutil import setup_logging
 from ser.stageutil import ensure_writable, run_stage
 
-KINDS = {"mels": precompute_mels, "waves": precompute_waves}
+KINDS = {"mels": precompute_mels, "waves": precompute_waves,
+         "egemaps": functools.partial(precompute_smile, kind="egemaps"),
+         "compare": functools.partial(precompute_smile, kind="compare")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,11 +12,12 @@ from ser.stores import FeatureStore, IndexRow, StoreError, write_meta, write_spl
 LABELS = ["angry", "happy", "neutral", "sad"]
 
 
-def mel_store(root, n=10, n_mels=16, frames=20, emotions=None):
+def mel_store(root, n=10, n_mels=16, frames=20, emotions=None, lengths=None):
     rng = np.random.default_rng(0)
     arr = rng.normal(size=(n, n_mels, frames)).astype(np.float32)
     emotions = emotions or [LABELS[i % 4] for i in range(n)]
-    rows = [IndexRow(f"u{i}", "iemocap", "s1", emotions[i], i % 2, i, frames) for i in range(n)]
+    lengths = lengths or [frames] * n
+    rows = [IndexRow(f"u{i}", "iemocap", "s1", emotions[i], i % 2, i, lengths[i]) for i in range(n)]
     write_split(root, "train", arr, rows)
     write_meta(root, {"kind": "mels", "sample_rate": 16000, "labels": LABELS})
     return arr
@@ -41,7 +42,18 @@ def test_mel_items_collate_to_b1ft(tmp_path):
     assert batch["y"].tolist() == [3, 0, 1]
     assert batch["domain"].tolist() == [1, 0, 1]
     assert batch["index"].tolist() == [3, 0, 5]
-    assert "lengths" not in batch
+    assert batch["lengths"].tolist() == [20, 20, 20]
+
+
+def test_mel_batches_carry_the_valid_frame_counts(tmp_path):
+    """The index `length` (valid frames, padding excluded) reaches the model as batch["lengths"]."""
+    mel_store(tmp_path, n=4, lengths=[20, 7, 13, 1])
+    ds = FeatureDataset(FeatureStore(tmp_path, "train"), LABELS)
+    assert [ds[i]["length"] for i in range(4)] == [20, 7, 13, 1]
+    batch = collate_batch([ds[i] for i in (1, 3, 0)])
+    assert batch["lengths"].dtype == torch.long and batch["lengths"].tolist() == [7, 1, 20]
+    loader = make_loader(ds, batch_size=4)
+    assert next(iter(loader))["lengths"].tolist() == [20, 7, 13, 1]
 
 
 def test_waves_pad_right_and_report_lengths(tmp_path):
@@ -62,6 +74,7 @@ def test_long_waves_are_cropped_center_or_seeded_random(tmp_path):
     assert center[0]["x"].tolist() == list(range(46, 56))  # samples 45..54 (values are index + 1)
     assert len(center[1]["x"]) == 4  # short clips are left alone
     assert center.lengths.tolist() == [10, 4]
+    assert [center[i]["length"] for i in (0, 1)] == [10, 4]  # wave item lengths: after cropping
 
     def crops(seed, epoch):
         ds = FeatureDataset(store, LABELS, max_samples=10, crop="random", seed=seed)

@@ -22,7 +22,8 @@ from ser.manifest import Utterance, write_manifest
 from ser.stores import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
-FP = FeatureParams(frames=120)  # 1.2 s windows keep the stores tiny
+# 1.2 s windows keep the stores tiny; front end off, for librosa parity (tests/test_frontend.py covers it)
+FP = FeatureParams(frames=120, gain="none", trim_db=None)
 LABELS = ["angry", "happy", "neutral", "sad"]
 
 
@@ -324,3 +325,15 @@ def test_large_split_path_normalises_on_disk_identically(study: dict, monkeypatc
     for split in ("train", "test", "adapt"):
         np.testing.assert_array_equal(np.load(in_ram / f"{split}.npy"), np.load(on_disk / f"{split}.npy"))
     assert not list(on_disk.glob("*.partial"))
+
+
+def test_flac_decodes_like_the_same_pcm16_wav(tmp_path: Path) -> None:
+    """The int16 fast path is WAV-only; FLAC goes through libsndfile's float path, same floats."""
+    stereo = np.stack([tone(0.7, 22050, 220), tone(0.7, 22050, 330, seed=1)], axis=1)
+    ints = np.round(stereo * 32767).astype(np.int16)  # the same samples in both files (writers round differently)
+    wav = write_wav(tmp_path / "a.wav", ints, 22050)
+    flac = tmp_path / "a.FLAC"
+    sf.write(flac, ints, 22050, format="FLAC", subtype="PCM_16")
+    np.testing.assert_array_equal(load_audio(flac, 16000), load_audio(wav, 16000))
+    ref, _ = librosa.load(flac, sr=16000)
+    np.testing.assert_array_equal(load_audio(flac, 16000), ref)

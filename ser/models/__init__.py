@@ -105,7 +105,8 @@ def _build_wav2vec2(mp: ModelParams, n_classes: int, *, with_domain_head: bool, 
     return Wav2Vec2SER(mp.wav2vec2, n_classes, with_domain_head=with_domain_head, cache_dir=cache_dir)
 
 
-# arch -> (builder, the ModelParams section it needs)
+# arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
+# openSMILE baseline) is no torch model: ser.classical fits, saves and loads it.
 MODELS: dict[str, tuple[Callable[..., SERModel], str]] = {
     "crnn": (_build_crnn, "crnn"),
     "wav2vec2": (_build_wav2vec2, "wav2vec2"),
@@ -120,6 +121,8 @@ def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = Fal
     wav2vec2 backbones are materialised (default: $SER_CACHE_DIR or ~/.cache/ser).
     name: the model's key under `models:` in params.yaml, for error messages.
     """
+    if mp.arch == "linear":
+        raise ValueError("arch 'linear' is the classical baseline (ser.classical), not a torch model")
     if mp.arch not in MODELS:
         raise KeyError(f"unknown model {mp.arch!r}; known: {sorted(MODELS)}")
     builder, section = MODELS[mp.arch]
