@@ -6,8 +6,12 @@ kind and the feature store's meta. Audio is decoded exactly as the precompute
 stages decoded it (ser.audio.load_audio: any sample rate, mono or multichannel,
 any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the model's input with the stored settings:
 
-  mels   ser.features.mel_for_inference: the stored log-mel parameters,
-         pad/crop policy and train-split normalisation statistics;
+  both   ser.audio.condition with the stored front end (silence trimming,
+         gain normalisation), applied to the whole file as the stores apply
+         it to each clip; window times stay times in the original file;
+  mels   ser.features.mel_input: the stored log-mel parameters, pad/crop
+         policy, per-utterance and train-split normalisation, and each
+         window's valid frame count (the CRNN pools over those);
   waves  the float waveform at the stored sample rate (16 kHz);
   egemaps / compare  (arch linear, ser.classical) the openSMILE functionals of
          the whole conditioned file (ser.features.smile_for_inference), the
@@ -48,10 +52,10 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from ser.audio import AudioError, check_audio, load_audio
+from ser.audio import AudioError, check_audio, condition_span, load_audio
 from ser.evaluation import resolve_device
 from ser.classical import LinearModel, is_linear, load_linear
-from ser.features import feature_params_from_meta, mel_for_inference, smile_for_inference
+from ser.features import feature_params_from_meta, mel_input, smile_for_inference
 
 __all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
            "resolve_device", "render", "summary", "FORMATS"]
@@ -242,18 +246,20 @@ class Predictor:
     def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """A model batch for equal-length segments (what ser.data.collate_batch builds)."""
         if self.input == "mels":
-            mels = np.stack([mel_for_inference(s, self.feature_meta) for s in segments])
-            return torch.from_numpy(mels).unsqueeze(1), None
+            mels, lengths = zip(*(mel_input(s, self.feature_meta) for s in segments))
+            return torch.from_numpy(np.stack(mels)).unsqueeze(1), torch.tensor(lengths, dtype=torch.long)
         x = torch.from_numpy(np.stack(segments).astype(np.float32, copy=False))
         return x, torch.full((len(segments),), x.shape[1], dtype=torch.long)
 
     @torch.no_grad()
-    def predict_wave(self, wave: np.ndarray) -> list[Window]:
-        """Window probabilities for a mono float32 wave at `self.sample_rate`."""
+    def predict_wave(self, wave: np.ndarray, offset_s: float = 0.0) -> list[Window]:
+        """Window probabilities for a mono float32 wave at `self.sample_rate`, already
+        conditioned (ser.audio.condition); window times are shifted by `offset_s`."""
         if self.linear is not None:  # one whole-file "window" (see the module docstring)
             feats = smile_for_inference(wave, self.feature_meta)
             scores = self.linear.score(self.linear.prepare(feats[None]))[0]
-            return [Window(0.0, round(len(wave) / self.sample_rate, 4), tuple(float(v) for v in scores))]
+            return [Window(round(offset_s, 4), round(offset_s + len(wave) / self.sample_rate, 4),
+                           tuple(float(v) for v in scores))]
         starts = window_starts(len(wave), self.window, self.hop)
         size = min(self.window, len(wave))
         probs: list[np.ndarray] = []
@@ -263,7 +269,8 @@ class Predictor:
             probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         stacked = np.concatenate(probs)
         sr = self.sample_rate
-        return [Window(round(s / sr, 4), round((s + size) / sr, 4), tuple(float(p) for p in row))
+        return [Window(round(offset_s + s / sr, 4), round(offset_s + (s + size) / sr, 4),
+                       tuple(float(p) for p in row))
                 for s, row in zip(starts, stacked)]
 
     def predict_file(self, path: str | Path) -> FileResult:
@@ -292,7 +299,8 @@ class Predictor:
                 "silent": f"{path}: silent (peak below {self.fp.silence_dbfs:g} dBFS)",
             }.get(reason, f"{path}: {reason}")
             return result
-        result.windows = self.predict_wave(wave)
+        wave, start = condition_span(wave, self.fp)  # the stores' front end; times stay file times
+        result.windows = self.predict_wave(wave, start / self.sample_rate)
         return result
 
     def predict_files(self, paths: Sequence[str | Path]) -> list[FileResult]:

@@ -197,12 +197,14 @@ def test_predictions_equal_evaluation_on_the_same_audio(study, name, kind):
     results = predictor.predict_files(paths)
     assert all(r.ok and len(r.windows) == 1 for r in results), [r.error for r in results]
 
-    # The model input built from the audio file is the stored feature, bit for bit.
-    from ser.audio import load_audio
+    # The model input built from the audio file (decoded and conditioned as the stores do) is the
+    # stored feature, bit for bit, with the same lengths.
+    from ser.audio import condition, load_audio
     for i, path in enumerate(paths):
-        x, _ = predictor.model_inputs([load_audio(path, SR)])
+        x, lengths = predictor.model_inputs([condition(load_audio(path, SR), predictor.fp)])
         stored = batch["x"][i:i + 1] if kind == "mels" else batch["x"][i:i + 1, :int(batch["lengths"][i])]
         assert torch.equal(x, stored), path
+        assert lengths.tolist() == batch["lengths"][i:i + 1].tolist()
 
     # Same probabilities as the model on the store batch, same labels as ser.evaluation.
     model, _ = load_checkpoint(study["models"] / name, cache_dir=study["models"] / name / "backbone")
