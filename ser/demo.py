@@ -37,14 +37,17 @@ name, purpose, index), so reruns are byte-identical and corpora do not depend
 on each other. Completion: `<root>/.demo-partial.json` is written first and
 `<root>/.demo-complete.json` (settings, file count, faults) last; a root whose
 complete marker matches the settings (and whose wav count agrees) is left as
-is, a root with either marker is ours to wipe and regenerate, and a root with
-corpus-looking content but no marker is refused (it may be a real corpus).
+is; a root with either marker is regenerated, deleting only the files the
+generator wrote (each marker lists them); a file it did not write (a user's
+addition) stops the run with its name, so nothing of theirs is deleted; a root
+with corpus-looking content but no marker is refused (it may be a real corpus).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 import zlib
@@ -64,7 +67,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_CORPORA", "MARKER", "PARTIAL_MARKER", "generate_corpus"]
+__all__ = ["DEMO_CORPORA", "MARKER", "PARTIAL_MARKER", "generate_corpus", "foreign_files"]
 
 DEMO_CORPORA = ("iemocap", "ravdess", "crema_d", "tess")
 MARKER = ".demo-complete.json"
@@ -191,6 +194,11 @@ class _Plan:
     short: set[int]                       # indices cut to SHORT_FAULT_S
     duplicates: list[tuple[int, int]]     # (original, copy) index pairs
     extra: Callable[[Path, list[int]], None] = lambda root, lengths: None  # label files etc.
+    extra_files: tuple[str, ...] = ()     # what `extra` writes, relative to the root
+
+    def paths(self) -> list[str]:
+        """Every file this plan writes, relative to the corpus root."""
+        return sorted({c.rel for c in self.clips} | set(self.extra_files))
 
 
 def _rng(seed: int, name: str, *keys: int) -> np.random.Generator:
@@ -491,7 +499,8 @@ def _iemocap_plan(seed: int, n: int, faults: bool) -> _Plan:
     def write_labels(root: Path, lengths: list[int]) -> None:
         _write_emo_evaluation(root, final, dialog_turns, lengths, seed)
 
-    return _Plan(final, silent, short, [], write_labels)
+    labels = tuple(f"Session{s}/dialog/EmoEvaluation/{dialog}.txt" for s, dialog in sorted(dialog_turns))
+    return _Plan(final, silent, short, [], write_labels, labels)
 
 
 def _write_emo_evaluation(root: Path, clips: list[_Clip], dialog_turns: dict[tuple[int, str], list[int]],
@@ -611,7 +620,7 @@ def _crema_d_plan(seed: int, n: int, faults: bool) -> _Plan:
             rows.append(f"{actor},{ages[i]},{'Male' if is_male[i] else 'Female'},{race},{eth}")
         (root / "VideoDemographics.csv").write_text("\n".join(rows) + "\n")
 
-    return _Plan(clips, set(), set(), duplicates, write_demographics)
+    return _Plan(clips, set(), set(), duplicates, write_demographics, ("VideoDemographics.csv",))
 
 
 # TESS ---------------------------------------------------------------------
@@ -683,21 +692,78 @@ def _read_marker(path: Path) -> Optional[dict]:
         return None
 
 
-def _prepare_root(name: str, root: Path, owned: tuple[str, ...], settings: dict) -> None:
-    """Mark the root as in progress and remove a previous demo; refuse to touch a real corpus."""
-    present = [e for e in owned if (root / e).exists()]
+def _files_under(root: Path, entries: Optional[Sequence[str]] = None) -> list[str]:
+    """Files and links under `root` (or only under its `entries`), relative, markers left out."""
+    out: list[str] = []
+    for top in ([root / e for e in entries] if entries is not None else [root]):
+        if top.is_symlink() or top.is_file():
+            out.append(top.relative_to(root).as_posix())
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):  # does not follow links
+            here = Path(dirpath)
+            links = [d for d in dirnames if (here / d).is_symlink()]
+            out += [(here / f).relative_to(root).as_posix() for f in [*filenames, *links]]
+    return sorted(set(out) - {MARKER, PARTIAL_MARKER})
+
+
+def _written_by_us(root: Path) -> set[str]:
+    """The files the markers in `root` say the generator wrote (a marker from before the
+    file list existed: the files its settings produce)."""
+    ours: set[str] = set()
+    for marker in (MARKER, PARTIAL_MARKER):
+        doc = _read_marker(root / marker) or {}
+        if isinstance(doc.get("paths"), list):
+            ours.update(map(str, doc["paths"]))
+        elif doc.get("version") == GENERATOR_VERSION and doc.get("name") in CORPORA:
+            try:
+                ours.update(CORPORA[doc["name"]].plan(doc["seed"], doc["clips_per_speaker"],
+                                                      doc["inject_faults"]).paths())
+            except (KeyError, TypeError, ValueError):
+                pass
+    return ours
+
+
+def foreign_files(root: str | Path) -> list[str]:
+    """Files under a demo root that the demo generator did not write (a user's additions)."""
+    root = Path(root)
+    ours = _written_by_us(root)
+    return [f for f in _files_under(root) if f not in ours]
+
+
+def _prepare_root(name: str, root: Path, owned: tuple[str, ...], settings: dict, planned: list[str]) -> None:
+    """Mark the root as in progress and delete the files a previous demo wrote.
+
+    Refuses, deleting nothing, when the folders it writes hold a file it did not
+    write, or when there is no demo marker at all (it may be a real corpus).
+    """
+    present = [e for e in owned if (root / e).exists() or (root / e).is_symlink()]
     ours = (root / MARKER).exists() or (root / PARTIAL_MARKER).exists()
     if present and not ours:
         raise FileExistsError(
             f"{root} holds {present[:3]}{' ...' if len(present) > 3 else ''} but no demo marker "
             f"({MARKER} / {PARTIAL_MARKER}): it may be a real {name} corpus, so the demo will not "
             f"overwrite it. Set corpora.{name}.source to 'local', or move it away and rerun.")
-    # Partial marker first: a run interrupted from here on is recognisably ours.
-    write_json_atomic(root / PARTIAL_MARKER, settings)
+    # An interrupted run of these settings wrote (part of) `planned`: those are ours too.
+    written = _written_by_us(root) | set(planned)
+    existing = _files_under(root, present)
+    foreign = [f for f in existing if f not in written]
+    if foreign:
+        raise FileExistsError(
+            f"{root} holds {len(foreign)} file(s) the demo generator did not write: "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}. Regenerating the demo would "
+            f"delete them, so nothing was changed: move them out of {root} and rerun (or set "
+            f"corpora.{name}.source: local to use the folder as it is).")
+    # Partial marker first: a run interrupted from here on is recognisably ours, file by file.
+    write_json_atomic(root / PARTIAL_MARKER, {**settings, "paths": sorted(written)})
     (root / MARKER).unlink(missing_ok=True)
-    for e in present:
-        p = root / e
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for rel in existing:
+        (root / rel).unlink()
+    for e in present:  # the folders emptied above, deepest first
+        top = root / e
+        if top.is_dir() and not top.is_symlink():
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                if not os.listdir(dirpath):
+                    os.rmdir(dirpath)
 
 
 def generate_corpus(name: str, root: str | Path, clips_per_speaker: int, seed: int,
@@ -727,9 +793,8 @@ def generate_corpus(name: str, root: str | Path, clips_per_speaker: int, seed: i
 
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    _prepare_root(name, root, spec.owned, settings)
-
     plan = spec.plan(seed, clips_per_speaker, inject_faults)
+    _prepare_root(name, root, spec.owned, settings, plan.paths())
     sr = spec.sample_rate
     # Voices above 24 kHz are rendered at half rate (content to 12 kHz, where speech
     # energy has died away) and upsampled: half the work for RAVDESS's 48 kHz.
@@ -768,7 +833,8 @@ def generate_corpus(name: str, root: str | Path, clips_per_speaker: int, seed: i
               "duplicates": [[plan.clips[a].rel, plan.clips[b].rel] for a, b in plan.duplicates]}
     n_files = len(plan.clips)
     write_json_atomic(root / MARKER, {**settings, "files": n_files, "sample_rate": sr,
-                                       "speakers": len({c.speaker for c in plan.clips}), "faults": faults})
+                                       "speakers": len({c.speaker for c in plan.clips}), "faults": faults,
+                                       "paths": plan.paths()})
     (root / PARTIAL_MARKER).unlink(missing_ok=True)
     labels = sorted({c.label for c in plan.clips})
     log.info("demo %s: wrote %d clips (%d speakers, %d Hz, %.1f min audio, labels %s) to %s in %.1f s; "

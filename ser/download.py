@@ -178,6 +178,19 @@ def _is_demo(root: Path) -> bool:
     return any((root / m).exists() for m in _demo_markers())
 
 
+def _check_demo_replaceable(name: str, root: Path) -> None:
+    """A demo root is replaced whole by a real corpus: refuse if it holds files the demo did not write."""
+    if not _is_demo(root):
+        return
+    from ser.demo import foreign_files
+
+    foreign = foreign_files(root)
+    if foreign:
+        raise CorpusError(f"{name}: {root} holds the demo corpus plus {len(foreign)} file(s) it did not write "
+                          f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); replacing it with "
+                          f"the real corpus would delete them. Move them out of {root} and run again.")
+
+
 def _has_files(root: Path) -> bool:
     return root.is_dir() and any(p.name != MARKER for p in root.iterdir())
 
@@ -757,6 +770,7 @@ def _prepare_download(name: str, cfg: CorpusParams, lock: ChecksumLock, download
         log.warning("%s: %s already holds files this stage did not put there; verifying them as they "
                     "are (set corpora.%s.source: local to say so)", name, root, name)
         return None
+    _check_demo_replaceable(name, root)  # before the download, not after it
     if cfg.url.endswith(".git"):
         return _prepare_git(name, cfg, root, lock, timeout)
 
@@ -819,12 +833,15 @@ def _prepare_git(name: str, cfg: CorpusParams, root: Path, lock: ChecksumLock, t
         clone = ["clone", "--depth", "1", "--quiet"]
         if include:
             clone += ["--filter=blob:none", "--sparse"]
-        _git(*clone, cfg.url, str(tmp / "repo"))
+        _git(*clone, "--", cfg.url, str(tmp / "repo"))  # "--": a url starting with "-" is not an option
         repo = tmp / "repo"
         if include:
             _git("sparse-checkout", "set", include, cwd=repo)
         commit = _git("rev-parse", "HEAD", cwd=repo)
         if pinned and pinned.get("git_commit") != commit:
+            if not re.fullmatch(r"[0-9a-f]{7,64}", str(pinned["git_commit"])):  # never an option to git
+                raise CorpusError(f"{name}: {lock.path} pins git_commit {pinned['git_commit']!r}, which is "
+                                  "not a commit hash; fix or remove that entry")
             log.info("%s: checking out the pinned commit %s (upstream is at %s)", name,
                      pinned["git_commit"], commit)
             _git("fetch", "--depth", "1", "--quiet", "origin", pinned["git_commit"], cwd=repo)
@@ -868,6 +885,7 @@ def _prepare_local(name: str, cfg: CorpusParams) -> Optional[dict]:
         log.warning("%s: %s already holds files not extracted by this stage; leaving them as they are "
                     "(empty the folder to extract %s)", name, root, archive)
         return None
+    _check_demo_replaceable(name, root)
     digests = _hash_file(archive, "sha256", "md5")
     _check_digests(archive, digests, cfg.sha256, cfg.md5, f"corpora.{name}.sha256/md5 in params.yaml",
                    str(archive), on_mismatch="nothing was extracted")

@@ -252,6 +252,37 @@ def test_interrupted_run_is_detected_and_redone(tmp_path):
     assert _digests(root) == reference and not (root / PARTIAL_MARKER).exists()
 
 
+def test_never_deletes_a_file_it_did_not_write(tmp_path):
+    root = tmp_path / "tess"
+    generate_corpus("tess", root, 7, SEED)
+    reference = _digests(root)
+    folder = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    mine = folder / "my_recording.wav"  # a user's file inside a folder the generator writes
+    mine.write_bytes(b"precious")
+    # The wav count no longer matches the marker, and then other settings: both would regenerate.
+    for n in (7, 14):
+        with pytest.raises(FileExistsError, match=rf"did not write: {folder.name}/my_recording.wav.*nothing was changed"):
+            generate_corpus("tess", root, n, SEED)
+        rel = mine.relative_to(root).as_posix()
+        assert mine.read_bytes() == b"precious"
+        assert {k: v for k, v in _digests(root).items() if k != rel} == reference  # untouched
+    mine.unlink()
+    assert generate_corpus("tess", root, 14, SEED) == 28
+
+
+def test_a_marker_without_a_file_list_still_regenerates(tmp_path):
+    # Trees generated before markers listed their files: the files are derived from the settings.
+    root = tmp_path / "crema_d"
+    generate_corpus("crema_d", root, 1, SEED)
+    doc = _marker(root)
+    del doc["paths"]
+    (root / MARKER).write_text(json.dumps(doc))
+    (root / "notes.txt").write_text("a file outside the generator's folders is left alone")
+    assert generate_corpus("crema_d", root, 2, SEED) == 182
+    assert (root / "notes.txt").exists() and (root / "VideoDemographics.csv").exists()
+    assert sorted(_wavs(root)) == sorted(p for p in _marker(root)["paths"] if p.endswith(".wav"))
+
+
 def test_refuses_to_overwrite_a_real_corpus(tmp_path):
     real = tmp_path / "ravdess" / "Actor_01" / "03-01-05-01-01-01-01.wav"
     real.parent.mkdir(parents=True)

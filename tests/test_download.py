@@ -293,6 +293,25 @@ def test_git_source_needs_git_lfs(tmp_path, monkeypatch):
     assert not (tmp_path / "crema_d").exists()
 
 
+def test_git_clone_passes_the_url_after_a_double_dash(tmp_path, monkeypatch):
+    import ser.download as dl
+
+    calls = []
+
+    def fake_git(*args, cwd=None):
+        calls.append(args)
+        raise DownloadError("stop after the clone command")
+
+    monkeypatch.setattr(dl, "_git", fake_git)
+    monkeypatch.setattr(dl, "_require_git_lfs", lambda name, cfg: None)
+    url = "--upload-pack=touch pwned.git"  # would be an option to git without "--"
+    params = make_params({"crema_d": {"source": "download", "path": str(tmp_path / "crema_d"), "url": url}})
+    with pytest.raises(DownloadError, match="stop after"):
+        fetch_and_verify(params, tmp_path / "lock.json", downloads_dir=tmp_path / "dl")
+    (clone,) = calls
+    assert clone[0] == "clone" and clone[clone.index("--") + 1] == url
+
+
 # --------------------------------------------------------------------------- archives
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
@@ -500,13 +519,22 @@ def test_demo_source_calls_the_generator(tmp_path):
 def test_real_download_replaces_a_demo_corpus_but_local_refuses_it(server, tmp_path):
     demo = pytest.importorskip("ser.demo")
     root = tmp_path / "raw" / "ravdess"
-    write_tree(root, {"Actor_01/03-01-01-01-01-01-01.wav": wav_bytes(99), demo.MARKER: b"{}"})
+    clip = "Actor_01/03-01-01-01-01-01-01.wav"
+    write_tree(root, {clip: wav_bytes(99), demo.MARKER: json.dumps({"paths": [clip]}).encode()})
     local = make_params({"ravdess": {"source": "local", "path": str(root)}})
     with pytest.raises(CorpusError, match="synthetic demo corpus"):
         fetch_and_verify(local, tmp_path / "lock.json", downloads_dir=tmp_path / "dl")
 
     server.payload = make_zip(ravdess_files())
     params = make_params({"ravdess": {"source": "download", "path": str(root), "url": server.url}})
+    # A file the demo did not write would go with it: refused, before downloading, naming the file.
+    (root / "Actor_01" / "my_notes.txt").write_text("mine")
+    with pytest.raises(CorpusError, match=r"1 file\(s\) it did not write \(Actor_01/my_notes.txt\)"):
+        fetch_and_verify(params, tmp_path / "lock.json", downloads_dir=tmp_path / "dl")
+    assert (root / "Actor_01" / "my_notes.txt").exists() and (root / clip).exists()
+    assert not (tmp_path / "dl").exists() or not any((tmp_path / "dl").rglob("*.zip"))
+    (root / "Actor_01" / "my_notes.txt").unlink()
+
     report = fetch_and_verify(params, tmp_path / "lock.json", downloads_dir=tmp_path / "dl")
     entry = report["corpora"]["ravdess"]
     assert entry["found_files"] == 24 and not (root / demo.MARKER).exists()
