@@ -233,7 +233,7 @@ def _log_summary(sname: str, study: dict[str, Any]) -> None:
                      f"{excluded:>5} {c['unassigned']:>5} {c['kept']:>6} "
                      + " ".join(f"{c['splits'].get(s, 0):>6}" for s in LISTED_SPLITS))
         if c["excluded_by_raw_label"]:
-            lines.append("    excluded: " + ", ".join(f"{raw} ({e['maps_to'] or 'unmapped'}) x{e['count']}"
+            lines.append("    excluded: " + ", ".join(f"{raw} ({e['maps_to'] or 'dropped by label_map'}) x{e['count']}"
                                                       for raw, e in c["excluded_by_raw_label"].items()))
     log.info("\n".join(lines))
 

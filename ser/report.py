@@ -114,6 +114,49 @@ def _params(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+MAX_CHANGED_SHOWN = 4  # params per experiment label; the rest are counted
+
+
+def _short_key(key: str, keys: Iterable[str]) -> str:
+    """The shortest dotted suffix of `key` that no other key ends with (`models.dann.optim.lr` -> `dann.optim.lr`)."""
+    parts = key.split(".")
+    others = [k for k in keys if k != key]
+    for n in range(1, len(parts) + 1):
+        suffix = ".".join(parts[-n:])
+        if not any(k == suffix or k.endswith("." + suffix) for k in others):
+            return suffix
+    return key
+
+
+def _short_value(value: Any) -> str:
+    text = "∅" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def describe_changes(base: dict[str, Any], experiments: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A compact label per experiment of one baseline: what distinguishes it.
+
+    With several experiments, params that every one of them changed to the same
+    value are left out (they distinguish none of them) unless nothing else is
+    left; keys are shortened to their shortest unambiguous suffix, values to 24
+    characters, and at most MAX_CHANGED_SHOWN are listed (`+N more`).
+    """
+    changed = {name: {k: params.get(k) for k in sorted(set(params) | set(base)) if params.get(k) != base.get(k)}
+               for name, params in experiments.items()}
+    shared: dict[str, Any] = {}
+    if len(changed) > 1:
+        first, *rest = changed.values()
+        shared = {k: v for k, v in first.items() if all(k in c and c[k] == v for c in rest)}
+    all_keys = set(base).union(*experiments.values()) if experiments else set(base)
+    labels = {}
+    for name, diff in changed.items():
+        own = {k: v for k, v in diff.items() if k not in shared} or diff
+        items = [f"{_short_key(k, all_keys)}={_short_value(v)}" for k, v in own.items()]
+        more = len(items) - MAX_CHANGED_SHOWN
+        labels[name] = ", ".join(items[:MAX_CHANGED_SHOWN]) + (f", +{more} more" if more > 0 else "")
+    return labels
+
+
 def _records(data: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
     """{(model, scope): (file, record)} for the metrics files of one revision."""
     out = {}
@@ -129,6 +172,12 @@ def _comparable(record: dict[str, Any]) -> tuple:
     return tuple(record.get(k) for k in ("accuracy", "uar", "macro_f1", "n"))
 
 
+def _finished(exp: dict[str, Any]) -> bool:
+    revs = exp.get("revs") or []
+    return ((exp.get("executor") or {}).get("state", "success") == "success" and bool(revs)
+            and not revs[0].get("error") and bool(revs[0].get("data")))
+
+
 def parse_exp_show(doc: list[dict[str, Any]],
                    full_record: Optional[Callable[[str, str], Optional[dict]]] = None) -> list[Row]:
     """Rows of the finished experiments in `dvc exp show --json` output.
@@ -142,6 +191,9 @@ def parse_exp_show(doc: list[dict[str, Any]],
             continue
         base_data = baseline.get("data") or {}
         base_params, base_records = _params(base_data), _records(base_data)
+        finished = [e for e in baseline.get("experiments") or [] if _finished(e)]
+        labels = describe_changes(base_params, {e.get("name") or "?": _params(e["revs"][0]["data"])
+                                                for e in finished})
         for exp in baseline.get("experiments") or []:
             name = exp.get("name") or "?"
             state = (exp.get("executor") or {}).get("state", "success")
@@ -150,8 +202,7 @@ def parse_exp_show(doc: list[dict[str, Any]],
                 log.info("experiment %s: %s, no results to report", name, state if state != "success" else "failed")
                 continue
             rev, data = revs[0]["rev"], revs[0]["data"]
-            params = _params(data)
-            changed = ", ".join(f"{k}={params[k]}" for k in sorted(params) if params[k] != base_params.get(k))
+            changed = labels.get(name, "")
             records = _records(data)
             for model in sorted({m for m, _ in records}):
                 scopes = {scope: records[(m, scope)] for m, scope in records if m == model}

@@ -244,3 +244,13 @@ def test_training_on_target_labels_needs_explicit_consent(tree):
     manifests, _ = build(tree, consent)
     assert {r.speaker for r in manifests["cross_corpus"] if r.corpus == "ravdess" and r.split == "train"} \
         == {"01", "02"}
+
+
+def test_summary_says_a_label_mapped_to_nothing_was_dropped_by_the_label_map(caplog):
+    from ser.metadata import _log_summary
+
+    corpus = {"files_found": 3, "skipped": [], "duplicates_dropped": 0, "unassigned": 0, "kept": 1,
+              "splits": {"train": 1}, "excluded_by_raw_label": {"xxx": {"maps_to": "", "count": 2}}}
+    with caplog.at_level("INFO", logger="ser.metadata"):
+        _log_summary("s", {"labels": ["a", "b"], "kept": 1, "corpora": {"c": corpus}})
+    assert "xxx (dropped by label_map) x2" in caplog.text and "unmapped" not in caplog.text

@@ -108,3 +108,23 @@ def test_rows_render_in_order_with_labels():
     assert "![" not in text
     assert text.index("| workspace |") < text.index("| exp-a | lambda_domain=0.1 | dann | — | — | 40.0% | 41.0% |")
     assert rows[1].label == "dann @ exp-a (lambda_domain=0.1)" and rows[0].label == "dann"
+
+
+def test_changed_params_label_says_what_distinguishes_experiments_compactly():
+    from ser.report import MAX_CHANGED_SHOWN, describe_changes
+
+    base = {"lambda_domain": 0.5, "seed": 1, "models.dann.epochs": 10, "models.baseline.epochs": 10,
+            "models.dann.optim.lr": 0.001}
+    sweep = {"a": {**base, "lambda_domain": 0.1, "models.dann.epochs": 20},
+             "b": {**base, "lambda_domain": 0.3, "models.dann.epochs": 20}}
+    # Both raise the epochs: only the swept value tells them apart.
+    assert describe_changes(base, sweep) == {"a": "lambda_domain=0.1", "b": "lambda_domain=0.3"}
+    # One experiment: everything it changed, keys cut to their shortest unambiguous suffix.
+    assert describe_changes(base, {"a": sweep["a"]}) == {"a": "lambda_domain=0.1, dann.epochs=20"}
+    # Identical experiments: the shared change is all there is to show; a removed key shows as ∅.
+    same = {k: {kk: vv for kk, vv in sweep["a"].items() if kk != "seed"} for k in "xy"}
+    assert describe_changes(base, same)["x"] == "lambda_domain=0.1, dann.epochs=20, seed=∅"
+    # A profile swap changes every key: a bounded label, not a 1,000-character cell.
+    many = {f"models.m{i}.optim.lr": 0.1 for i in range(40)}
+    label = describe_changes(base, {"p": {**base, **many}})["p"]
+    assert label.endswith(f", +{40 - MAX_CHANGED_SHOWN} more") and len(label) < 100
