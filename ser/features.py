@@ -23,9 +23,14 @@ stored raw: global or per-speaker standardisation is the classifier's choice
 (ser.classical). The index `length` is the clip's sample count.
 
 Store policy:
-  * `fit_frames` gives every clip `fp.frames` frames: longer clips are cropped
-    (centre or start, `fp.crop`), shorter ones padded on the right with the
-    log of silence (-100 dB). The index `length` keeps the valid frame count.
+  * Every kind decodes, checks (`ser.audio.check_audio`) and conditions
+    (`ser.audio.condition`: silence trimming, gain normalisation) each file in
+    `_decode`, so mels, waves and any other store see the same audio.
+  * `mel_features` gives every clip `fp.frames` frames: longer clips are
+    cropped (centre or start, `fp.crop`), optionally normalised per utterance
+    (`fp.instance_norm`), and shorter ones padded on the right (`fp.pad`:
+    the log of silence, -100 dB, or the clip repeated). The index `length`
+    keeps the valid frame count (with repeat padding: `frames`).
   * Per-mel-bin mean/std over the valid frames of the *train* split only are
     stored in meta.json and applied to every split (padding included, so a
     padded frame reads as normalised silence everywhere, at training and at
@@ -64,13 +69,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ser.audio import AudioError, check_audio, load_audio
+from ser.audio import AudioError, check_audio, condition, load_audio
 from ser.config import FeatureParams
 from ser.manifest import ManifestError, Utterance, read_manifest
 from ser.stores import IndexRow, write_meta, write_split
 
-__all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "normalise",
-           "precompute_mels", "precompute_waves", "mel_for_inference", "feature_params_from_meta", "STORE_KINDS",
+__all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "instance_normalise",
+           "mel_features", "normalise", "precompute_mels", "precompute_waves", "mel_for_inference",
+           "mel_input", "feature_params_from_meta", "STORE_KINDS",
            "precompute_smile", "smile_for_inference"]
 
 log = logging.getLogger(__name__)
@@ -78,16 +84,23 @@ log = logging.getLogger(__name__)
 AMIN = 1e-10  # power floor of power_to_db
 SILENCE_DB = float(10.0 * math.log10(AMIN))  # -100 dB: the padding value
 STD_FLOOR = 1e-3  # dB; a bin that never varies in train (an empty mel filter) is only centred
+# dB; per-utterance std floor: a bin nearly constant within one clip (the -100 dB floor,
+# an empty filter) is centred, not blown up to unit variance.
+INSTANCE_STD_FLOOR = 1.0
 STORE_SPLITS = ("train", "val", "test", "adapt")
 _NORM_CHUNK = 256  # rows normalised per step when a split is normalised in place
 _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM, larger ones on disk
 
 # FeatureParams fields that define the stored features (workers does not change them).
+# The front end (gain, gain_dbfs, trim_db) shapes every kind; min_duration_s also bounds trimming.
+FRONT_END_KEYS = ("gain", "gain_dbfs", "trim_db")
 _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
-             "frames", "crop", "min_duration_s", "silence_dbfs")
-_WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs")
+             "frames", "crop", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS, "instance_norm", "pad")
+_WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS)
 # openSMILE functionals are computed from the decoded wave: the wave keys define them.
 _SMILE_KEYS = _WAVE_KEYS
+# What a store written before the front end existed was built with (its meta lacks these keys).
+_LEGACY_FEATURES = {"gain": "none", "trim_db": None, "instance_norm": "none", "pad": "silence"}
 
 
 # --------------------------------------------------------------------------- log-mel
@@ -134,25 +147,74 @@ def logmel(wave: np.ndarray, fp: FeatureParams) -> np.ndarray:
     return (10.0 * np.log10(np.maximum(AMIN, mel))).astype(np.float32, copy=False)
 
 
-def fit_frames(mel: np.ndarray, frames: int, crop: str = "center") -> tuple[np.ndarray, int]:
-    """Fix a [n_mels, T] log-mel to [n_mels, frames]; returns (array, valid frames).
+def fit_frames(mel: np.ndarray, frames: int, crop: str = "center",
+               pad: str = "silence") -> tuple[np.ndarray, int]:
+    """Fix a [n_mels, T] log-mel to [n_mels, frames]; returns (array, length).
 
     Longer clips are cropped to their middle `frames` (`crop="center"`: the
     default, as emotional cues are not concentrated at the onset and leading
-    silence is common) or their first `frames` (`crop="start"`); shorter
-    clips are padded on the right with SILENCE_DB, the log of the power
-    floor, so padding reads as digital silence. The reference study's input
-    is [128, 300]: 3 s at a 10 ms hop.
+    silence is common) or their first `frames` (`crop="start"`). Shorter
+    clips are padded on the right: `pad="silence"` with SILENCE_DB, the log
+    of the power floor, so padding reads as digital silence, and length = the
+    valid frame count; `pad="repeat"` with the clip's frames again (tiled),
+    so every frame is real speech and length = `frames`. The reference
+    study's input is [128, 300]: 3 s at a 10 ms hop.
     """
     if crop not in ("center", "start"):
         raise ValueError(f"crop must be 'center' or 'start', got {crop!r}")
+    if pad not in ("silence", "repeat"):
+        raise ValueError(f"pad must be 'silence' or 'repeat', got {pad!r}")
     n = mel.shape[1]
     if n >= frames:
         start = (n - frames) // 2 if crop == "center" else 0
         return np.ascontiguousarray(mel[:, start:start + frames], dtype=np.float32), frames
+    if pad == "repeat" and n > 0:
+        reps = -(-frames // n)
+        return np.ascontiguousarray(np.tile(mel, (1, reps))[:, :frames], dtype=np.float32), frames
     out = np.full((mel.shape[0], frames), SILENCE_DB, dtype=np.float32)
     out[:, :n] = mel
     return out, n
+
+
+def instance_normalise(mel: np.ndarray, mode: str) -> np.ndarray:
+    """Per-utterance, per-bin normalisation of a [n_mels, T] log-mel over all its T frames.
+
+    "mean" subtracts each bin's mean, "mean_std" also divides by its std
+    (floored at INSTANCE_STD_FLOOR dB); "none" returns `mel`. Removes the
+    channel and level of a recording (a constant per-bin offset in dB).
+    """
+    if mode == "none" or mel.shape[1] == 0:
+        return mel
+    if mode not in ("mean", "mean_std"):
+        raise ValueError(f"instance_norm must be 'none', 'mean' or 'mean_std', got {mode!r}")
+    x = mel.astype(np.float64)
+    out = x - x.mean(axis=1, keepdims=True)
+    if mode == "mean_std":
+        out /= np.maximum(x.std(axis=1, keepdims=True), INSTANCE_STD_FLOOR)
+    return out.astype(np.float32)
+
+
+def mel_features(wave: np.ndarray, fp: FeatureParams) -> tuple[np.ndarray, int]:
+    """[n_mels, fp.frames] log-mel of a conditioned wave, before the train statistics; and its length.
+
+    Crop (fp.crop), per-utterance normalisation over the frames kept
+    (fp.instance_norm), then padding (fp.pad). Silence padding is the log of
+    silence expressed in the clip's normalised units, so it still reads as
+    far below anything in the clip. Stores and inference share this function.
+    """
+    mel = logmel(wave, fp)
+    if mel.shape[1] > fp.frames:
+        mel, _ = fit_frames(mel, fp.frames, fp.crop)
+    n = mel.shape[1]
+    if fp.instance_norm == "none" or fp.pad == "repeat" or n == fp.frames:
+        return fit_frames(instance_normalise(mel, fp.instance_norm), fp.frames, fp.crop, fp.pad)
+    # silence padding: normalise the padded array with the valid frames' statistics
+    x = mel.astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    std = (np.maximum(x.std(axis=1, keepdims=True), INSTANCE_STD_FLOOR) if fp.instance_norm == "mean_std"
+           else np.ones_like(mean))
+    padded, length = fit_frames(mel, fp.frames, fp.crop, "silence")
+    return ((padded.astype(np.float64) - mean) / std).astype(np.float32), length
 
 
 def normalise(mel: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -163,24 +225,37 @@ def normalise(mel: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def feature_params_from_meta(meta: dict[str, Any]) -> FeatureParams:
-    """The FeatureParams a store (or a checkpoint carrying its meta) was built with."""
+    """The FeatureParams a store (or a checkpoint carrying its meta) was built with.
+
+    A store written before the audio front end existed has no gain / trim /
+    instance_norm / pad keys: it was built without them, so they read as off
+    (not as today's defaults).
+    """
     try:
-        return FeatureParams(**meta["features"])
+        return FeatureParams(**{**_LEGACY_FEATURES, **meta["features"]})
     except (KeyError, TypeError) as exc:
         raise ValueError(f"feature meta has no valid 'features' block ({exc}); "
                          "rebuild the store with `dvc repro precompute-mels`") from None
 
 
-def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Normalised [n_mels, frames] log-mel of a wave, exactly as the store was built.
+def mel_input(wave: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Normalised [n_mels, frames] log-mel of a wave, exactly as the store was built, and its length.
 
-    `wave` must be mono float32 at meta["sample_rate"] (see ser.audio.load_audio).
+    `wave` must be mono float32 at meta["sample_rate"] (ser.audio.load_audio)
+    and already conditioned with the store's params (ser.audio.condition),
+    as `_decode` does for the stores: `ser predict` conditions a whole file
+    once, then cuts it into windows.
     """
     if meta.get("kind") != "mels":
         raise ValueError(f"mel_for_inference needs a 'mels' store meta, got kind={meta.get('kind')!r}")
     fp = feature_params_from_meta(meta)
-    mel, _valid = fit_frames(logmel(wave, fp), fp.frames, fp.crop)
-    return normalise(mel, np.array(meta["mean"]), np.array(meta["std"]))
+    mel, length = mel_features(wave, fp)
+    return normalise(mel, np.array(meta["mean"]), np.array(meta["std"])), length
+
+
+def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """The normalised log-mel of `mel_input` (same preconditions), without its length."""
+    return mel_input(wave, meta)[0]
 
 
 def smile_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -233,6 +308,8 @@ def _init_worker(fp: FeatureParams, limit_threads: bool) -> None:
 
 
 def _decode(path: str, fp: FeatureParams) -> tuple[Optional[np.ndarray], Optional[_Result]]:
+    """Decode, check and condition one file (every store kind goes through here);
+    returns (wave, None) or (None, the skip result)."""
     try:
         wave = load_audio(path, fp.sample_rate)
     except AudioError as exc:
@@ -241,7 +318,7 @@ def _decode(path: str, fp: FeatureParams) -> tuple[Optional[np.ndarray], Optiona
     if reason is not None:
         seconds = wave.shape[0] / fp.sample_rate
         return None, _Result(None, 0, seconds, reason, f"{path}: {reason} ({seconds:.3f} s decoded)")
-    return wave, None
+    return condition(wave, fp), None
 
 
 def _write_at(path: str, offset: int, data: np.ndarray) -> None:
@@ -263,7 +340,7 @@ def _mel_job(task: _Task) -> _Result:
     wave, skipped = _decode(task.path, fp)
     if skipped is not None:
         return skipped
-    mel, valid = fit_frames(logmel(wave, fp), fp.frames, fp.crop)
+    mel, valid = mel_features(wave, fp)
     frames = mel[:, :valid].astype(np.float64)
     moments = np.stack([frames.sum(axis=1), np.einsum("mf,mf->m", frames, frames)])
     _write_at(task.scratch, task.row * mel.nbytes, mel)
@@ -564,6 +641,7 @@ def precompute_waves(manifest_path: str | Path, out_root: str | Path, fp: Featur
     """Build one study's waveform store: per split, all clips at fp.sample_rate
     concatenated into one float32 array, located by the index offset/length."""
     return _precompute("waves", manifest_path, out_root, fp, workers, labels, target)
+
 
 def precompute_smile(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
                      workers: Optional[int] = None, *, labels: Sequence[str],
