@@ -14,6 +14,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,9 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="data/reports/params_check.json")
     args = ap.parse_args(argv)
     setup_logging()
+    ensure_writable(files=[args.out])
     load_params(args.params)  # raises ParamsError naming the key
     write_json_atomic(args.out, {"params": str(args.params), "valid": True})
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

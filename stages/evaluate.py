@@ -12,6 +12,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.evaluation import evaluate_model_scopes
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage, set_torch_threads
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots-dir", type=Path, required=True, help="<scope>.csv and <scope>.png per test set")
     args = ap.parse_args(argv)
     setup_logging()
-    evaluate_model_scopes(load_params(args.params), args.model, args.models_dir, args.features, args.metrics_dir,
+    params = load_params(args.params)
+    ensure_writable(args.metrics_dir, args.plots_dir)
+    set_torch_threads(params.train.threads)
+    evaluate_model_scopes(params, args.model, args.models_dir, args.features, args.metrics_dir,
                           args.plots_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

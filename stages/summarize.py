@@ -11,6 +11,7 @@ from pathlib import Path
 from ser.config import load_params
 from ser.evaluation import prune_stale_outputs, write_summary
 from ser.logutil import setup_logging
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    ensure_writable(files=[args.out])
     prune_stale_outputs(params, [args.metrics_dir, args.plots_dir, args.live_dir])
     write_summary(params, args.metrics_dir, args.models_dir, args.out, args.live_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,0 +1,100 @@
+"""Stage scripts around their one call: expected errors without tracebacks, outputs checked first, threads."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ser.config import TrainParams
+from ser.errors import SerError
+from ser.stageutil import OutputNotWritable, ensure_writable, run_stage, set_torch_threads, torch_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, f"stages/{script}", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_bad_params_file_is_one_message_and_exit_one(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text((ROOT / "params.yaml").read_text() + "\nlambda_domian: 0.3\n")
+    proc = _stage("summarize.py", "--params", str(bad), "--out", str(tmp_path / "summary.md"))
+    assert proc.returncode == 1
+    assert "summarize failed:" in proc.stderr and "unknown key lambda_domian" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_checks_its_output_folders_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = _stage("train.py", "--model", "baseline", "--features", str(tmp_path / "no_features"),
+                  "--out-dir", str(tmp_path / "models"), "--resume-dir", str(tmp_path / "ckpt"),
+                  "--live-dir", str(tmp_path / "a_file" / "live"))
+    # The unwritable live dir is reported, not the missing features that training would meet first.
+    assert proc.returncode == 1 and "cannot write to" in proc.stderr and "a_file/live" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_stage_exits_with_the_message_and_keeps_tracebacks_for_bugs():
+    def expected():
+        raise OutputNotWritable("nowhere/: no")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(expected, "demo-stage")
+    assert exit_.value.code == "demo-stage failed: nowhere/: no"  # printed to stderr, status 1
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: None)
+    assert exit_.value.code == 0
+    with pytest.raises(ZeroDivisionError):  # a bug: not swallowed
+        run_stage(lambda: 1 / 0)
+
+
+def test_ensure_writable_creates_folders_and_names_the_one_that_fails(tmp_path):
+    ensure_writable(tmp_path / "a" / "b", files=[tmp_path / "c" / "out.json"])
+    assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "c").is_dir()
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the probe is gone
+    (tmp_path / "f").write_text("")
+    with pytest.raises(OutputNotWritable, match=r"cannot write to .*f/x/") as err:
+        ensure_writable(tmp_path / "ok", tmp_path / "f" / "x")
+    assert isinstance(err.value, SerError) and isinstance(err.value, OSError)
+    with pytest.raises(OutputNotWritable, match="is a folder"):
+        ensure_writable(files=[tmp_path / "a"])
+
+
+@pytest.fixture
+def restore_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_set_torch_threads(monkeypatch, restore_threads):
+    import ser.stageutil as su
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(su, "available_cores", lambda: 4)
+    assert set_torch_threads(TrainParams(threads=3).threads) == 3 == torch.get_num_threads()  # params win
+    assert set_torch_threads(None) == 4 == torch.get_num_threads()  # the cores this process may use
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 processes of `accelerate launch` share them
+    assert set_torch_threads(None) == 2 == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an explicit choice in the environment
+    assert set_torch_threads(None) == 1 == torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch_threads(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        TrainParams(threads=0)
+
+
+def test_available_cores_is_at_least_one_and_at_most_the_affinity():
+    from ser.stageutil import available_cores
+
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
