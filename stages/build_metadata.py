@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
+
 from ser.config import load_params
 from ser.logutil import setup_logging
 from ser.metadata import build_manifests, corpus_roots, write_outputs

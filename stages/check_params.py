@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
+
 from ser.config import load_params
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging

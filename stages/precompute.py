@@ -9,6 +9,8 @@ import functools
 import logging
 from pathlib import Path
 
+import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
+
 from ser.config import load_params
 from ser.fsutil import write_json_atomic
 from ser.features import precompute_mels, precompute_smile, precompute_waves
