@@ -195,6 +195,15 @@ def test_linear_model_learns_and_is_a_model_like_the_others(base_params, tmp_pat
     assert json.loads((live_dir / "timing.json").read_text())["train_seconds"] > 0
     metrics, y_true, y_pred = evaluate_model(model_dir, feats, "test")
     assert metrics["n"] == 24 and metrics["uar"] > 0.9 and len(y_pred) == len(y_true) == 24
+    # the evaluate and summarize stages take it like any model
+    from ser.evaluation import evaluate_model_scopes, write_summary
+    records = evaluate_model_scopes(params, "lin", model_dir.parent, feats, tmp_path / "metrics" / "lin",
+                                    tmp_path / "plots" / "lin")
+    assert records["in_domain"]["uar"] == metrics["uar"]
+    text = write_summary(params, tmp_path / "metrics", model_dir.parent, tmp_path / "summary.md",
+                         live_dir.parent)
+    (row,) = [line for line in text.splitlines() if line.startswith("| lin ")]
+    assert f"{100 * metrics['uar']:.1f}%" in row and "| 52 |" in row
 
     # deterministic: a second run writes identical bytes
     _, again, _ = train(params, "lin", feats, tmp_path / "again")
