@@ -194,8 +194,14 @@ class FeatureParams:
     trim_db: Optional[float] = 60.0
     instance_norm: Literal["none", "mean", "mean_std"] = "none"
     pad: Literal["silence", "repeat"] = "silence"
+    # openSMILE functionals stores to build (precompute-opensmile@<set>): egemaps
+    # (eGeMAPSv02, 88 features), compare (ComParE_2016, 6373 features).
+    opensmile_sets: tuple[Literal["egemaps", "compare"], ...] = ("egemaps",)
 
     def __post_init__(self) -> None:
+        if not self.opensmile_sets or len(set(self.opensmile_sets)) != len(self.opensmile_sets):
+            raise ValueError(f"opensmile_sets must list egemaps and/or compare once each, got "
+                             f"{list(self.opensmile_sets)}")
         if self.win_length > self.n_fft:
             raise ValueError("win_length must be <= n_fft")
         for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "frames", "workers"):
@@ -457,6 +463,9 @@ class Params:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} reads {needs[0]}; set input: {needs[0]}")
             if needs and getattr(model, needs[1]) is None:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} needs a '{needs[1]}:' section")
+            if model.input in ("egemaps", "compare") and model.input not in self.features.opensmile_sets:
+                raise ValueError(f"models.{mname}: input {model.input!r} needs {model.input!r} in "
+                                 f"features.opensmile_sets (now {list(self.features.opensmile_sets)})")
             if model.objective == "dann" and self.studies[model.study].target is None:
                 raise ValueError(f"models.{mname}: objective 'dann' needs a study with a target corpus")
         for sname, study in self.studies.items():

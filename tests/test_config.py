@@ -191,7 +191,7 @@ def test_arch_choices_follow_the_model_registry():
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda m: m["baseline"].update(input="waves"), r"models.baseline: arch 'crnn' reads mels"),
+    (lambda m: m["baseline"].update(input="waves", spec_augment=None), r"models.baseline: arch 'crnn' reads mels"),
     (lambda m: m["baseline"].pop("crnn"), r"models.baseline: arch 'crnn' needs a 'crnn:' section"),
     (lambda m: m["qlora"].update(input="mels"), r"models.qlora: arch 'wav2vec2' reads waves"),
 ])
