@@ -104,8 +104,8 @@ def test_model_scopes_follow_the_studies():
     params = load_params(ROOT / "params.yaml")
     scopes = {name: [(s.name, s.corpus) for s in model_scopes(params, name)] for name in params.models}
     cross = [("in_domain", "iemocap"), ("target", "ravdess")]
-    assert scopes == {"baseline": cross, "dann": cross, "wav2vec_dann": cross,
-                      "qlora": [("in_domain", None)], "finetune": [("in_domain", None)]}
+    assert scopes == {"baseline": cross, "dann": cross, "egemaps_svm": cross, "egemaps_logreg": cross,
+                      "wav2vec_dann": cross, "qlora": [("in_domain", None)], "finetune": [("in_domain", None)]}
     assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"
 
 
