@@ -99,18 +99,31 @@ class SplitParams:
     protocol:
       sessions       IEMOCAP: train/val/test list session numbers.
       loso           IEMOCAP leave-one-session-out: `fold` is the test session,
-                     the session before it (cyclically) is validation.
+                     the session before it (cyclically: fold 1 -> session 5) is
+                     validation, the rest train. fold = 1..5 over the five runs
+                     tests every session exactly once.
+      speaker_folds  k-fold over the corpus's speakers (any corpus with a speaker
+                     column): `folds` = k, `fold` (1..k) is the test fold. The
+                     speakers are shuffled with `seed` and dealt round-robin into
+                     k folds, per gender when every speaker has one (24 RAVDESS
+                     actors, 6 folds -> 2 F + 2 M each); fold = 1..k tests every
+                     speaker exactly once. Validation, like loso's: the fold
+                     before the test fold (cyclically), or with `val_speakers: N`
+                     N speakers drawn with `seed` from the training folds (needed
+                     for folds: 2). The rest train.
       speakers       train/val/test (or adapt/test) list speaker ids; an omitted
                      train list means "every speaker not listed elsewhere".
       held_out_words TESS: words are split, both speakers in every split.
       all_test       every clip is test data.
     """
-    protocol: Literal["sessions", "loso", "speakers", "held_out_words", "all_test"]
+    protocol: Literal["sessions", "loso", "speaker_folds", "speakers", "held_out_words", "all_test"]
     train: tuple[str, ...] = ()
     val: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
     adapt: tuple[str, ...] = ()
     fold: Optional[int] = None
+    folds: int = 6  # speaker_folds only: RAVDESS's 24 actors -> 6 folds of 2 F + 2 M
+    val_speakers: int = 0  # speaker_folds only: 0 = the previous fold validates
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
@@ -123,7 +136,7 @@ class SplitParams:
         """
         if self.protocol == "all_test":
             return {"test"}
-        if self.protocol == "loso":
+        if self.protocol in ("loso", "speaker_folds"):
             return {"train", "val", "test"}
         if self.protocol == "held_out_words":
             return {"train", "test"} | ({"val"} if self.val_fraction > 0 else set())
@@ -133,6 +146,18 @@ class SplitParams:
     def __post_init__(self) -> None:
         if self.protocol == "loso" and self.fold is None:
             raise ValueError("protocol 'loso' needs 'fold' (the test session, 1-5)")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.val_speakers < 0:
+            raise ValueError(f"val_speakers must be >= 0, got {self.val_speakers}")
+        if self.protocol == "speaker_folds":
+            if self.fold is None or not 1 <= self.fold <= self.folds:
+                raise ValueError(f"protocol 'speaker_folds' needs 'fold' in 1..{self.folds} (the test fold of "
+                                 f"folds: {self.folds}), got {self.fold}")
+            if self.folds == 2 and self.val_speakers == 0:
+                # the fold before the test fold is then the only other fold: nothing would be left to train on
+                raise ValueError("protocol 'speaker_folds' with folds: 2 has no fold left for training once one "
+                                 "validates; set val_speakers: N (drawn from the training fold) or folds >= 3")
         if not 0 <= self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
 

@@ -14,6 +14,11 @@ the choices worth knowing:
   left out: its labels are never trained on unless the study says so;
 - a listed id missing from the data is a warning (the demo and the real
   corpus may differ), but a listed split that ends up empty is an error;
+- the fold protocols (`loso` over sessions, `speaker_folds` over speakers)
+  give one split per `fold`; running fold = 1..k tests every session or
+  speaker exactly once, and the fold before the test fold (cyclically)
+  validates. `speaker_folds` is seeded and independent of row order, and
+  deals each gender separately when every speaker has one;
 - `held_out_words` (TESS, whose two speakers say the same 200 words) holds out
   *words*: both speakers are in every split, so its test score measures
   generalisation to unseen words of seen speakers, not to unseen speakers. Such
@@ -22,6 +27,7 @@ the choices worth knowing:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import re
@@ -135,6 +141,82 @@ def _loso(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> li
     return _by_lists(rows, corpus, "session", lists, implicit_train=False, where=where)
 
 
+def _speaker_order(keys: Iterable[Key]) -> list[Key]:
+    """Speakers in a fixed order (numeric ids before names), whatever order the rows came in."""
+    return sorted(keys, key=lambda k: (isinstance(k, str), k))
+
+
+def _deal(speakers: list[Key], gender: dict[Key, str], k: int, rng: random.Random) -> list[list[Key]]:
+    """k folds of speakers: shuffled, then dealt round-robin, one gender after the other when all are known.
+
+    The deal continues across genders (it does not restart at fold 1), so fold
+    sizes differ by at most one speaker, and so do each gender's counts per fold.
+    """
+    groups = ([[s for s in speakers if gender[s] == g] for g in sorted(set(gender.values()))]
+              if gender else [list(speakers)])
+    folds: list[list[Key]] = [[] for _ in range(k)]
+    dealt = 0
+    for group in groups:
+        rng.shuffle(group)
+        for spk in group:
+            folds[dealt % k].append(spk)
+            dealt += 1
+    return folds
+
+
+def _draw_val(folds: list[list[Key]], fold: int, gender: dict[Key, str], rng: random.Random,
+              corpus: str, sp: SplitParams, where: str) -> list[Key]:
+    """`val_speakers` speakers of the training folds, drawn alternately by gender (when known)."""
+    pool = _speaker_order(s for i, f in enumerate(folds) if i != fold - 1 for s in f)
+    if sp.val_speakers >= len(pool):
+        raise SplitError(
+            f"{where}: val_speakers: {sp.val_speakers} leaves no training speaker among the {len(pool)} "
+            f"speakers outside test fold {fold} of {corpus}; lower val_speakers, use fewer folds, or protocol "
+            f"'held_out_words' / 'all_test' for a corpus with few speakers")
+    groups = [[s for s in pool if gender[s] == g] for g in sorted(set(gender.values()))] if gender else [pool]
+    for group in groups:
+        rng.shuffle(group)
+    drawn = [s for tier in itertools.zip_longest(*groups) for s in tier if s is not None]
+    return drawn[:sp.val_speakers]
+
+
+def _speaker_folds(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
+    """Seeded k-fold over speakers: fold = test, the fold before it (or N drawn speakers) = val."""
+    if any(not r.speaker.strip() for r in rows):
+        raise SplitError(f"{where}: some {corpus} clips have no speaker; protocol 'speaker_folds' needs one for "
+                         f"every clip")
+    k, fold = sp.folds, sp.fold
+    assert fold is not None  # SplitParams requires it for this protocol
+    genders: dict[Key, set[str]] = defaultdict(set)
+    for r in rows:
+        genders[id_key(r.speaker)].add(r.gender.strip().upper())
+    speakers = _speaker_order(genders)
+    # stratify only when every speaker has exactly one known gender; one unknown
+    # speaker would otherwise form a "gender" of its own
+    gender = {s: next(iter(g)) for s, g in genders.items()} if all(
+        len(g) == 1 and "" not in g for g in genders.values()) else {}
+    if len(speakers) < k:  # an empty fold would be an empty test set; train and val are checked below
+        raise SplitError(
+            f"{where}: {corpus} has {len(speakers)} speaker(s) ({_compact(speakers)}), too few for protocol "
+            f"'speaker_folds' with folds: {k} (every fold needs a speaker). Use fewer folds (folds <= "
+            f"{len(speakers)}), protocol 'held_out_words' for a corpus whose few speakers say the same words "
+            f"(as TESS: unseen words, not unseen speakers), or 'all_test' to keep {corpus} out of training")
+    rng = random.Random(sp.seed)
+    folds = _deal(speakers, gender, k, rng)
+    test = folds[fold - 1]
+    if sp.val_speakers:
+        val = _draw_val(folds, fold, gender, rng, corpus, sp, where)
+    else:
+        val = folds[fold - 2]  # index -1 wraps: fold 1 validates on fold k, as loso does
+    split_of = {s: "train" for s in speakers}
+    split_of.update({s: "val" for s in val})
+    split_of.update({s: "test" for s in test})
+    log.info("%s: speaker_folds fold %d/%d (seed %d, %s) -> test %s; val %s; %d train speakers",
+             where, fold, k, sp.seed, "stratified by gender" if gender else "gender not used",
+             _compact(test), _compact(val), sum(v == "train" for v in split_of.values()))
+    return [dataclasses.replace(r, split=split_of[id_key(r.speaker)]) for r in rows]
+
+
 def _held_out_words(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
     """Seeded split of the word list (`text`): unseen words, seen speakers (see module doc)."""
     if any(not r.text.strip() for r in rows):
@@ -164,7 +246,7 @@ def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: st
     """
     where = where or f"splits.<study>.{corpus}"
     lists = {name: getattr(sp, name) for name in LISTED_SPLITS}
-    if sp.protocol in ("loso", "held_out_words", "all_test") and any(lists.values()):
+    if sp.protocol in ("loso", "speaker_folds", "held_out_words", "all_test") and any(lists.values()):
         log.warning("%s: protocol %r ignores the train/val/test/adapt lists", where, sp.protocol)
     if not rows:
         raise SplitError(f"{where}: {corpus} has no clips to split")
@@ -176,6 +258,8 @@ def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: st
         out = _by_lists(rows, corpus, "speaker", lists, implicit_train=implicit_train, where=where)
     elif sp.protocol == "loso":
         out = _loso(rows, corpus, sp, where)
+    elif sp.protocol == "speaker_folds":
+        out = _speaker_folds(rows, corpus, sp, where)
     elif sp.protocol == "held_out_words":
         out = _held_out_words(rows, corpus, sp, where)
     else:  # SplitParams' Literal makes this unreachable from params.yaml

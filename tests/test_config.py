@@ -125,6 +125,40 @@ def test_unworkable_split_combinations_fail_at_load(edit, match):
         parse_params(data)
 
 
+@pytest.mark.parametrize("entry, match", [
+    ({"protocol": "speaker_folds", "folds": 6}, r"needs 'fold' in 1\.\.6"),
+    ({"protocol": "speaker_folds", "folds": 6, "fold": 0}, r"needs 'fold' in 1\.\.6 .* got 0"),
+    ({"protocol": "speaker_folds", "folds": 6, "fold": 7}, r"needs 'fold' in 1\.\.6 .* got 7"),
+    ({"protocol": "speaker_folds", "folds": 1, "fold": 1}, r"folds must be >= 2, got 1"),
+    ({"protocol": "speaker_folds", "folds": 2, "fold": 1}, r"folds: 2 has no fold left for training.*val_speakers"),
+    ({"protocol": "speaker_folds", "fold": 1, "val_speakers": -1}, r"val_speakers must be >= 0"),
+    ({"protocol": "speaker_folds", "fold": 1, "folds": "six"}, r"folds: expected an integer"),
+])
+def test_speaker_folds_params_are_checked(entry, match):
+    data = _default()
+    data["splits"]["multi_corpus"]["ravdess"] = entry
+    with pytest.raises(ParamsError, match=r"splits\.multi_corpus\.ravdess.*" + match):
+        parse_params(data)
+
+
+def test_speaker_folds_params_load_and_provide_train_val_test():
+    data = _default()
+    data["splits"]["multi_corpus"]["ravdess"] = {"protocol": "speaker_folds", "fold": 6, "seed": 1}
+    data["splits"]["multi_corpus"]["crema_d"] = {"protocol": "speaker_folds", "folds": 2, "fold": 2,
+                                                 "val_speakers": 8}
+    splits = parse_params(data).splits["multi_corpus"]
+    assert (splits["ravdess"].folds, splits["ravdess"].fold, splits["ravdess"].val_speakers) == (6, 6, 0)
+    assert splits["ravdess"].provides() == splits["crema_d"].provides(False) == {"train", "val", "test"}
+
+
+def test_speaker_folds_on_a_target_corpus_is_rejected():
+    """Folds train on the corpus, so a cross-corpus target may not use them unless the study says so."""
+    data = _cross_only(yaml.safe_load(PARAMS.read_text()))
+    data["splits"]["cross_corpus"]["ravdess"] = {"protocol": "speaker_folds", "fold": 1}
+    with pytest.raises(ParamsError, match=r"splits\.cross_corpus\.ravdess: .*target corpus.*train_on_target"):
+        parse_params(data)
+
+
 def test_source_without_test_speakers_is_valid():
     """Training on a corpus that has no test speakers is normal: only its in-domain evaluation is skipped."""
     data = _cross_only(yaml.safe_load(PARAMS.read_text()))

@@ -1,7 +1,9 @@
-"""Split protocols: sessions, loso, speakers (ranges, implicit train), held-out words, all-test."""
+"""Split protocols: sessions, loso, speakers (ranges, implicit train), speaker folds, held-out words, all-test."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 from collections import defaultdict
 
 import pytest
@@ -120,3 +122,101 @@ def test_held_out_words_splits_words_not_speakers():
 def test_all_test():
     rows = [utt("ravdess", f"{a:02d}", 0) for a in range(1, 4)]
     assert {r.split for r in assign_splits(rows, "ravdess", SplitParams(protocol="all_test"))} == {"test"}
+
+
+# --------------------------------------------------------------------------- fold protocols
+def test_loso_over_all_folds_tests_every_session_once():
+    tested = []
+    for fold in range(1, 6):
+        groups = by_split(assign_splits(iemocap_rows(), "iemocap", SplitParams(protocol="loso", fold=fold)), "session")
+        assert set(groups) == {"train", "val", "test"}
+        assert not (groups["train"] & groups["val"]) and not (groups["test"] & (groups["train"] | groups["val"]))
+        tested += sorted(groups["test"])
+    assert sorted(tested) == ["1", "2", "3", "4", "5"]
+
+
+def speaker_rows(n_f: int = 12, n_m: int = 12, clips: int = 2, gender: bool = True) -> list[Utterance]:
+    """RAVDESS-like: actor ids 01.., odd male, even female (n_f/n_m of each), `clips` clips each."""
+    ids = [a for a in range(1, 2 * max(n_f, n_m) + 1)]
+    males = [a for a in ids if a % 2][:n_m]
+    females = [a for a in ids if not a % 2][:n_f]
+    rows = []
+    for a in sorted(males + females):
+        g = ("M" if a % 2 else "F") if gender else ""
+        rows += [dataclasses.replace(utt("ravdess", f"{a:02d}", i), gender=g) for i in range(clips)]
+    return rows
+
+
+def fold_splits(rows, k, seed=0, **kw) -> list[dict[str, set[str]]]:
+    return [by_split(assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k, fold=f,
+                                                                seed=seed, **kw)))
+            for f in range(1, k + 1)]
+
+
+@pytest.mark.parametrize("k, val_speakers", [(2, 2), (5, 0), (5, 3), (6, 0)])
+def test_speaker_folds_test_every_speaker_once_and_never_leak(k, val_speakers):
+    rows = speaker_rows()
+    splits = fold_splits(rows, k, val_speakers=val_speakers)
+    tested = [s for groups in splits for s in groups["test"]]
+    assert sorted(tested) == sorted({r.speaker for r in rows})  # each speaker test in exactly one fold
+    for f, groups in enumerate(splits, start=1):
+        assert set(groups) == {"train", "val", "test"}, f"fold {f}: {groups}"
+        train, val, test = groups["train"], groups["val"], groups["test"]
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert len(test) in (24 // k, -(-24 // k))  # fold sizes differ by at most one speaker
+        if val_speakers:
+            assert len(val) == val_speakers
+        else:  # the fold before the test fold, cyclically (like loso)
+            assert val == splits[f - 2]["test"]
+    out = assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k, fold=1,
+                                                     val_speakers=val_speakers))
+    assert not speaker_leaks(out)
+
+
+def test_speaker_folds_balance_gender():
+    gender = {f"{a:02d}": "M" if a % 2 else "F" for a in range(1, 25)}
+    for seed in range(4):  # seed 0 alone is balanced even unstratified, by chance
+        for groups in fold_splits(speaker_rows(), 6, seed=seed):
+            assert sorted(gender[s] for s in groups["test"]) == ["F", "F", "M", "M"], f"seed {seed}"
+    # uneven genders (7 F, 5 M in 6 folds): the deal runs on across genders, so every fold still gets 2
+    for groups in fold_splits(speaker_rows(n_f=7, n_m=5), 6):
+        assert len(groups["test"]) == 2
+    # drawn validation speakers alternate genders too
+    for groups in fold_splits(speaker_rows(), 2, val_speakers=4):
+        assert sorted(gender[s] for s in groups["val"]) == ["F", "F", "M", "M"]
+
+
+def test_speaker_folds_are_seeded_and_ignore_row_order():
+    rows = speaker_rows()
+    first = fold_splits(rows, 6, seed=3)
+    assert fold_splits(rows, 6, seed=3) == first
+    assert fold_splits(list(reversed(rows)), 6, seed=3) == first
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    assert fold_splits(shuffled, 6, seed=3) == first
+    assert [g["test"] for g in fold_splits(rows, 6, seed=4)] != [g["test"] for g in first]
+    # ids compare numerically, as in the list protocols: "1" and "01" are one speaker
+    renamed = [dataclasses.replace(r, speaker=str(int(r.speaker))) for r in rows]
+    assert [{int(s) for s in g["test"]} for g in fold_splits(renamed, 6, seed=3)] == \
+           [{int(s) for s in g["test"]} for g in first]
+
+
+def test_speaker_folds_without_gender_deal_all_speakers():
+    rows = speaker_rows(gender=False)
+    splits = fold_splits(rows, 5)
+    assert sorted(s for g in splits for s in g["test"]) == sorted({r.speaker for r in rows})
+    # one speaker of unknown gender turns stratification off rather than making a third group
+    mixed = speaker_rows()
+    mixed[0] = dataclasses.replace(mixed[0], gender="")
+    mixed[1] = dataclasses.replace(mixed[1], gender="")
+    assert fold_splits(mixed, 6) == fold_splits(rows, 6)
+
+
+def test_speaker_folds_too_few_speakers_name_the_alternatives():
+    rows = [utt("tess", spk, i, text=f"w{i}") for spk in ("OAF", "YAF") for i in range(3)]
+    with pytest.raises(SplitError, match=r"splits\.multi\.tess: tess has 2 speaker\(s\) \(oaf, yaf\), too few "
+                                         r"for protocol 'speaker_folds' with folds: 5.*held_out_words.*all_test"):
+        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=5, fold=1),
+                      where="splits.multi.tess")
+    with pytest.raises(SplitError, match=r"val_speakers: 1 leaves no training speaker.*held_out_words"):
+        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=2, fold=1, val_speakers=1))
