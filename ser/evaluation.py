@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from ser.config import Params
 from ser.data import FeatureDataset, make_loader, max_samples_for
+from ser.stats import Predictions, compare_models, read_predictions_csv, write_predictions_csv
 from ser.stores import FeatureStore, read_index
 
 log = logging.getLogger(__name__)
 
 __all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record", "write_metrics_json",
-           "write_confusion_csv", "plot_confusion", "Scope", "model_scopes", "evaluate_model_scopes",
+           "plot_confusion", "Scope", "model_scopes", "evaluate_model_scopes",
            "model_fingerprint", "write_summary", "prune_stale_outputs", "resolve_device", "SCOPES"]
 
 SCOPES = ("in_domain", "target")
@@ -207,17 +208,6 @@ def write_metrics_json(path: Path, record: dict[str, Any]) -> None:
     log.info("wrote %s", path)
 
 
-def write_confusion_csv(path: Path, y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> None:
-    """One row per utterance (actual, predicted): the input of DVC's `confusion` plot template."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((labels[t], labels[p]) for t, p in zip(y_true, y_pred))
-    log.info("wrote %s", path)
-
-
 def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> None:
     """PNG with the count matrix and the row-normalised (recall) matrix side by side."""
     import matplotlib
@@ -327,7 +317,11 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
                                 n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci, seed=params.seed)
         record = {**base, **record}
         write_metrics_json(metrics_dir / f"{scope.name}.json", record)
-        write_confusion_csv(plots_dir / f"{scope.name}.csv", y_true, y_pred, metrics["labels"])
+        # Per utterance, with ids and speakers: DVC's confusion template reads actual/predicted,
+        # summarize's paired tests align models by utt_id and resample by speaker.
+        index = FeatureStore(store_root, "test", corpus=scope.corpus).index
+        write_predictions_csv(plots_dir / f"{scope.name}.csv", Predictions(
+            [r.utt_id for r in index], [r.speaker for r in index], y_true, y_pred, metrics["labels"]))
         warn = f", predicts only {record['single_class']}" if record.get("single_class") else ""
         plot_confusion(plots_dir / f"{scope.name}.png", metrics["confusion"], metrics["labels"],
                        f"{name} on {scope.test_set}: UAR {metrics['uar']:.3f}{warn}")
@@ -405,14 +399,71 @@ def prune_stale_outputs(params: Params, dirs: Sequence[Path]) -> list[Path]:
     return removed
 
 
+def paired_comparisons(params: Params, metrics_dir: Path, plots_dir: Path) -> list[dict[str, Any]]:
+    """Paired tests between every two models evaluated on the same test clips.
+
+    Models are grouped by (study, scope, corpus); within a group every pair
+    gets a speaker-clustered paired bootstrap of the UAR and accuracy
+    differences and McNemar's exact test, Holm-corrected over the group's pairs
+    (ser.stats.compare_models).
+    """
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name in params.models:
+        for scope in model_scopes(params, name):
+            record = _read_json(Path(metrics_dir) / name / f"{scope.name}.json")
+            path = Path(plots_dir) / name / f"{scope.name}.csv"
+            if record is None or record.get("skipped") or not path.is_file():
+                continue
+            group = groups.setdefault((scope.study, scope.name, scope.corpus), {})
+            group[name] = read_predictions_csv(path, record.get("labels") or params.study(scope.study).labels)
+    rows = []
+    for (study, scope, corpus), preds in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len(preds) < 2:
+            continue
+        for row in compare_models(preds, n_boot=params.evaluation.bootstrap, seed=params.seed, cluster="speaker",
+                                  ci=params.evaluation.ci):
+            rows.append({"study": study, "scope": scope, "corpus": corpus, **row})
+    return rows
+
+
+def _comparison_lines(rows: Sequence[dict[str, Any]], ci: float) -> list[str]:
+    if not rows:
+        return []
+    level = round(100 * ci)
+    lines = ["## Paired comparisons", "",
+             f"Every two models evaluated on the same test clips. Differences are A - B with a {level}% paired "
+             "bootstrap interval that resamples speakers (clips of one speaker are not independent); p values are "
+             "Holm-corrected over the pairs of each test set; McNemar's exact test compares correct/incorrect per "
+             "clip (it assumes independent clips). **bold**: significant at 0.05 after correction.", "",
+             "| Test set | A | B | UAR A - B | p (Holm) | Accuracy A - B | p (Holm) | McNemar p (Holm) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for metric in ("uar", "accuracy"):
+            ci_ = r.get(f"{metric}_diff_ci{level}") or [None, None]
+            text = f"{100 * r[f'{metric}_diff']:+.1f}" + (
+                f" [{100 * ci_[0]:+.1f}, {100 * ci_[1]:+.1f}]" if None not in ci_ else "")
+            p = f"{r[f'{metric}_p_holm']:.3f}"
+            cells += [f"**{text}**" if r[f"{metric}_significant"] else text,
+                      f"**{p}**" if r[f"{metric}_significant"] else p]
+        mc = f"{r['mcnemar_p_holm']:.3f}"
+        cells.append(f"**{mc}**" if r["mcnemar_significant"] else mc)
+        lines.append(f"| {r['study']}/test [{r['corpus'] or 'all corpora'}] | {r['a']} | {r['b']} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path,
-                  live_dir: Optional[Path] = None) -> str:
+                  live_dir: Optional[Path] = None, plots_dir: Optional[Path] = None,
+                  comparisons_out: Optional[Path] = None) -> str:
     """Markdown results table (one row per model in params.models), written to `out`.
 
     Reads <metrics_dir>/<model>/<scope>.json, models/<model>/meta.json
     (parameter counts) and <live_dir>/<model>/timing.json. Refuses metrics
     written for another version of a model (their `model_fingerprint` differs),
-    so the table never mixes runs.
+    so the table never mixes runs. With `plots_dir` (the per-utterance
+    predictions) it adds the paired comparisons, also written as JSON to
+    `comparisons_out`.
     """
     from ser.checkpoint import META
 
@@ -451,6 +502,11 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
         "(— where the model is not cross-corpus). \"predicts only X\" marks a model that gives one class to "
         "every clip: its interval is then no measure of certainty.", "",
         *lines, ""])
+    if plots_dir is not None:
+        rows = paired_comparisons(params, metrics_dir, plots_dir)
+        text += "\n" + "\n".join(_comparison_lines(rows, params.evaluation.ci))
+        if comparisons_out is not None:
+            write_metrics_json(Path(comparisons_out), {"comparisons": rows})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -10,7 +10,8 @@ import pytest
 
 from ser.config import load_params
 from ser.evaluation import (bootstrap_ci, compute_metrics, metrics_record, plot_confusion, model_scopes,
-                            write_confusion_csv, write_metrics_json)
+                            write_metrics_json)
+from ser.stats import Predictions, write_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,10 +89,11 @@ def test_writers(tmp_path):
                                                                  test_set="t", n_boot=10))
     assert json.loads((tmp_path / "m" / "x.json").read_text())["cohen_kappa"] is None  # DVC cannot parse NaN
 
-    write_confusion_csv(tmp_path / "p" / "baseline.csv", y_true, y_pred, labels)
+    write_predictions_csv(tmp_path / "p" / "baseline.csv",
+                          Predictions([f"u{i}" for i in range(5)], ["s1"] * 5, y_true, y_pred, labels))
     with (tmp_path / "p" / "baseline.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert rows[0].keys() == {"actual", "predicted"} and len(rows) == 5
+    assert rows[0].keys() == {"utt_id", "speaker", "actual", "predicted"} and len(rows) == 5
     assert [r["actual"] for r in rows] == ["angry", "angry", "sad", "sad", "sad"]
     assert {r["predicted"] for r in rows} == {"angry"}
 

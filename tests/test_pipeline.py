@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "dann", "wav2vec_dann", "qlora", "finetune")
-CROSS = ("baseline", "dann", "wav2vec_dann")
+MODELS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wav2vec_dann", "qlora", "finetune")
+CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wav2vec_dann")
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -70,6 +70,7 @@ def test_demo_dag_end_to_end(tmp_path):
 
     out = _run(["dvc", "repro"], repo)
     stages = ["check-params", "download-verify", "build-metadata", "precompute-mels", "precompute-waves",
+              "precompute-opensmile@egemaps",
               *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "summarize"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out, stage
@@ -81,11 +82,12 @@ def test_demo_dag_end_to_end(tmp_path):
                 assert _is_number(metrics[key]) and 0 <= metrics[key] <= 1, (scope, model, key)
             assert len(metrics["uar_ci95"]) == 2
             assert (repo / "plots" / model / f"{scope}.png").stat().st_size > 1000
-            assert (repo / "plots" / model / f"{scope}.csv").read_text().startswith("actual,predicted")
+            assert (repo / "plots" / model / f"{scope}.csv").read_text().startswith("utt_id,speaker,actual,predicted")
         assert not (repo / "models" / model / "timing.json").exists()
         assert _is_number(json.loads((repo / "dvclive" / model / "timing.json").read_text())["train_seconds"])
     summary = (repo / "metrics" / "summary.md").read_text()
-    assert all(model in summary for model in MODELS)
+    assert all(model in summary for model in MODELS) and "## Paired comparisons" in summary
+    assert json.loads((repo / "metrics" / "comparisons.json").read_text())["comparisons"]
     assert (repo / "dvclive" / "dann" / "metrics.json").is_file()
 
     # A no-op repro re-runs nothing, and the workspace is clean for DVC.

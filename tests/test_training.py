@@ -170,9 +170,18 @@ def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
             assert abs(sum(rec["prediction_share"].values()) - 1) < 1e-9 and rec["top_class_share"] >= 0.25
             assert (metrics / name / f"{scope}.json").is_file() and (plots / name / f"{scope}.png").is_file()
             assert len((plots / name / f"{scope}.csv").read_text().splitlines()) == 13
-    text = write_summary(params, metrics, models_dir, tmp_path / "summary.md")
+    text = write_summary(params, metrics, models_dir, tmp_path / "summary.md", plots_dir=plots,
+                         comparisons_out=tmp_path / "comparisons.json")
     assert (tmp_path / "summary.md").read_text() == text
-    rows = [line for line in text.splitlines() if line.startswith("| crnn")]
+    # The two models share the test clips of each test set: one paired comparison per test set.
+    (cmp_in, cmp_target) = json.loads((tmp_path / "comparisons.json").read_text())["comparisons"]
+    assert {cmp_in["corpus"], cmp_target["corpus"]} == {"iemocap", "ravdess"}
+    assert (cmp_in["a"], cmp_in["b"], cmp_in["n_clips"]) == ("crnn_ce", "crnn_dann", 12)
+    assert 0 <= cmp_in["uar_p_holm"] <= 1 and cmp_in["cluster"] == "speaker"
+    assert "## Paired comparisons" in text and "| crnn_ce | crnn_dann |" in text
+    with open(plots / "crnn_ce" / "target.csv") as fh:
+        assert fh.readline().strip() == "utt_id,speaker,actual,predicted"
+    rows = [line for line in text.splitlines() if line.startswith("| crnn") and "%" in line]
     assert len(rows) == 2 and all(row.count("%") == 4 and row.count(" [") == 6 for row in rows)  # 4 CIs, 2 test sets
     in_domain = json.loads((metrics / "crnn_ce" / "in_domain.json").read_text())
     assert f"{100 * in_domain['uar']:.1f}%" in rows[0]
