@@ -189,6 +189,21 @@ class FeatureParams:
                      (-100 dB, the index `length` is the valid frame count) or
                      "repeat" (the clip's frames repeated; every frame is real
                      speech, so `length` is `frames` and the model pools over all).
+      mel_norm       the per-mel-bin mean/std the stored log-mels are z-scored
+                     with, after instance_norm: "train" (the valid frames of
+                     the train split, applied to every split) or "speaker"
+                     (the valid frames of each (corpus, speaker)'s clips in the
+                     store, whatever their split, applied to that speaker's
+                     clips; no labels are read). "speaker" removes a speaker's
+                     or corpus's channel and level (a per-bin offset and scale
+                     in dB) as eGeMAPS `standardise: speaker` does. Speakers
+                     never span splits except under held_out_words (TESS):
+                     there a speaker's statistics include its unlabeled test
+                     clips. Padded frames are normalised with the train
+                     statistics, as under "train", so silence reads the same
+                     for every speaker (and carries no speaker's level).
+                     `ser predict` has no speaker: it uses the file's own
+                     statistics (ser.features.mel_input).
 
     Defaults, from a proxy (per-clip log-mel statistics + logistic regression,
     4 classes, EmoDB <-> RAVDESS actors 01-12; a level gap of 18 dB between
@@ -219,6 +234,7 @@ class FeatureParams:
     trim_db: Optional[float] = 60.0
     instance_norm: Literal["none", "mean", "mean_std"] = "none"
     pad: Literal["silence", "repeat"] = "silence"
+    mel_norm: Literal["train", "speaker"] = "train"
     # openSMILE functionals stores to build (precompute-opensmile@<set>): egemaps
     # (eGeMAPSv02, 88 features), compare (ComParE_2016, 6373 features).
     opensmile_sets: tuple[Literal["egemaps", "compare"], ...] = ("egemaps",)
@@ -234,7 +250,8 @@ class FeatureParams:
                 raise ValueError(f"{name} must be >= 1")
         # Literal fields are checked by the loader; FeatureParams is also built from store meta.
         for name, allowed in (("gain", ("none", "peak", "rms", "loudness")), ("crop", ("center", "start")),
-                              ("instance_norm", ("none", "mean", "mean_std")), ("pad", ("silence", "repeat"))):
+                              ("instance_norm", ("none", "mean", "mean_std")), ("pad", ("silence", "repeat")),
+                              ("mel_norm", ("train", "speaker"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not -70.0 <= self.gain_dbfs <= 0.0:

@@ -35,6 +35,17 @@ Store policy:
     stored in meta.json and applied to every split (padding included, so a
     padded frame reads as normalised silence everywhere, at training and at
     inference alike).
+  * `fp.mel_norm: speaker` instead z-scores each clip with the per-bin
+    mean/std over the valid frames of all its (corpus, speaker)'s clips in the
+    store (no labels are read; under held_out_words a speaker's test clips
+    count too). Padded frames are not speaker-normalised: they hold what a
+    `train` store holds there (the padding value under the train statistics,
+    which stay in meta.json), so silence reads the same for every speaker and
+    a speaker's level cannot leak through the padding (-100 dB in a quiet
+    speaker's units would sit nearer its speech than in a loud one's).
+    Inference has one file and no speaker: `mel_input` uses the file's own
+    statistics for its valid frames, exactly what the store holds for a
+    speaker with one clip.
   * Work: a process pool (fp.workers, one BLAS thread each) decodes every
     file once, in manifest order. Unusable files are skipped, counted and
     listed in the returned report; the stage always finishes.
@@ -95,12 +106,14 @@ _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM,
 # The front end (gain, gain_dbfs, trim_db) shapes every kind; min_duration_s also bounds trimming.
 FRONT_END_KEYS = ("gain", "gain_dbfs", "trim_db")
 _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
-             "frames", "crop", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS, "instance_norm", "pad")
+             "frames", "crop", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS, "instance_norm", "pad",
+             "mel_norm")
 _WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS)
 # openSMILE functionals are computed from the decoded wave: the wave keys define them.
 _SMILE_KEYS = _WAVE_KEYS
 # What a store written before the front end existed was built with (its meta lacks these keys).
-_LEGACY_FEATURES = {"gain": "none", "trim_db": None, "instance_norm": "none", "pad": "silence"}
+_LEGACY_FEATURES = {"gain": "none", "trim_db": None, "instance_norm": "none", "pad": "silence",
+                    "mel_norm": "train"}
 
 
 # --------------------------------------------------------------------------- log-mel
@@ -217,6 +230,24 @@ def mel_features(wave: np.ndarray, fp: FeatureParams) -> tuple[np.ndarray, int]:
     return ((padded.astype(np.float64) - mean) / std).astype(np.float32), length
 
 
+def _moments(mel: np.ndarray, valid: int) -> np.ndarray:
+    """float64 [2, n_mels]: per-bin sum and sum of squares over the first `valid` frames."""
+    frames = mel[:, :valid].astype(np.float64)
+    return np.stack([frames.sum(axis=1), np.einsum("mf,mf->m", frames, frames)])
+
+
+def _stats(moments: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin mean and std (floored at STD_FLOOR) from `_moments` sums over `count` frames.
+
+    Values are dB in [-100, ~40], so E[x^2] - E[x]^2 loses nothing that matters
+    in float64; the results are rounded to float32, the dtype they are applied in.
+    """
+    mean = moments[0] / count
+    var = np.maximum(moments[1] / count - mean ** 2, 0.0)
+    std = np.maximum(np.sqrt(var), STD_FLOOR)
+    return mean.astype(np.float32).astype(np.float64), std.astype(np.float32).astype(np.float64)
+
+
 def normalise(mel: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(mel - mean) / std per mel bin, in float32 (stores and inference share this)."""
     mean = np.asarray(mean, dtype=np.float32)[:, None]
@@ -245,12 +276,26 @@ def mel_input(wave: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
     and already conditioned with the store's params (ser.audio.condition),
     as `_decode` does for the stores: `ser predict` conditions a whole file
     once, then cuts it into windows.
+
+    A `mel_norm: speaker` store normalised each clip's valid frames with its
+    speaker's statistics, which one file does not have: they are normalised
+    with the file's own per-bin mean/std over its valid frames (floored as in
+    the store), the closest stand-in, and exactly the store's value for a
+    speaker with one clip; padding gets the train statistics, as in the store.
+    For a speaker with several clips the store pools their statistics, so
+    predictions can differ from evaluation (most for short or stationary clips,
+    whose own statistics absorb what the model should see).
     """
     if meta.get("kind") != "mels":
         raise ValueError(f"mel_for_inference needs a 'mels' store meta, got kind={meta.get('kind')!r}")
     fp = feature_params_from_meta(meta)
     mel, length = mel_features(wave, fp)
-    return normalise(mel, np.array(meta["mean"]), np.array(meta["std"])), length
+    train_mean, train_std = np.array(meta["mean"]), np.array(meta["std"])
+    if fp.mel_norm == "train":
+        return normalise(mel, train_mean, train_std), length
+    out = normalise(mel, *_stats(_moments(mel, length), length))
+    out[:, length:] = normalise(mel[:, length:], train_mean, train_std)
+    return out, length
 
 
 def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -290,7 +335,7 @@ class _Result:
     reason: Optional[str] = None
     detail: str = ""
     # mels: float64 [2, n_mels] sum and sum of squares over the valid frames, so the
-    # train statistics need no second pass over the store.
+    # train (or speaker) statistics need no second pass over the store.
     moments: Optional[np.ndarray] = None
 
 
@@ -341,10 +386,8 @@ def _mel_job(task: _Task) -> _Result:
     if skipped is not None:
         return skipped
     mel, valid = mel_features(wave, fp)
-    frames = mel[:, :valid].astype(np.float64)
-    moments = np.stack([frames.sum(axis=1), np.einsum("mf,mf->m", frames, frames)])
     _write_at(task.scratch, task.row * mel.nbytes, mel)
-    return _Result(None, valid, wave.shape[0] / fp.sample_rate, moments=moments)
+    return _Result(None, valid, wave.shape[0] / fp.sample_rate, moments=_moments(mel, valid))
 
 
 def _wave_job(task: _Task) -> _Result:
@@ -431,6 +474,9 @@ class _Sink:
         self.count = 0  # waves: samples written
         self.seconds = 0.0
         self.moments = np.zeros((2, item_shape[0])) if item_shape else None  # mels: see _Result
+        # mels: the same sums and valid frame counts per (corpus, speaker), for mel_norm "speaker"
+        self.speaker_moments: dict[tuple[str, str], np.ndarray] = {}
+        self.speaker_frames: Counter[tuple[str, str]] = Counter()
         self.fh: Optional[BinaryIO] = self.path.open("wb")
         if item_shape:  # sized up front (sparse); the workers write the rows
             self.fh.truncate(rows * int(np.prod(item_shape)) * 4)
@@ -451,6 +497,11 @@ class _Sink:
         self.seconds += result.seconds
         if self.moments is not None and result.moments is not None:  # mels only
             self.moments += result.moments  # in manifest order: identical for any worker count
+            key = (utt.corpus, utt.speaker)
+            if key not in self.speaker_moments:
+                self.speaker_moments[key] = np.zeros_like(self.moments)
+            self.speaker_moments[key] += result.moments
+            self.speaker_frames[key] += result.length
 
     def array(self) -> np.ndarray:
         """The kept items as one array: [n, *item_shape] or [samples].
@@ -573,6 +624,7 @@ def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: Feature
     }
     if kind == "mels":
         mean, std = _train_stats(sinks["train"])
+        speakers = _speaker_stats(sinks) if fp.mel_norm == "speaker" else None
         meta.update(mean=mean.tolist(), std=std.tolist(), pad_db=SILENCE_DB,
                     definition="librosa.power_to_db(melspectrogram(power=2, center=True, "
                                "pad_mode='constant'), ref=1.0, amin=1e-10, top_db=None)")
@@ -588,38 +640,72 @@ def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: Feature
             continue
         sink = sinks[split]
         array = sink.array()
-        if kind == "mels":
-            array = _normalise_split(array, mean, std)
+        if kind == "mels" and speakers is None:
+            array = _normalise_split(array, mean[None], std[None], np.zeros(len(sink.rows), dtype=np.intp))
+        elif kind == "mels":
+            keys, means, stds = speakers
+            array = _normalise_split(array, means, stds,
+                                     np.array([keys[(r.corpus, r.speaker)] for r in sink.rows], dtype=np.intp),
+                                     pad_stats=(mean, std, np.array([r.length for r in sink.rows])))
         write_split(out_root, split, array, sink.rows)
         del array
         log.info("wrote %s/%s: %d rows, %.1f s of audio", out_root, split, len(sink.rows), sink.seconds)
     write_meta(out_root, meta)
 
 
-def _normalise_split(array: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Apply the train statistics in place, with the float32 ops of `normalise`,
-    _NORM_CHUNK rows at a time (bounded memory when `array` is a memmap)."""
-    mean32, std32 = mean.astype(np.float32)[:, None], std.astype(np.float32)[:, None]
+def _normalise_split(array: np.ndarray, means: np.ndarray, stds: np.ndarray, group: np.ndarray,
+                     pad_stats: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """Normalise row i with means[group[i]], stds[group[i]] ([groups, n_mels]) in place,
+    padding included, with the float32 ops of `normalise`, _NORM_CHUNK rows at a
+    time (bounded memory when `array` is a memmap).
+
+    pad_stats (mel_norm speaker): (mean, std, lengths); the frames of row i from
+    lengths[i] on (its padding) get this mean and std instead (the train statistics).
+    """
+    mean32, std32 = means.astype(np.float32)[:, :, None], stds.astype(np.float32)[:, :, None]
     for i in range(0, array.shape[0], _NORM_CHUNK):
         chunk = array[i:i + _NORM_CHUNK]  # a view
-        chunk -= mean32
-        chunk /= std32
+        tails = {}
+        if pad_stats is not None:
+            pad_mean, pad_std, lengths = pad_stats
+            for j in np.flatnonzero(lengths[i:i + _NORM_CHUNK] < array.shape[2]):  # padded rows
+                tails[j] = normalise(chunk[j, :, lengths[i + j]:], pad_mean, pad_std)
+        rows = group[i:i + _NORM_CHUNK]
+        chunk -= mean32[rows]
+        chunk /= std32[rows]
+        for j, tail in tails.items():
+            chunk[j, :, lengths[i + j]:] = tail
     return array
 
 
 def _train_stats(train: _Sink) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the valid (unpadded) frames of the train split.
-
-    From the workers' float64 per-clip sums (values are dB in [-100, ~40], so
-    E[x^2] - E[x]^2 loses nothing that matters in float64); the results are
-    rounded to float32, the dtype they are applied in.
-    """
+    """Per-mel-bin mean and std over the valid (unpadded) frames of the train split,
+    from the workers' float64 per-clip sums (see `_stats`)."""
     assert train.moments is not None
-    count = sum(r.length for r in train.rows)
-    mean = train.moments[0] / count
-    var = np.maximum(train.moments[1] / count - mean ** 2, 0.0)
-    std = np.maximum(np.sqrt(var), STD_FLOOR)
-    return mean.astype(np.float32).astype(np.float64), std.astype(np.float32).astype(np.float64)
+    return _stats(train.moments, sum(r.length for r in train.rows))
+
+
+def _speaker_stats(sinks: dict[str, _Sink]) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and std over the valid frames of each (corpus, speaker)'s clips in
+    every split: ({key: row of the tables}, means, stds), keys in first-seen order.
+
+    Sums are added split by split in STORE_SPLITS order, each in manifest order, so
+    the floats do not depend on the worker count.
+    """
+    moments: dict[tuple[str, str], np.ndarray] = {}
+    frames: Counter[tuple[str, str]] = Counter()
+    for split in STORE_SPLITS:
+        if split not in sinks:
+            continue
+        for key, m in sinks[split].speaker_moments.items():
+            moments[key] = moments[key] + m if key in moments else m.copy()
+        frames.update(sinks[split].speaker_frames)
+    stats = [_stats(moments[key], frames[key]) for key in moments]
+    spread = np.std([m for m, _ in stats], axis=0).mean() if len(stats) > 1 else 0.0
+    log.info("mel_norm speaker: statistics of %d speakers (their means spread by %.2f per bin on average)",
+             len(stats), spread)
+    return ({key: i for i, key in enumerate(moments)},
+            np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]))
 
 
 def precompute_mels(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,

@@ -11,7 +11,10 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
          it to each clip; window times stay times in the original file;
   mels   ser.features.mel_input: the stored log-mel parameters, pad/crop
          policy, per-utterance and train-split normalisation, and each
-         window's valid frame count (the CRNN pools over those);
+         window's valid frame count (the CRNN pools over those). A store
+         built with `mel_norm: speaker` has no statistics for an unknown
+         speaker: each window is normalised with its own (with a warning),
+         so predictions can differ from evaluation's;
   waves  the float waveform at the stored sample rate (16 kHz);
   egemaps / compare  (arch linear, ser.classical) the openSMILE functionals of
          the whole conditioned file (ser.features.smile_for_inference), the
@@ -188,6 +191,10 @@ class Predictor:
         self._check_feature_meta()
         self.fp = feature_params_from_meta(self.feature_meta)
         self.sample_rate = int(self.feature_meta["sample_rate"])
+        if self.input == "mels" and self.fp.mel_norm == "speaker":
+            log.warning("%s was trained on log-mels normalised per speaker; a file has no speaker statistics, "
+                        "so each window is normalised with its own per-bin mean/std instead (expect lower "
+                        "accuracy than the model's evaluation, most for short windows)", self.model_dir)
         trained = self.trained_window_s()
         self.window_s = float(window_s) if window_s is not None else trained
         self.hop_s = float(hop_s) if hop_s is not None else self.window_s / 2

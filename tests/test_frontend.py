@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 import yaml
 
 from ser.audio import active_rms_dbfs, condition, condition_span, load_audio, loudness_lufs, peak_dbfs
 from ser.config import FeatureParams, ParamsError, load_params
 from ser.features import (SILENCE_DB, feature_params_from_meta, fit_frames, mel_features, mel_input,
-                          precompute_mels, precompute_waves)
+                          normalise, precompute_mels, precompute_waves)
 from ser.manifest import Utterance, write_manifest
 from ser.stores import FeatureStore
 
@@ -153,6 +154,7 @@ def test_repeat_padding_fills_with_the_clip_and_counts_every_frame() -> None:
     ("trim_db", -10, "trim_db"),
     ("instance_norm", "std", "features.instance_norm"),
     ("pad", "zeros", "features.pad"),
+    ("mel_norm", "global", "features.mel_norm"),
 ])
 def test_bad_front_end_params_fail_at_load_naming_the_key(tmp_path, key, value, message) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -177,7 +179,7 @@ def test_old_store_meta_reads_as_front_end_off() -> None:
     old = {k: getattr(OFF, k) for k in ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin",
                                          "fmax", "frames", "crop", "min_duration_s", "silence_dbfs")}
     fp = feature_params_from_meta({"features": old})
-    assert (fp.gain, fp.trim_db, fp.instance_norm, fp.pad) == ("none", None, "none", "silence")
+    assert (fp.gain, fp.trim_db, fp.instance_norm, fp.pad, fp.mel_norm) == ("none", None, "none", "silence", "train")
 
 
 # --------------------------------------------------------------------------- stores and inference
@@ -225,3 +227,124 @@ def test_wave_store_is_trimmed_and_gain_normalised(tmp_path) -> None:
     assert wave[0] != 0 and wave[-1] != 0  # the 0.2 s of leading zeros is gone
     assert store.index[0].length < 0.2 * SR + 0.7 * SR
     assert peak_dbfs(wave) == pytest.approx(-1.0, abs=0.01)
+
+
+# --------------------------------------------------------------------------- per-speaker normalisation
+def channel(wave: np.ndarray) -> np.ndarray:
+    """Another microphone and level: 20 dB quieter with a spectral tilt (1 - 0.6 z^-1: +12 dB to Nyquist)."""
+    return (0.1 * scipy.signal.lfilter([1.0, -0.6], [1.0], wave)).astype(np.float32)
+
+
+def _speaker_manifest(tmp_path: Path) -> tuple[Path, list[Utterance]]:
+    """Speaker a (train), its clips again through `channel` as speaker b (test), a speaker c
+    with clips in train and test (as under held_out_words) and a one-clip speaker d (test).
+    Clips of 0.9 s are padded (81 of 120 frames); the others are cropped."""
+    specs = [("a", "train", 1.4, 0, False), ("a", "train", 1.6, 1, False), ("a", "train", 0.9, 2, False),
+             ("b", "test", 1.4, 0, True), ("b", "test", 1.6, 1, True), ("b", "test", 0.9, 2, True),
+             ("c", "train", 1.3, 3, False), ("c", "test", 0.9, 4, False), ("d", "test", 1.5, 5, False)]
+    rows = []
+    for n, (speaker, split, secs, seed, other) in enumerate(specs):
+        wave = speechlike(secs, seed=seed)
+        path = tmp_path / "audio" / f"{speaker}{n}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, channel(wave) if other else wave, SR, subtype="FLOAT")
+        rows.append(Utterance(utt_id=f"c/{n}", corpus="c", speaker=speaker, path=str(path), duration_s=secs,
+                              sample_rate=SR, raw_label="neutral", emotion="neutral", split=split))
+    manifest = tmp_path / "m.csv"
+    write_manifest(rows, manifest)
+    return manifest, rows
+
+
+def _store_rows(root: Path) -> dict[str, tuple[np.ndarray, int, str]]:
+    """utt_id -> (stored mel, valid length, speaker) over every split."""
+    out = {}
+    for split in ("train", "test"):
+        store = FeatureStore(root, split)
+        for i, row in enumerate(store.index):
+            out[row.utt_id] = (np.array(store[i]), row.length, row.speaker)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speaker_stores(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("speaker_norm")
+    manifest, rows = _speaker_manifest(tmp)
+    fp = replace(OFF, mel_norm="speaker")
+    for name, params, workers in (("speaker", fp, 1), ("speaker_w2", fp, 2), ("train", OFF, 1)):
+        report = precompute_mels(manifest, tmp / name, params, workers, labels=["neutral"])
+        assert not report["skipped"], report["skipped_files"]
+    return {"tmp": tmp, "rows": rows, "fp": fp}
+
+
+def test_speaker_norm_z_scores_each_speakers_valid_frames(speaker_stores) -> None:
+    tmp, fp = speaker_stores["tmp"], speaker_stores["fp"]
+    stored = _store_rows(tmp / "speaker")
+    raw = {r.utt_id: mel_features(condition(load_audio(r.path, SR), fp), fp) for r in speaker_stores["rows"]}
+    for speaker in "abcd":
+        ids = [u for u, (_, _, s) in stored.items() if s == speaker]
+        valid = np.concatenate([stored[u][0][:, :stored[u][1]] for u in ids], axis=1).astype(np.float64)
+        raw_valid = np.concatenate([raw[u][0][:, :raw[u][1]] for u in ids], axis=1).astype(np.float64)
+        varied = raw_valid.std(axis=1) > 0.1  # an empty mel filter (constant -100 dB) is only centred
+        np.testing.assert_allclose(valid.mean(axis=1), 0.0, atol=1e-4)
+        np.testing.assert_allclose(valid.std(axis=1)[varied], 1.0, atol=1e-4)
+    assert len({u for u, (_, _, s) in stored.items() if s == "c"}) == 2  # c's train and test clips pooled
+
+    # Padding holds exactly what the train-normalised store holds: silence, the same for every speaker.
+    meta = json.loads((tmp / "speaker" / "meta.json").read_text())
+    train_meta = json.loads((tmp / "train" / "meta.json").read_text())
+    assert meta["features"]["mel_norm"] == "speaker" and train_meta["features"]["mel_norm"] == "train"
+    assert (meta["mean"], meta["std"]) == (train_meta["mean"], train_meta["std"])  # kept for inference
+    by_train = _store_rows(tmp / "train")
+    silence = normalise(np.full((fp.n_mels, 1), SILENCE_DB, np.float32), np.array(meta["mean"]),
+                        np.array(meta["std"]))
+    padded = [u for u, (_, length, _) in stored.items() if length < fp.frames]
+    assert {stored[u][2] for u in padded} == {"a", "b", "c"}
+    for u in padded:
+        mel, length, _ = stored[u]
+        np.testing.assert_array_equal(mel[:, length:], by_train[u][0][:, length:])
+        np.testing.assert_array_equal(mel[:, length:], np.broadcast_to(silence, mel[:, length:].shape))
+
+
+def test_speaker_norm_removes_a_speakers_channel(speaker_stores) -> None:
+    """Speaker b is speaker a through another channel (-20 dB, tilted): per-speaker
+    statistics give the same rows; the train statistics leave b offset."""
+    tmp = speaker_stores["tmp"]
+    for name, close in (("speaker", True), ("train", False)):
+        stored = _store_rows(tmp / name)
+        for a, b in (("c/0", "c/3"), ("c/1", "c/4"), ("c/2", "c/5")):
+            (mel_a, length, _), (mel_b, length_b, _) = stored[a], stored[b]
+            assert length == length_b
+            diff = np.abs(mel_a - mel_b)
+            if close:
+                # Not exact: a mel band is wider than a constant-gain band of the tilt (worst in the
+                # few lowest, near-empty bins); typically 0.01 std apart.
+                assert diff.mean() < 0.02 and np.percentile(diff, 99) < 0.1, (diff.mean(), np.percentile(diff, 99))
+            else:
+                assert diff[:, :length].mean() > 0.5
+
+
+def test_speaker_norm_store_does_not_depend_on_the_worker_count(speaker_stores) -> None:
+    one, two = speaker_stores["tmp"] / "speaker", speaker_stores["tmp"] / "speaker_w2"
+    assert (one / "meta.json").read_text() == (two / "meta.json").read_text()
+    for split in ("train", "test"):
+        assert (one / f"{split}.csv").read_text() == (two / f"{split}.csv").read_text()
+        np.testing.assert_array_equal(np.load(one / f"{split}.npy"), np.load(two / f"{split}.npy"))
+
+
+def test_speaker_norm_inference_uses_the_files_own_statistics(speaker_stores) -> None:
+    """One file has no speaker: `mel_input` normalises it as a one-clip speaker, which is
+    exactly the store for speaker d, and close to, not equal to, a pooled speaker's row."""
+    tmp, fp = speaker_stores["tmp"], speaker_stores["fp"]
+    meta = json.loads((tmp / "speaker" / "meta.json").read_text())
+    stored = _store_rows(tmp / "speaker")
+    paths = {r.utt_id: r.path for r in speaker_stores["rows"]}
+    for utt_id in ("c/8", "c/2"):  # d's only clip; a padded clip of speaker a
+        mel, length = mel_input(condition(load_audio(paths[utt_id], SR), fp), meta)
+        assert length == stored[utt_id][1]
+        valid = mel[:, :length].astype(np.float64)
+        np.testing.assert_allclose(valid.mean(axis=1), 0.0, atol=1e-4)
+        np.testing.assert_array_equal(mel[:, length:], stored[utt_id][0][:, length:])  # padding as stored
+        if utt_id == "c/8":
+            np.testing.assert_array_equal(mel, stored[utt_id][0])
+        else:
+            assert not np.array_equal(mel, stored[utt_id][0])

@@ -218,6 +218,52 @@ def test_predictions_equal_evaluation_on_the_same_audio(study, name, kind):
         assert np.mean(np.argmax(got, 1) == FeatureDataset(store, LABELS).labels) >= 0.75
 
 
+@pytest.fixture(scope="module")
+def speaker_study(study):
+    """The CRNN again, on a store built with `mel_norm: speaker`."""
+    root = study["root"]
+    fp = dataclasses.replace(FP, mel_norm="speaker")
+    features = root / "features_speaker"
+    precompute_mels(root / "manifest.csv", features / "mels" / "cross_corpus", fp, workers=1, labels=LABELS,
+                    target="ravdess")
+    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models={"crnn": MODELS["crnn"]}, features=fp,
+                                 seed=5, train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
+                                                           bucket_by_length=True, deterministic=True))
+    train_model(params, "crnn", features, root / "models_speaker" / "crnn", root / "ckpt_speaker",
+                root / "live_speaker")
+    return {**study, "features": features, "models": root / "models_speaker"}
+
+
+def test_speaker_normalised_model_predicts_with_each_files_own_statistics(speaker_study, caplog):
+    """A file has no speaker statistics: predict normalises each window with its own (and
+    warns), so unlike the default it does not reproduce the store of a pooled speaker."""
+    from ser.audio import condition, load_audio
+    from ser.features import mel_input
+
+    with caplog.at_level("WARNING", logger="ser.predict"):
+        predictor = Predictor(speaker_study["models"] / "crnn", device="cpu")
+    assert predictor.fp.mel_norm == "speaker"
+    assert sum("normalised per speaker" in r.getMessage() for r in caplog.records) == 1
+    store, batch = _store_batch(speaker_study["features"], "mels")
+    by_id = {f"iemocap/test_{i}": p for i, p in enumerate(speaker_study["test_paths"])}
+    paths = [by_id[row.utt_id] for row in store.index]
+    results = predictor.predict_files(paths)
+    assert all(r.ok and len(r.windows) == 1 for r in results), [r.error for r in results]
+    for r in results:
+        assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-5)
+    for i, path in enumerate(paths):
+        wave = condition(load_audio(path, SR), predictor.fp)
+        x, lengths = predictor.model_inputs([wave])
+        mel, length = mel_input(wave, predictor.feature_meta)
+        assert torch.equal(x[0, 0], torch.from_numpy(mel)) and lengths.tolist() == [length]
+        assert lengths.tolist() == batch["lengths"][i:i + 1].tolist()
+        # spk_test has 8 clips: the store pooled their statistics, the file has only its own.
+        assert not torch.equal(x, batch["x"][i:i + 1])
+    # The store itself (what evaluation reads) still carries the tones per speaker.
+    _, _, y_pred = evaluate_model(speaker_study["models"] / "crnn", speaker_study["features"], "test", device="cpu")
+    assert np.mean(np.asarray(y_pred) == FeatureDataset(store, LABELS).labels) >= 0.75
+
+
 def test_qlora_predict_loads_the_4bit_base_and_matches_evaluation(study):
     import bitsandbytes as bnb
 
