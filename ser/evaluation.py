@@ -34,6 +34,7 @@ __all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record"
            "model_fingerprint", "write_summary", "prune_stale_outputs", "resolve_device", "SCOPES"]
 
 SCOPES = ("in_domain", "target")
+MIN_CLUSTER_SPEAKERS = 5  # fewer test speakers: the paired bootstrap resamples clips (see paired_comparisons)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -420,9 +421,17 @@ def paired_comparisons(params: Params, metrics_dir: Path, plots_dir: Path) -> li
     for (study, scope, corpus), preds in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len(preds) < 2:
             continue
-        for row in compare_models(preds, n_boot=params.evaluation.bootstrap, seed=params.seed, cluster="speaker",
+        speakers = len(set(next(iter(preds.values())).speaker.tolist()))
+        # Resampling 2-4 speakers gives a handful of distinct replicates: intervals of zero width and
+        # p values that mean nothing. Below MIN_SPEAKERS the clips are resampled, and the row says so.
+        cluster = "speaker" if speakers >= MIN_CLUSTER_SPEAKERS else None
+        if cluster is None:
+            log.warning("%s/test [%s]: %d test speaker(s), fewer than %d: paired bootstrap over clips, which "
+                        "treats clips of one speaker as independent", study, corpus or "all corpora", speakers,
+                        MIN_CLUSTER_SPEAKERS)
+        for row in compare_models(preds, n_boot=params.evaluation.bootstrap, seed=params.seed, cluster=cluster,
                                   ci=params.evaluation.ci):
-            rows.append({"study": study, "scope": scope, "corpus": corpus, **row})
+            rows.append({"study": study, "scope": scope, "corpus": corpus, "test_speakers": speakers, **row})
     return rows
 
 
@@ -435,8 +444,10 @@ def _comparison_lines(rows: Sequence[dict[str, Any]], ci: float) -> list[str]:
              "bootstrap interval that resamples speakers (clips of one speaker are not independent); p values are "
              "Holm-corrected over the pairs of each test set; McNemar's exact test compares correct/incorrect per "
              "clip (it assumes independent clips). **bold**: significant at 0.05 after correction.", "",
-             "| Test set | A | B | UAR A - B | p (Holm) | Accuracy A - B | p (Holm) | McNemar p (Holm) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"With fewer than {MIN_CLUSTER_SPEAKERS} test speakers the bootstrap resamples clips instead "
+             "(column *resampled*), which overstates the certainty.", "",
+             "| Test set | A | B | resampled | UAR A - B | p (Holm) | Accuracy A - B | p (Holm) | McNemar p (Holm) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
         for metric in ("uar", "accuracy"):
@@ -448,7 +459,8 @@ def _comparison_lines(rows: Sequence[dict[str, Any]], ci: float) -> list[str]:
                       f"**{p}**" if r[f"{metric}_significant"] else p]
         mc = f"{r['mcnemar_p_holm']:.3f}"
         cells.append(f"**{mc}**" if r["mcnemar_significant"] else mc)
-        lines.append(f"| {r['study']}/test [{r['corpus'] or 'all corpora'}] | {r['a']} | {r['b']} | "
+        unit = f"{r['test_speakers']} speakers" if r["cluster"] == "speaker" else f"clips ({r['test_speakers']} speakers)"
+        lines.append(f"| {r['study']}/test [{r['corpus'] or 'all corpora'}] | {r['a']} | {r['b']} | {unit} | "
                      + " | ".join(cells) + " |")
     return lines + [""]
 
