@@ -263,12 +263,13 @@ def model_scopes(params: Params, name: str) -> list[Scope]:
     return scopes
 
 
-def _test_rows(store_root: Path, corpus: Optional[str]) -> int:
-    """Test clips of `corpus` (all corpora when None) in a store; 0 when it has no test split."""
+def _test_rows(store_root: Path, corpus: Optional[str]) -> list:
+    """Index rows of the test clips of `corpus` (all corpora when None), in store order
+    (the order evaluate_model predicts in); empty when the store has no test split."""
     index = store_root / "test.csv"
     if not index.is_file():
-        return 0
-    return sum(1 for r in read_index(index) if corpus is None or r.corpus == corpus)
+        return []
+    return [r for r in read_index(index) if corpus is None or r.corpus == corpus]
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -305,7 +306,8 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
     for scope in model_scopes(params, name):
         base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
                 "model_fingerprint": fingerprint}
-        if not _test_rows(store_root, scope.corpus):
+        index = _test_rows(store_root, scope.corpus)
+        if not index:
             reason = (f"no test clips of {scope.corpus or 'any corpus'} in {store_root}: "
                       f"splits.{mp.study}.{scope.corpus or '<corpus>'} lists no test speakers")
             log.warning("%s: skipping %s evaluation (%s)", name, scope.name, reason)
@@ -320,7 +322,6 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
         write_metrics_json(metrics_dir / f"{scope.name}.json", record)
         # Per utterance, with ids and speakers: DVC's confusion template reads actual/predicted,
         # summarize's paired tests align models by utt_id and resample by speaker.
-        index = FeatureStore(store_root, "test", corpus=scope.corpus).index
         write_predictions_csv(plots_dir / f"{scope.name}.csv", Predictions(
             [r.utt_id for r in index], [r.speaker for r in index], y_true, y_pred, metrics["labels"]))
         warn = f", predicts only {record['single_class']}" if record.get("single_class") else ""
