@@ -1,4 +1,5 @@
-"""CI check: every model's evaluation metrics files exist and hold finite numbers (or say why they were skipped)."""
+"""CI check: every run's metrics files exist and hold finite numbers (or say why they were skipped or
+not run), and metrics/aggregate.json aggregates every model's test sets."""
 import json
 import math
 import sys
@@ -7,30 +8,56 @@ from pathlib import Path
 import yaml
 
 params = yaml.safe_load(Path("params.yaml").read_text())
-expected = []
+bad, checked = [], 0
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+aggregate_path = Path("metrics/aggregate.json")
+aggregate = json.loads(aggregate_path.read_text())["models"] if aggregate_path.is_file() else {}
+if not aggregate:
+    bad.append(f"{aggregate_path}: missing or empty")
 for model, mp in params["models"].items():
-    expected.append(Path("metrics/models") / model / "in_domain.json")
-    if params["studies"][mp["study"]].get("target"):
-        expected.append(Path("metrics/models") / model / "target.json")
-bad = []
-for path in expected:
-    if not path.is_file():
-        bad.append(f"{path}: missing")
-        continue
-    metrics = json.loads(path.read_text())
-    if metrics.get("skipped"):
-        print(f"{path}: skipped ({metrics['skipped']})")
-        continue
-    for key in ("accuracy", "uar", "macro_f1", "cohen_kappa"):
-        value = metrics.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            bad.append(f"{path}: {key} = {value!r}")
-    print(f"{path}: accuracy {metrics['accuracy']:.3f}  UAR {metrics['uar']:.3f} "
-          f"[{metrics['uar_ci95'][0]:.3f}, {metrics['uar_ci95'][1]:.3f}]  "
-          f"top class {metrics['top_class']} {metrics['top_class_share']:.2f}")
-for path in ("metrics/summary.md", "metrics/comparisons.json"):
+    study = params["studies"][mp["study"]]
+    scopes = (list(study["corpora"]) if study.get("design") == "matrix"
+              else ["in_domain"] + (["target"] if study.get("target") else []))
+    for fold in params["folds"]:
+        for seed in params["seeds"]:
+            run = Path("metrics/models") / model / f"f{fold}-s{seed}"
+            if (run / "not_run.json").is_file():
+                print(f"{run}: not run ({json.loads((run / 'not_run.json').read_text())['not_run']})")
+                continue
+            for scope in scopes:
+                path = run / f"{scope}.json"
+                if not path.is_file():
+                    bad.append(f"{path}: missing")
+                    continue
+                metrics = json.loads(path.read_text())
+                checked += 1
+                if metrics.get("skipped"):
+                    print(f"{path}: skipped ({metrics['skipped']})")
+                    continue
+                bad += [f"{path}: {key} = {metrics.get(key)!r}" for key in ("accuracy", "uar", "macro_f1", "cohen_kappa")
+                        if not finite(metrics.get(key))]
+                print(f"{path}: accuracy {metrics['accuracy']:.3f}  UAR {metrics['uar']:.3f}  "
+                      f"top class {metrics['top_class']} {metrics['top_class_share']:.2f}")
+    for scope in scopes:
+        agg = aggregate.get(model, {}).get(scope)
+        if agg is None:
+            bad.append(f"{aggregate_path}: no {model}/{scope}")
+        elif not agg.get("skipped"):
+            for part in ("mean_over_runs", "pooled"):
+                if not finite((agg.get(part) or {}).get("uar")):
+                    bad.append(f"{aggregate_path}: {model}/{scope} {part}.uar = {(agg.get(part) or {}).get('uar')!r}")
+            if not bad:
+                ci = agg["pooled"].get("uar_ci95") or [math.nan, math.nan]
+                print(f"{model}/{scope}: UAR {agg['mean_over_runs']['uar']:.3f} over {agg['n_runs']} run(s); pooled "
+                      f"{agg['pooled']['uar']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+for path in ("metrics/summary.md", "metrics/comparisons.json", "metrics/corpus_matrix.json"):
     if not Path(path).is_file():
         bad.append(f"{path}: missing")
 if bad:
     sys.exit("metrics check failed:\n  " + "\n  ".join(bad))
-print(f"{len(expected)} metrics files hold numbers")
+print(f"{checked} run metrics files hold numbers; aggregate.json covers every model")

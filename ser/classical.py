@@ -48,7 +48,7 @@ import numpy as np
 from ser.config import ClassicalParams, Params
 from ser.evaluation import compute_metrics
 from ser.fsutil import write_json_atomic
-from ser.stores import FeatureStore
+from ser.stores import FeatureStore, fold_root
 
 __all__ = ["FORMAT", "LinearModel", "fit_stats", "standardise", "speaker_standardise", "train_classical",
            "evaluate_classical", "load_linear", "save_linear", "is_linear"]
@@ -254,7 +254,7 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
     if mp.arch != "linear" or cp is None:
         raise ValueError(f"models.{name}: train_classical needs arch 'linear' with a 'classical:' section")
     labels = list(params.study(mp.study).labels)
-    store_root = features_root / mp.input / mp.study
+    store_root = fold_root(features_root, mp.input, mp.study, params.fold)
     x_tr, y_tr, spk_tr, store_meta = _split(store_root, "train", labels, mp.input)
     x_va, y_va, spk_va, _ = _split(store_root, "val", labels, mp.input)
     log.info("read %s: train %d, val %d clips x %d features; %s, standardise %s, C grid %s", store_root,
@@ -289,7 +289,7 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
     n_params = int(model.W.size + model.b.size)
 
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": store_meta,
-            "seed": params.seed, "model_params": dataclasses.asdict(mp), "classifier": cp.classifier,
+            "fold": params.fold, "seed": params.seed, "model_params": dataclasses.asdict(mp), "classifier": cp.classifier,
             "C": best_C, "val_uar_by_C": by_C, "val": val_block, "best_epoch": 1,
             "parameters": {"total": n_params, "trainable": n_params},
             "refit": "train only (no train+val refit: validation selects C)"}
@@ -321,7 +321,7 @@ def evaluate_classical(model_dir: Path, features_root: Path, split: str = "test"
                        corpus: Optional[str] = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """ser.evaluation.evaluate_model for a linear checkpoint: (metrics, y_true, y_pred) in store order."""
     model, meta = load_linear(model_dir)
-    store_root = Path(features_root) / meta["input"] / meta["study"]
+    store_root = fold_root(features_root, meta["input"], meta["study"], int(meta.get("fold", 1)))
     x, y_true, speakers, store_meta = _split(store_root, split, meta["labels"], meta["input"], corpus)
     if store_meta != meta["features"]:
         raise ValueError(f"{store_root}/meta.json differs from the feature meta {model_dir} was trained on; "

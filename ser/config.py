@@ -71,9 +71,17 @@ class DemoParams:
 
 @dataclass(frozen=True)
 class StudyParams:
-    """One study: its canonical label set and the corpora it draws on."""
+    """One study: its canonical label set and the corpora it draws on.
+
+    design "pooled": every run trains on the train splits of all its corpora
+    (minus a cross-corpus target) and tests on each test split.
+    design "matrix": the cross-corpus train x test matrix; run (fold) i trains
+    on corpora[i - 1] alone (its train and val splits) and tests on every
+    corpus's test split, so each column of the table is one fixed test set.
+    """
     labels: tuple[str, ...]
     corpora: tuple[str, ...]
+    design: Literal["pooled", "matrix"] = "pooled"
     source: Optional[str] = None  # cross-corpus: the labeled training corpus
     target: Optional[str] = None  # cross-corpus: the adaptation / test corpus
     # A target corpus's labels are never trained on unless this says so: its
@@ -82,6 +90,11 @@ class StudyParams:
     train_on_target: bool = False
 
     def __post_init__(self) -> None:
+        if self.design == "matrix" and (self.source or self.target or self.train_on_target):
+            raise ValueError("design 'matrix' trains on every corpus in turn: it takes no source, target or "
+                             "train_on_target (a DANN model belongs in a pooled cross-corpus study)")
+        if self.design == "matrix" and len(self.corpora) < 2:
+            raise ValueError(f"design 'matrix' needs >= 2 corpora, got {list(self.corpora)}")
         if self.target is not None and self.target == self.source:
             raise ValueError(f"source and target are the same corpus {self.target!r}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
@@ -96,24 +109,29 @@ class StudyParams:
 class SplitParams:
     """Speaker-independent split protocol for one corpus within one study.
 
+    A study runs as folds (top-level `folds`: which fold numbers to run); the
+    fold protocols below give each fold its own split, the single-split ones
+    give every fold the same split.
+
     protocol:
-      sessions       IEMOCAP: train/val/test list session numbers.
-      loso           IEMOCAP leave-one-session-out: `fold` is the test session,
-                     the session before it (cyclically: fold 1 -> session 5) is
-                     validation, the rest train. fold = 1..5 over the five runs
-                     tests every session exactly once.
+      sessions       IEMOCAP: train/val/test list session numbers (one split).
+      loso           IEMOCAP leave-one-session-out: one fold per session; fold f
+                     tests session f, the session before it (cyclically: fold 1
+                     -> session 5) validates, the rest train. Folds 1..5 test
+                     every session exactly once (SUPERB, EmoBox).
       speaker_folds  k-fold over the corpus's speakers (any corpus with a speaker
-                     column): `folds` = k, `fold` (1..k) is the test fold. The
-                     speakers are shuffled with `seed` and dealt round-robin into
-                     k folds, per gender when every speaker has one (24 RAVDESS
-                     actors, 6 folds -> 2 F + 2 M each); fold = 1..k tests every
-                     speaker exactly once. Validation, like loso's: the fold
-                     before the test fold (cyclically), or with `val_speakers: N`
-                     N speakers drawn with `seed` from the training folds (needed
-                     for folds: 2). The rest train.
+                     column): `folds` = k (default 6). The speakers are shuffled
+                     with `seed` and dealt round-robin into k folds, per gender
+                     when every speaker has one (24 RAVDESS actors, 6 folds ->
+                     2 F + 2 M each); folds 1..k test every speaker exactly once.
+                     Validation: the fold before the test fold (cyclically), or
+                     with `val_speakers: N` N speakers drawn with `seed` from the
+                     training folds (needed for folds: 2). The rest train.
       speakers       train/val/test (or adapt/test) list speaker ids; an omitted
                      train list means "every speaker not listed elsewhere".
-      held_out_words TESS: words are split, both speakers in every split.
+      held_out_words TESS: words are split, both speakers in every split; with
+                     `folds: k`, k folds of words (val: val_fraction of the
+                     other words), else one split by val/test_fraction.
       all_test       every clip is test data.
     """
     protocol: Literal["sessions", "loso", "speaker_folds", "speakers", "held_out_words", "all_test"]
@@ -121,12 +139,21 @@ class SplitParams:
     val: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
     adapt: tuple[str, ...] = ()
-    fold: Optional[int] = None
-    folds: int = 6  # speaker_folds only: RAVDESS's 24 actors -> 6 folds of 2 F + 2 M
+    folds: Optional[int] = None  # speaker_folds (default 6: RAVDESS's 24 actors -> 2 F + 2 M per fold), held_out_words
     val_speakers: int = 0  # speaker_folds only: 0 = the previous fold validates
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+
+    @property
+    def k(self) -> Optional[int]:
+        """Folds this protocol defines from params alone: None for a single split, or
+        for loso (one fold per session, known from the data)."""
+        if self.protocol == "speaker_folds":
+            return self.folds or 6
+        if self.protocol == "held_out_words":
+            return self.folds
+        return None
 
     def provides(self, implicit_train: bool = True) -> set[str]:
         """The splits this protocol fills, known from params alone (empty lists fill nothing).
@@ -144,20 +171,17 @@ class SplitParams:
         return listed | ({"train"} if implicit_train else set())
 
     def __post_init__(self) -> None:
-        if self.protocol == "loso" and self.fold is None:
-            raise ValueError("protocol 'loso' needs 'fold' (the test session, 1-5)")
-        if self.folds < 2:
+        if self.folds is not None and self.folds < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.folds is not None and self.protocol not in ("speaker_folds", "held_out_words"):
+            raise ValueError(f"folds applies to protocols speaker_folds and held_out_words, not {self.protocol!r} "
+                             "(loso has one fold per session)")
         if self.val_speakers < 0:
             raise ValueError(f"val_speakers must be >= 0, got {self.val_speakers}")
-        if self.protocol == "speaker_folds":
-            if self.fold is None or not 1 <= self.fold <= self.folds:
-                raise ValueError(f"protocol 'speaker_folds' needs 'fold' in 1..{self.folds} (the test fold of "
-                                 f"folds: {self.folds}), got {self.fold}")
-            if self.folds == 2 and self.val_speakers == 0:
-                # the fold before the test fold is then the only other fold: nothing would be left to train on
-                raise ValueError("protocol 'speaker_folds' with folds: 2 has no fold left for training once one "
-                                 "validates; set val_speakers: N (drawn from the training fold) or folds >= 3")
+        if self.protocol == "speaker_folds" and self.k == 2 and self.val_speakers == 0:
+            # the fold before the test fold is then the only other fold: nothing would be left to train on
+            raise ValueError("protocol 'speaker_folds' with folds: 2 has no fold left for training once one "
+                             "validates; set val_speakers: N (drawn from the training fold) or folds >= 3")
         if not 0 <= self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
 
@@ -460,6 +484,7 @@ class TrainParams:
 class EvalParams:
     bootstrap: int = 1000
     ci: float = 0.95
+    seed: int = 0  # bootstrap resampling (fixed: rerunning a seed's cell reproduces its intervals)
 
     def __post_init__(self) -> None:
         if not 0 < self.ci < 1:
@@ -469,7 +494,11 @@ class EvalParams:
 # --------------------------------------------------------------------------- root
 @dataclass(frozen=True)
 class Params:
-    seed: int
+    """The whole params.yaml. Every model runs once per (fold, seed) in `folds` x `seeds`
+    (one DVC stage each); `seed` is the seed of the run being executed (set by
+    `for_run`, never read from the file)."""
+    seeds: tuple[int, ...]
+    folds: tuple[int, ...]
     lambda_domain: float
     max_alpha: float
     corpora: dict[str, CorpusParams]
@@ -480,8 +509,20 @@ class Params:
     train: TrainParams
     models: dict[str, ModelParams]
     evaluation: EvalParams = field(default_factory=EvalParams)
+    seed: int = 0
+    fold: int = 1
+
+    def for_run(self, fold: int, seed: int) -> "Params":
+        """These params for the run (fold, seed) of the matrix."""
+        return dataclasses.replace(self, fold=fold, seed=seed)
 
     def __post_init__(self) -> None:
+        for name in ("seeds", "folds"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be a non-empty list of distinct integers, got {list(values)}")
+        if min(self.folds) < 1:
+            raise ValueError(f"folds are numbered from 1, got {list(self.folds)}")
         if self.lambda_domain < 0:
             raise ValueError(f"lambda_domain must be >= 0, got {self.lambda_domain}")
         if not 0 <= self.max_alpha <= 1:
@@ -526,6 +567,18 @@ class Params:
         """Combinations that cannot train or evaluate fail here, before any work (see SplitParams.provides)."""
         study, splits = self.studies[sname], self.splits[sname]
         target = study.target
+        if study.design == "matrix":
+            for c in study.corpora:
+                sp = splits[c]
+                if sp.protocol == "loso" or sp.k is not None:
+                    raise ValueError(f"splits.{sname}.{c}: a 'matrix' study runs one fold per training corpus, so "
+                                     f"each corpus needs a single split (sessions, speakers, held_out_words "
+                                     f"without folds), not {sp.protocol!r}" + (f" with folds: {sp.k}" if sp.k else ""))
+                for split in ("train", "val", "test"):
+                    if split not in sp.provides(True):
+                        raise ValueError(f"splits.{sname}.{c}: a 'matrix' study trains on every corpus and tests "
+                                         f"on each, so {c} needs a {split} split")
+            return
         labeled = [c for c in study.corpora if c != target or study.train_on_target]
         implicit = {c: c != target for c in study.corpora}
         for split in ("train", "val"):
@@ -628,8 +681,24 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ParamsError(f"{where or 'params'}: {msg}") from None
 
 
+RENAMED = {
+    "seed": "seed is now `seeds: [<int>, ...]` (one run of every model per seed); the bootstrap seed is "
+            "evaluation.seed",
+    "fold": "the fold is set per run; list the folds to run under `folds: [1, 2, ...]`",
+}
+
+
 def parse_params(data: dict[str, Any]) -> Params:
     """Build `Params` from an already-parsed mapping (strict)."""
+    if isinstance(data, dict):
+        for key, hint in RENAMED.items():
+            if key in data:
+                raise ParamsError(f"unknown key {key}: {hint}")
+        for sname, corpora in (data.get("splits") or {}).items():
+            for cname, sp in (corpora or {}).items():
+                if isinstance(sp, dict) and "fold" in sp:
+                    raise ParamsError(f"unknown key splits.{sname}.{cname}.fold: the fold is no longer chosen "
+                                      "in the split; the top-level `folds: [1, 2, ...]` lists the folds run")
     return _build(Params, data, "")
 
 

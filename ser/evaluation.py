@@ -7,12 +7,10 @@ absent from the test set is left out rather than counted as 0 or 1.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -24,14 +22,14 @@ from tqdm.auto import tqdm
 
 from ser.config import Params
 from ser.data import FeatureDataset, make_loader, max_samples_for
-from ser.stats import Predictions, compare_models, read_predictions_csv, write_predictions_csv
-from ser.stores import FeatureStore, read_index
+from ser.stats import Predictions, write_predictions_csv
+from ser.stores import FeatureStore, fold_root, read_index
 
 log = logging.getLogger(__name__)
 
 __all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record", "write_metrics_json",
            "plot_confusion", "Scope", "model_scopes", "evaluate_model_scopes",
-           "model_fingerprint", "write_summary", "prune_stale_outputs", "resolve_device", "SCOPES"]
+           "model_fingerprint", "resolve_device", "SCOPES", "MIN_CLUSTER_SPEAKERS"]
 
 SCOPES = ("in_domain", "target")
 MIN_CLUSTER_SPEAKERS = 5  # fewer test speakers: the paired bootstrap resamples clips (see paired_comparisons)
@@ -145,7 +143,7 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     model, meta = load_checkpoint(model_dir, device=str(target), cache_dir=model_dir / BACKBONE_CACHE)
     model.eval()
     mp = meta["model_params"]
-    store_root = features_root / mp["input"] / mp["study"]
+    store_root = fold_root(features_root, mp["input"], mp["study"], int(meta.get("fold", 1)))
     store = FeatureStore(store_root, split, corpus=corpus)
     if store.meta != meta["features"]:
         raise ValueError(f"{store_root}/meta.json differs from the feature meta {model_dir} was trained on; "
@@ -243,7 +241,8 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], labels: Seque
 class Scope:
     """One test set of one model: `in_domain` (its study's test split: the source
     corpus of a cross-corpus study, every corpus otherwise) or `target` (a
-    cross-corpus study's target corpus, named in `corpus`)."""
+    cross-corpus study's target corpus, named in `corpus`); in a `matrix`
+    study, one scope per corpus, named after it (each corpus's test split)."""
     name: str
     study: str
     corpus: Optional[str]  # None: every corpus of the study
@@ -257,6 +256,8 @@ def model_scopes(params: Params, name: str) -> list[Scope]:
     """The test sets model `name` is evaluated on."""
     mp = params.models[name]
     study = params.study(mp.study)
+    if study.design == "matrix":
+        return [Scope(corpus, mp.study, corpus) for corpus in study.corpora]
     scopes = [Scope("in_domain", mp.study, study.source if study.target else None)]
     if study.target:
         scopes.append(Scope("target", mp.study, study.target))
@@ -286,9 +287,9 @@ def _prediction_shares(y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, f
     return {label: float(counts[k] / total) for k, label in enumerate(labels)}
 
 
-def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_root: Path, metrics_dir: Path,
+def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_root: Path, metrics_dir: Path,
                           plots_dir: Path) -> dict[str, dict[str, Any]]:
-    """Evaluate one model on each of its test sets.
+    """Evaluate one run of a model (its saved `model_dir`) on each of its test sets.
 
     Writes <metrics_dir>/<scope>.json and <plots_dir>/<scope>.{csv,png}. A test
     set without clips (e.g. a source corpus used only for training) is skipped,
@@ -299,13 +300,17 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
     if name not in params.models:
         raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
     mp = params.models[name]
-    model_dir, metrics_dir, plots_dir = Path(models_dir) / name, Path(metrics_dir), Path(plots_dir)
-    store_root = Path(features_root) / mp.input / mp.study
+    model_dir, metrics_dir, plots_dir = Path(model_dir), Path(metrics_dir), Path(plots_dir)
+    if not (model_dir / META).is_file():
+        raise FileNotFoundError(f"{model_dir / META} is missing: train {name!r} first (`dvc repro`)")
+    run = json.loads((model_dir / META).read_text())
+    fold, seed = int(run.get("fold", 1)), int(run.get("seed", 0))
+    store_root = fold_root(features_root, mp.input, mp.study, fold)
     fingerprint = model_fingerprint(model_dir)
     records: dict[str, dict[str, Any]] = {}
     for scope in model_scopes(params, name):
         base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
-                "model_fingerprint": fingerprint}
+                "fold": fold, "seed": seed, "model_fingerprint": fingerprint}
         index = _test_rows(store_root, scope.corpus)
         if not index:
             reason = (f"no test clips of {scope.corpus or 'any corpus'} in {store_root}: "
@@ -317,7 +322,8 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
         metrics, y_true, y_pred = evaluate_model(model_dir, features_root, "test", scope.corpus,
                                                  device=params.train.device)
         record = metrics_record(metrics, y_true, y_pred, model=name, test_set=scope.test_set,
-                                n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci, seed=params.seed)
+                                n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci,
+                                seed=params.evaluation.seed)
         record = {**base, **record}
         write_metrics_json(metrics_dir / f"{scope.name}.json", record)
         # Per utterance, with ids and speakers: DVC's confusion template reads actual/predicted,
@@ -326,202 +332,11 @@ def evaluate_model_scopes(params: Params, name: str, models_dir: Path, features_
             [r.utt_id for r in index], [r.speaker for r in index], y_true, y_pred, metrics["labels"]))
         warn = f", predicts only {record['single_class']}" if record.get("single_class") else ""
         plot_confusion(plots_dir / f"{scope.name}.png", metrics["confusion"], metrics["labels"],
-                       f"{name} on {scope.test_set}: UAR {metrics['uar']:.3f}{warn}")
+                       f"{name} (fold {fold}, seed {seed}) on {scope.test_set}: UAR {metrics['uar']:.3f}{warn}")
         log.info("%s on %s: accuracy %.3f, UAR %.3f (n=%d)%s", name, scope.test_set, metrics["accuracy"],
                  metrics["uar"], metrics["n"], warn)
         records[scope.name] = record
     if not any("skipped" not in r for r in records.values()):
         raise ValueError(f"model {name!r} has no test data in any of its test sets ({store_root}); "
                          f"list test speakers under splits.{mp.study}")
-    if not (model_dir / META).is_file():
-        raise FileNotFoundError(f"{model_dir / META} is missing: train {name!r} first (`dvc repro`)")
     return records
-
-
-# --------------------------------------------------------------------------- summary
-def _pct(record: Optional[dict], key: str) -> str:
-    if not record or record.get(key) is None:
-        return "—"
-    ci = next((v for k, v in record.items() if k.startswith(f"{key}_ci") and v and None not in v), None)
-    text = f"{100 * record[key]:.1f}%"
-    return text + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-
-
-def _count(n: Optional[int]) -> str:
-    if n is None:
-        return "—"
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _timing(live_dir: Optional[Path], name: str) -> Optional[float]:
-    """Training seconds from <live_dir>/<name>/timing.json (kept out of the cached model directory)."""
-    record = _read_json(Path(live_dir) / name / "timing.json") if live_dir else None
-    value = (record or {}).get("train_seconds")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _cell(record: Optional[dict], key: str) -> str:
-    if record and record.get("skipped"):
-        return "no test data"
-    text = _pct(record, key)
-    if record and record.get("single_class") and key == "uar":
-        text += f" (predicts only {record['single_class']})"
-    return text
-
-
-def prune_stale_outputs(params: Params, dirs: Sequence[Path]) -> list[Path]:
-    """Remove per-model folders (metrics, plots, DVCLive) of models params.yaml no longer defines.
-
-    Their stages are gone, so nothing would overwrite them: left in place they
-    would be saved into the next experiment as if they were its results.
-    """
-    removed = []
-    for root in map(Path, dirs):
-        if not root.is_dir():
-            continue
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and child.name not in params.models:
-                log.info("removing %s: model %r is not in params.yaml `models`", child, child.name)
-                shutil.rmtree(child)
-                removed.append(child)
-    return removed
-
-
-def paired_comparisons(params: Params, metrics_dir: Path, plots_dir: Path) -> list[dict[str, Any]]:
-    """Paired tests between every two models evaluated on the same test clips.
-
-    Models are grouped by (study, scope, corpus); within a group every pair
-    gets a speaker-clustered paired bootstrap of the UAR and accuracy
-    differences and McNemar's exact test, Holm-corrected over the group's pairs
-    (ser.stats.compare_models).
-    """
-    groups: dict[tuple, dict[str, Any]] = {}
-    for name in params.models:
-        for scope in model_scopes(params, name):
-            record = _read_json(Path(metrics_dir) / name / f"{scope.name}.json")
-            path = Path(plots_dir) / name / f"{scope.name}.csv"
-            if record is None or record.get("skipped") or not path.is_file():
-                continue
-            group = groups.setdefault((scope.study, scope.name, scope.corpus), {})
-            group[name] = read_predictions_csv(path, record.get("labels") or params.study(scope.study).labels)
-    rows = []
-    for (study, scope, corpus), preds in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        if len(preds) < 2:
-            continue
-        speakers = len(set(next(iter(preds.values())).speaker.tolist()))
-        # Resampling 2-4 speakers gives a handful of distinct replicates: intervals of zero width and
-        # p values that mean nothing. Below MIN_SPEAKERS the clips are resampled, and the row says so.
-        cluster = "speaker" if speakers >= MIN_CLUSTER_SPEAKERS else None
-        if cluster is None:
-            log.warning("%s/test [%s]: %d test speaker(s), fewer than %d: paired bootstrap over clips, which "
-                        "treats clips of one speaker as independent", study, corpus or "all corpora", speakers,
-                        MIN_CLUSTER_SPEAKERS)
-        for row in compare_models(preds, n_boot=params.evaluation.bootstrap, seed=params.seed, cluster=cluster,
-                                  ci=params.evaluation.ci):
-            rows.append({"study": study, "scope": scope, "corpus": corpus, "test_speakers": speakers, **row})
-    return rows
-
-
-def _comparison_lines(rows: Sequence[dict[str, Any]], ci: float) -> list[str]:
-    if not rows:
-        return []
-    level = round(100 * ci)
-    lines = ["## Paired comparisons", "",
-             f"Every two models evaluated on the same test clips. Differences are A - B with a {level}% paired "
-             "bootstrap interval that resamples speakers (clips of one speaker are not independent); p values are "
-             "Holm-corrected over the pairs of each test set; McNemar's exact test compares correct/incorrect per "
-             "clip (it assumes independent clips). **bold**: significant at 0.05 after correction.", "",
-             f"With fewer than {MIN_CLUSTER_SPEAKERS} test speakers the bootstrap resamples clips instead "
-             "(column *resampled*), which overstates the certainty.", "",
-             "| Test set | A | B | resampled | UAR A - B | p (Holm) | Accuracy A - B | p (Holm) | McNemar p (Holm) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cells = []
-        for metric in ("uar", "accuracy"):
-            ci_ = r.get(f"{metric}_diff_ci{level}") or [None, None]
-            text = f"{100 * r[f'{metric}_diff']:+.1f}" + (
-                f" [{100 * ci_[0]:+.1f}, {100 * ci_[1]:+.1f}]" if None not in ci_ else "")
-            p = f"{r[f'{metric}_p_holm']:.3f}"
-            cells += [f"**{text}**" if r[f"{metric}_significant"] else text,
-                      f"**{p}**" if r[f"{metric}_significant"] else p]
-        mc = f"{r['mcnemar_p_holm']:.3f}"
-        cells.append(f"**{mc}**" if r["mcnemar_significant"] else mc)
-        unit = f"{r['test_speakers']} speakers" if r["cluster"] == "speaker" else f"clips ({r['test_speakers']} speakers)"
-        lines.append(f"| {r['study']}/test [{r['corpus'] or 'all corpora'}] | {r['a']} | {r['b']} | {unit} | "
-                     + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path,
-                  live_dir: Optional[Path] = None, plots_dir: Optional[Path] = None,
-                  comparisons_out: Optional[Path] = None) -> str:
-    """Markdown results table (one row per model in params.models), written to `out`.
-
-    Reads <metrics_dir>/<model>/<scope>.json, models/<model>/meta.json
-    (parameter counts) and <live_dir>/<model>/timing.json. Refuses metrics
-    written for another version of a model (their `model_fingerprint` differs),
-    so the table never mixes runs. With `plots_dir` (the per-utterance
-    predictions) it adds the paired comparisons, also written as JSON to
-    `comparisons_out`.
-    """
-    from ser.checkpoint import META
-
-    metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
-    lines = ["| Model | Study | In-domain test set | In-domain accuracy | In-domain UAR | Target test set "
-             "| Target accuracy | Target UAR | Parameters (total) | Parameters (trainable) | Training time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, mp in params.models.items():
-        meta = _read_json(models_dir / name / META)
-        if meta is None:
-            raise FileNotFoundError(f"{models_dir / name / META} is missing: train {name!r} first (`dvc repro`)")
-        fingerprint = model_fingerprint(models_dir / name)
-        records: dict[str, Optional[dict]] = {}
-        for scope in model_scopes(params, name):
-            path = metrics_dir / name / f"{scope.name}.json"
-            record = _read_json(path)
-            if record is None:
-                raise FileNotFoundError(f"{path} is missing: evaluate {name!r} first (`dvc repro`)")
-            if record.get("model_fingerprint") != fingerprint:
-                raise ValueError(f"{path} describes another version of {models_dir / name}; "
-                                 f"re-run its evaluation (`dvc repro`)")
-            records[scope.name] = record
-        in_domain, target = records.get("in_domain"), records.get("target")
-        counts = meta.get("parameters", {})
-        lines.append(
-            f"| {name} | {mp.study} | {(in_domain or {}).get('test_set', '—')} | {_cell(in_domain, 'accuracy')} "
-            f"| {_cell(in_domain, 'uar')} | {(target or {}).get('test_set', '—')} | {_cell(target, 'accuracy')} "
-            f"| {_cell(target, 'uar')} | {_count(counts.get('total'))} | {_count(counts.get('trainable'))} "
-            f"| {_duration(_timing(live_dir, name))} |")
-    ci = round(100 * params.evaluation.ci)
-    text = "\n".join([
-        "# Results", "",
-        f"Accuracy and UAR on each model's test sets, with {ci}% percentile bootstrap intervals "
-        f"({params.evaluation.bootstrap} resamples) in brackets. In-domain: the study's test split (the source "
-        "corpus of a cross-corpus study, all corpora otherwise). Target: a cross-corpus study's target corpus "
-        "(— where the model is not cross-corpus). \"predicts only X\" marks a model that gives one class to "
-        "every clip: its interval is then no measure of certainty.", "",
-        *lines, ""])
-    if plots_dir is not None:
-        rows = paired_comparisons(params, metrics_dir, plots_dir)
-        text += "\n" + "\n".join(_comparison_lines(rows, params.evaluation.ci))
-        if comparisons_out is not None:
-            write_metrics_json(Path(comparisons_out), {"comparisons": rows})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    log.info("wrote %s", out)
-    return text

@@ -31,10 +31,12 @@ Store policy:
     (`fp.instance_norm`), and shorter ones padded on the right (`fp.pad`:
     the log of silence, -100 dB, or the clip repeated). The index `length`
     keeps the valid frame count (with repeat padding: `frames`).
-  * Per-mel-bin mean/std over the valid frames of the *train* split only are
-    stored in meta.json and applied to every split (padding included, so a
-    padded frame reads as normalised silence everywhere, at training and at
-    inference alike).
+  * Stores hold every clip of a study once (`clips.npy`), un-normalised, and
+    one folder per fold (`f<k>/`) with that fold's split index files. The
+    per-mel-bin mean/std over the valid frames of the fold's *train* split
+    only are stored in f<k>/meta.json and applied on reading to every split
+    (ser.stores.FeatureStore; padding included, so a padded frame reads as
+    normalised silence everywhere, at training and at inference alike).
   * `fp.mel_norm: speaker` instead z-scores each clip with the per-bin
     mean/std over the valid frames of all its (corpus, speaker)'s clips in the
     store (no labels are read; under held_out_words a speaker's test clips
@@ -49,15 +51,14 @@ Store policy:
   * Work: a process pool (fp.workers, one BLAS thread each) decodes every
     file once, in manifest order. Unusable files are skipped, counted and
     listed in the returned report; the stage always finishes.
-  * Memory: each split is collected in a float32 scratch file next to the
-    store (`<split>.npy.partial`), never as a list of arrays. Mels: the file
-    is sized from the manifest's row count and workers write each mel into
-    its row (skipped rows are compacted away afterwards); train statistics
-    come from per-clip sums the workers return. Waves: lengths are only known
-    after decoding, so the parent appends each wave as it arrives. The
-    scratch file is then normalised (mels: in RAM up to 256 MiB, in place on
-    disk beyond) and handed to `ser.stores.write_split`, which streams it
-    into `<split>.npy`; at most one split's array is in memory at a time.
+  * Memory: the clips are collected in a float32 scratch file next to the
+    store (`clips.npy.partial`), never as a list of arrays. Mels: the file
+    is sized from the clip count and workers write each mel into its row
+    (skipped rows are compacted away afterwards); each fold's train
+    statistics come from per-clip sums the workers return. Waves: lengths
+    are only known after decoding, so the parent appends each wave as it
+    arrives. The scratch file is handed to `ser.stores.write_split`, which
+    streams it into `clips.npy`.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from contextlib import closing
@@ -82,8 +84,8 @@ from tqdm import tqdm
 
 from ser.audio import AudioError, check_audio, condition, load_audio
 from ser.config import FeatureParams
-from ser.manifest import ManifestError, Utterance, read_manifest
-from ser.stores import IndexRow, write_meta, write_split
+from ser.manifest import ManifestError, Utterance, manifest_path, read_manifest, study_folds
+from ser.stores import IndexRow, speaker_key, store_fingerprint, write_index, write_meta, write_split
 
 __all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "instance_normalise",
            "mel_features", "normalise", "precompute_mels", "precompute_waves", "mel_for_inference",
@@ -99,7 +101,6 @@ STD_FLOOR = 1e-3  # dB; a bin that never varies in train (an empty mel filter) i
 # an empty filter) is centred, not blown up to unit variance.
 INSTANCE_STD_FLOOR = 1.0
 STORE_SPLITS = ("train", "val", "test", "adapt")
-_NORM_CHUNK = 256  # rows normalised per step when a split is normalised in place
 _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM, larger ones on disk
 
 # FeatureParams fields that define the stored features (workers does not change them).
@@ -458,25 +459,23 @@ def _run_jobs(job: Callable[[_Task], _Result], tasks: Sequence[_Task], fp: Featu
 
 # --------------------------------------------------------------------------- stores
 class _Sink:
-    """Collects one split in a float32 scratch file next to the store, in manifest order.
+    """Collects every clip of a study in a float32 scratch file next to the store, in
+    manifest order (the union of the study's folds: each clip decoded once).
 
-    mels: a [manifest rows, n_mels, frames] file the workers fill by row
-    (openSMILE kinds likewise, [manifest rows, n_features]);
-    kept rows are compacted to the front afterwards (skips are rare).
-    waves: the parent appends each decoded wave (ragged, size unknown up front).
+    mels: a [clips, n_mels, frames] file the workers fill by row (openSMILE
+    kinds likewise, [clips, n_features]); kept rows are compacted to the front
+    afterwards (skips are rare). waves: the parent appends each decoded wave
+    (ragged, size unknown up front).
     """
 
-    def __init__(self, root: Path, split: str, rows: int, item_shape: tuple[int, ...]) -> None:
-        self.path = root / f"{split}.npy.partial"
+    def __init__(self, root: Path, rows: int, item_shape: tuple[int, ...]) -> None:
+        self.path = root / "clips.npy.partial"
         self.item_shape = item_shape  # () for waves
         self.rows: list[IndexRow] = []
         self.positions: list[int] = []  # mels: scratch row of each kept item
         self.count = 0  # waves: samples written
-        self.seconds = 0.0
-        self.moments = np.zeros((2, item_shape[0])) if item_shape else None  # mels: see _Result
-        # mels: the same sums and valid frame counts per (corpus, speaker), for mel_norm "speaker"
-        self.speaker_moments: dict[tuple[str, str], np.ndarray] = {}
-        self.speaker_frames: Counter[tuple[str, str]] = Counter()
+        self.seconds: dict[str, float] = {}  # utt_id -> decoded seconds
+        self.moments: list[np.ndarray] = []  # mels: per kept clip, see _Result
         self.fh: Optional[BinaryIO] = self.path.open("wb")
         if item_shape:  # sized up front (sparse); the workers write the rows
             self.fh.truncate(rows * int(np.prod(item_shape)) * 4)
@@ -494,22 +493,13 @@ class _Sink:
             self.count += result.wave.shape[0]
         self.rows.append(IndexRow(utt.utt_id, utt.corpus, utt.speaker, utt.emotion, domain,
                                   offset, result.length))
-        self.seconds += result.seconds
-        if self.moments is not None and result.moments is not None:  # mels only
-            self.moments += result.moments  # in manifest order: identical for any worker count
-            key = (utt.corpus, utt.speaker)
-            if key not in self.speaker_moments:
-                self.speaker_moments[key] = np.zeros_like(self.moments)
-            self.speaker_moments[key] += result.moments
-            self.speaker_frames[key] += result.length
+        self.seconds[utt.utt_id] = result.seconds
+        if result.moments is not None:  # mels only
+            self.moments.append(result.moments)
 
     def array(self) -> np.ndarray:
-        """The kept items as one array: [n, *item_shape] or [samples].
-
-        Waves are a read-only memmap. Mels are writable (they are normalised
-        in place): read into RAM up to _IN_RAM_BYTES (one sequential read),
-        a writable memmap of the scratch file beyond that (bounded memory).
-        """
+        """The kept items as one array: [n, *item_shape] or [samples] (a read-only memmap
+        for waves; for the fixed-size kinds in RAM up to _IN_RAM_BYTES, else a memmap)."""
         if not self.item_shape:
             if self.fh is not None:
                 self.fh.close()
@@ -532,183 +522,149 @@ class _Sink:
         self.path.unlink(missing_ok=True)
 
 
-def _study_rows(manifest_path: Path, labels: Sequence[str]) -> tuple[list[Utterance], int]:
-    """Manifest rows that belong in a store split, and how many were unassigned."""
-    rows = read_manifest(manifest_path)
-    kept = [r for r in rows if r.split in STORE_SPLITS]
-    bad = sorted({r.emotion for r in kept if r.emotion not in labels and not (r.split == "adapt" and not r.emotion)})
-    if bad:
-        raise ManifestError(f"{manifest_path}: emotions {bad} are not in the study labels {list(labels)}; "
-                            "rebuild the manifest (`dvc repro build-metadata`) after changing labels")
-    return kept, len(rows) - len(kept)
+def _study_rows(manifests_dir: Path, study: str, labels: Sequence[str]) -> dict[int, list[Utterance]]:
+    """Each fold's manifest rows that belong in a store split."""
+    folds = {}
+    for fold in study_folds(manifests_dir, study):
+        path = manifest_path(manifests_dir, study, fold)
+        rows = [r for r in read_manifest(path) if r.split in STORE_SPLITS]
+        bad = sorted({r.emotion for r in rows if r.emotion not in labels and not (r.split == "adapt" and not r.emotion)})
+        if bad:
+            raise ManifestError(f"{path}: emotions {bad} are not in the study labels {list(labels)}; "
+                                "rebuild the manifest (`dvc repro build-metadata`) after changing labels")
+        folds[fold] = rows
+    return folds
 
 
-def _precompute(kind: str, manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+def _precompute(kind: str, manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
                 workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
     # One BLAS thread for the whole call, not only around the pool: forking makes
     # OpenBLAS drop its threads, and restoring the thread count re-creates them
     # busy-spinning (~0.1 s each), which on 2 cores would stall the writing phase.
     with threadpool_limits(limits=1):
-        return _precompute_limited(kind, manifest_path, out_root, fp, workers, labels, target)
+        return _precompute_limited(kind, Path(manifests_dir), study, Path(out_root), fp, workers, labels, target)
 
 
-def _precompute_limited(kind: str, manifest_path: Path | str, out_root: Path | str, fp: FeatureParams,
+def _precompute_limited(kind: str, manifests_dir: Path, study: str, out_root: Path, fp: FeatureParams,
                         workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
     started = time.perf_counter()
-    manifest_path, out_root = Path(manifest_path), Path(out_root)
     workers = fp.workers if workers is None else workers
-    utts, unassigned = _study_rows(manifest_path, labels)
-    log.info("%s: %d utterances (%d unassigned ignored) -> %s %s with %d worker(s)",
-             manifest_path, len(utts), unassigned, kind, out_root, workers)
+    folds = _study_rows(manifests_dir, study, labels)
+    utts = list({u.utt_id: u for rows in folds.values() for u in rows}.values())  # first-seen order
+    log.info("%s/%s: %d clips in %d fold(s) -> %s %s with %d worker(s)",
+             manifests_dir, study, len(utts), len(folds), kind, out_root, workers)
     out_root.mkdir(parents=True, exist_ok=True)
-    per_split = Counter(u.split for u in utts)
-    sinks: dict[str, _Sink] = {}
+    sink = _Sink(out_root, len(utts), _item_shape(kind, fp))
     try:
-        for split in STORE_SPLITS:
-            if per_split[split]:
-                sinks[split] = _Sink(out_root, split, per_split[split], _item_shape(kind, fp))
-        skipped = _collect(kind, utts, sinks, fp, workers, target, f"{kind} {out_root.name}")
-        written = {s: len(sink.rows) for s, sink in sinks.items() if sink.rows}
-        if not written:
-            raise RuntimeError(f"{manifest_path}: every file was skipped ({len(skipped)}); "
+        skipped = _collect(kind, utts, sink, fp, workers, target, f"{kind} {out_root.name}")
+        if not sink.rows:
+            raise RuntimeError(f"{manifests_dir / study}: every file was skipped ({len(skipped)}); "
                                "see the skipped files logged above and check the corpus")
-        if kind == "mels" and "train" not in written:
-            raise RuntimeError(f"{manifest_path}: no usable train rows; normalisation statistics "
-                               "come from the train split only")
-        _write_store(kind, out_root, sinks, fp, labels, target)
+        written = _write_store(kind, out_root, sink, folds, fp, labels, target)
     finally:
-        for sink in sinks.values():
-            sink.discard()
+        sink.discard()
 
     reasons = Counter(s["reason"] for s in skipped)
     if skipped:
         log.warning("%s: skipped %d file(s): %s", out_root, len(skipped), dict(reasons))
     return {
-        "kind": kind, "manifest": str(manifest_path), "out_dir": str(out_root), "workers": workers,
-        "files": len(utts), "unassigned": unassigned, "written": written,
-        "audio_seconds": {s: round(sinks[s].seconds, 3) for s in written},
-        "skipped": dict(sorted(reasons.items())), "skipped_files": skipped,
+        "kind": kind, "manifests": str(manifests_dir / study), "out_dir": str(out_root), "workers": workers,
+        "files": len(utts), "clips": len(sink.rows), "audio_seconds": round(sum(sink.seconds.values()), 3),
+        "folds": written, "skipped": dict(sorted(reasons.items())), "skipped_files": skipped,
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
 
 
-def _collect(kind: str, utts: Sequence[Utterance], sinks: dict[str, _Sink], fp: FeatureParams,
+def _collect(kind: str, utts: Sequence[Utterance], sink: _Sink, fp: FeatureParams,
              workers: int, target: Optional[str], desc: str) -> list[dict[str, str]]:
-    """Decode every utterance into its split's sink; returns the skipped files."""
-    seen: Counter[str] = Counter()
-    tasks = []
-    for u in utts:
-        tasks.append(_Task(u.path, str(sinks[u.split].path), seen[u.split]))
-        seen[u.split] += 1
+    """Decode every utterance into the sink; returns the skipped files."""
+    tasks = [_Task(u.path, str(sink.path), i) for i, u in enumerate(utts)]
     skipped: list[dict[str, str]] = []
     job = _JOBS[kind] if kind in _JOBS else functools.partial(_smile_job, kind)
     # closing(): the pool is shut down even when collecting fails half-way.
     with closing(_run_jobs(job, tasks, fp, workers, desc)) as results:
         for utt, task, result in zip(utts, tasks, results, strict=True):
             if result.reason is not None:
-                skipped.append({"utt_id": utt.utt_id, "path": utt.path, "split": utt.split,
-                                "reason": result.reason, "detail": result.detail})
+                skipped.append({"utt_id": utt.utt_id, "path": utt.path, "reason": result.reason,
+                                "detail": result.detail})
                 log.warning("skipped %s (%s): %s", utt.utt_id, result.reason, result.detail)
                 continue
-            sinks[utt.split].add(utt, int(target is not None and utt.corpus == target), task, result)
+            sink.add(utt, int(target is not None and utt.corpus == target), task, result)
     return skipped
 
 
-def _write_store(kind: str, out_root: Path, sinks: dict[str, _Sink], fp: FeatureParams,
-                 labels: Sequence[str], target: Optional[str]) -> None:
-    """Normalise (mels) and write every split with rows, then meta.json; drop stale splits."""
+def _write_store(kind: str, out_root: Path, sink: _Sink, folds: dict[int, list[Utterance]], fp: FeatureParams,
+                 labels: Sequence[str], target: Optional[str]) -> dict[str, dict[str, int]]:
+    """clips.npy/clips.csv (every kept clip once, un-normalised), then per fold f<k>/ with
+    its splits' index files and meta (mels: the fold's train statistics), then meta.json
+    with a fingerprint of all of it. Returns the rows per fold and split."""
     meta: dict[str, Any] = {
         "kind": kind, "sample_rate": fp.sample_rate, "labels": list(labels), "target": target,
-        "features": {k: getattr(fp, k) for k in _store_keys(kind)},
-        "splits": {s: len(sink.rows) for s, sink in sinks.items() if sink.rows},
+        "features": {k: getattr(fp, k) for k in _store_keys(kind)}, "clips": len(sink.rows),
+        "folds": sorted(folds),
     }
+    by_id = {r.utt_id: i for i, r in enumerate(sink.rows)}
     if kind == "mels":
-        mean, std = _train_stats(sinks["train"])
-        speakers = _speaker_stats(sinks) if fp.mel_norm == "speaker" else None
-        meta.update(mean=mean.tolist(), std=std.tolist(), pad_db=SILENCE_DB,
+        meta.update(pad_db=SILENCE_DB,
                     definition="librosa.power_to_db(melspectrogram(power=2, center=True, "
                                "pad_mode='constant'), ref=1.0, amin=1e-10, top_db=None)")
+        if fp.mel_norm == "speaker":
+            meta["speaker_stats"] = _speaker_stats(sink)
     elif kind not in _JOBS:
         from ser.smile import smile_meta
         meta.update(smile_meta(kind))
-    for split in STORE_SPLITS:
-        if split not in meta["splits"]:
-            for stale in (out_root / f"{split}.npy", out_root / f"{split}.csv"):
-                if stale.exists():  # a split from an earlier run that has no rows now
-                    log.info("removing stale %s", stale)
-                    stale.unlink()
-            continue
-        sink = sinks[split]
-        array = sink.array()
-        if kind == "mels" and speakers is None:
-            array = _normalise_split(array, mean[None], std[None], np.zeros(len(sink.rows), dtype=np.intp))
-        elif kind == "mels":
-            keys, means, stds = speakers
-            array = _normalise_split(array, means, stds,
-                                     np.array([keys[(r.corpus, r.speaker)] for r in sink.rows], dtype=np.intp),
-                                     pad_stats=(mean, std, np.array([r.length for r in sink.rows])))
-        write_split(out_root, split, array, sink.rows)
-        del array
-        log.info("wrote %s/%s: %d rows, %.1f s of audio", out_root, split, len(sink.rows), sink.seconds)
+    for stale in [*out_root.glob("f*"), *(out_root / f"{s}.{ext}" for s in STORE_SPLITS for ext in ("npy", "csv"))]:
+        if stale.exists() and (stale.is_file() or not stale.name[1:].isdigit() or int(stale.name[1:]) not in folds):
+            log.info("removing stale %s", stale)  # an earlier layout's split or a fold that no longer exists
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    array = sink.array()
+    write_split(out_root, "clips", array, sink.rows)
+    del array
+    written: dict[str, dict[str, int]] = {}
+    for fold, rows in folds.items():
+        fold_dir = out_root / f"f{fold}"
+        fold_meta: dict[str, Any] = {"fold": fold}
+        splits = {split: [sink.rows[by_id[u.utt_id]] for u in rows if u.split == split and u.utt_id in by_id]
+                  for split in STORE_SPLITS}
+        if kind == "mels":
+            if not splits["train"]:
+                raise RuntimeError(f"{out_root} fold {fold}: no usable train rows; normalisation statistics "
+                                   "come from the train split only")
+            moments = np.zeros_like(sink.moments[0])
+            for r in splits["train"]:  # in manifest order: identical for any worker count
+                moments += sink.moments[by_id[r.utt_id]]
+            mean, std = _stats(moments, sum(r.length for r in splits["train"]))
+            fold_meta.update(mean=mean.tolist(), std=std.tolist())
+        fold_meta["splits"] = {s: len(r) for s, r in splits.items() if r}
+        for split, split_rows in splits.items():
+            if split_rows:
+                write_index(fold_dir, split, split_rows)
+        write_meta(fold_dir, fold_meta)
+        written[str(fold)] = fold_meta["splits"]
+        log.info("wrote %s: %s", fold_dir, fold_meta["splits"])
+    meta["content_sha256"] = store_fingerprint(out_root)
     write_meta(out_root, meta)
+    log.info("wrote %s: %d clips, %.1f s of audio", out_root, len(sink.rows), sum(sink.seconds.values()))
+    return written
 
 
-def _normalise_split(array: np.ndarray, means: np.ndarray, stds: np.ndarray, group: np.ndarray,
-                     pad_stats: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> np.ndarray:
-    """Normalise row i with means[group[i]], stds[group[i]] ([groups, n_mels]) in place,
-    padding included, with the float32 ops of `normalise`, _NORM_CHUNK rows at a
-    time (bounded memory when `array` is a memmap).
-
-    pad_stats (mel_norm speaker): (mean, std, lengths); the frames of row i from
-    lengths[i] on (its padding) get this mean and std instead (the train statistics).
-    """
-    mean32, std32 = means.astype(np.float32)[:, :, None], stds.astype(np.float32)[:, :, None]
-    for i in range(0, array.shape[0], _NORM_CHUNK):
-        chunk = array[i:i + _NORM_CHUNK]  # a view
-        tails = {}
-        if pad_stats is not None:
-            pad_mean, pad_std, lengths = pad_stats
-            for j in np.flatnonzero(lengths[i:i + _NORM_CHUNK] < array.shape[2]):  # padded rows
-                tails[j] = normalise(chunk[j, :, lengths[i + j]:], pad_mean, pad_std)
-        rows = group[i:i + _NORM_CHUNK]
-        chunk -= mean32[rows]
-        chunk /= std32[rows]
-        for j, tail in tails.items():
-            chunk[j, :, lengths[i + j]:] = tail
-    return array
-
-
-def _train_stats(train: _Sink) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the valid (unpadded) frames of the train split,
-    from the workers' float64 per-clip sums (see `_stats`)."""
-    assert train.moments is not None
-    return _stats(train.moments, sum(r.length for r in train.rows))
-
-
-def _speaker_stats(sinks: dict[str, _Sink]) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the valid frames of each (corpus, speaker)'s clips in
-    every split: ({key: row of the tables}, means, stds), keys in first-seen order.
-
-    Sums are added split by split in STORE_SPLITS order, each in manifest order, so
-    the floats do not depend on the worker count.
-    """
-    moments: dict[tuple[str, str], np.ndarray] = {}
-    frames: Counter[tuple[str, str]] = Counter()
-    for split in STORE_SPLITS:
-        if split not in sinks:
-            continue
-        for key, m in sinks[split].speaker_moments.items():
-            moments[key] = moments[key] + m if key in moments else m.copy()
-        frames.update(sinks[split].speaker_frames)
-    stats = [_stats(moments[key], frames[key]) for key in moments]
-    spread = np.std([m for m, _ in stats], axis=0).mean() if len(stats) > 1 else 0.0
+def _speaker_stats(sink: _Sink) -> dict[str, dict[str, list[float]]]:
+    """Per-mel-bin mean and std over the valid frames of each (corpus, speaker)'s clips in the
+    store: {"<corpus>/<speaker>": {"mean": [...], "std": [...]}}, summed in clip order."""
+    moments: dict[str, np.ndarray] = {}
+    frames: Counter[str] = Counter()
+    for row, m in zip(sink.rows, sink.moments):
+        key = speaker_key(row.corpus, row.speaker)
+        moments[key] = moments[key] + m if key in moments else m.copy()
+        frames[key] += row.length
+    stats = {key: _stats(moments[key], frames[key]) for key in moments}
+    spread = np.std([m for m, _ in stats.values()], axis=0).mean() if len(stats) > 1 else 0.0
     log.info("mel_norm speaker: statistics of %d speakers (their means spread by %.2f per bin on average)",
              len(stats), spread)
-    return ({key: i for i, key in enumerate(moments)},
-            np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]))
+    return {key: {"mean": m.tolist(), "std": s.tolist()} for key, (m, s) in stats.items()}
 
 
-def precompute_mels(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+def precompute_mels(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
                     workers: Optional[int] = None, *, labels: Sequence[str],
                     target: Optional[str] = None) -> dict[str, Any]:
     """Build one study's log-mel store (see the module docstring); returns a report.
@@ -718,25 +674,25 @@ def precompute_mels(manifest_path: str | Path, out_root: str | Path, fp: Feature
     decoded or are empty, too short or silent are skipped and listed in the
     report's `skipped_files`; the stage still finishes.
     """
-    return _precompute("mels", manifest_path, out_root, fp, workers, labels, target)
+    return _precompute("mels", manifests_dir, study, out_root, fp, workers, labels, target)
 
 
-def precompute_waves(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+def precompute_waves(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
                      workers: Optional[int] = None, *, labels: Sequence[str],
                      target: Optional[str] = None) -> dict[str, Any]:
     """Build one study's waveform store: per split, all clips at fp.sample_rate
     concatenated into one float32 array, located by the index offset/length."""
-    return _precompute("waves", manifest_path, out_root, fp, workers, labels, target)
+    return _precompute("waves", manifests_dir, study, out_root, fp, workers, labels, target)
 
 
-def precompute_smile(manifest_path: str | Path, out_root: str | Path, fp: FeatureParams,
+def precompute_smile(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
                      workers: Optional[int] = None, *, labels: Sequence[str],
                      target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
     """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.smile):
     per split a float32 [N, n_features] array of raw functionals, one row per clip."""
     if kind not in STORE_KINDS or kind in _JOBS:
         raise KeyError(f"unknown openSMILE store kind {kind!r}; known: {sorted(set(STORE_KINDS) - set(_JOBS))}")
-    return _precompute(kind, manifest_path, out_root, fp, workers, labels, target)
+    return _precompute(kind, manifests_dir, study, out_root, fp, workers, labels, target)
 
 
 # kind -> worker job for the log-mel and wave stores; the other kinds are the

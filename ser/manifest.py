@@ -124,3 +124,17 @@ def speaker_leaks(rows: Iterable[Utterance], exempt: Iterable[str] = ()) -> list
         splits[(row.corpus, row.speaker)].add(row.split)
     return [f"speaker leakage: {corpus} speaker {spk!r} is in splits {sorted(s)}"
             for (corpus, spk), s in sorted(splits.items()) if len(s) > 1]
+
+
+def manifest_path(manifests_dir: str | Path, study: str, fold: int) -> Path:
+    """data/manifests/<study>/f<fold>.csv: one fold's manifest."""
+    return Path(manifests_dir) / study / f"f{fold}.csv"
+
+
+def study_folds(manifests_dir: str | Path, study: str) -> list[int]:
+    """The folds a study's manifests define (1..k), from the files build-metadata wrote."""
+    found = sorted(int(p.stem[1:]) for p in (Path(manifests_dir) / study).glob("f*.csv") if p.stem[1:].isdigit())
+    if not found:
+        raise ManifestError(f"{Path(manifests_dir) / study}: no fold manifests (f1.csv, ...); "
+                            "run `dvc repro build-metadata`")
+    return found

@@ -24,13 +24,13 @@ from ser.config import Params
 from ser.fsutil import write_json_atomic
 from ser.corpora import ScanResult, display_name, scan_corpus
 from ser.labels import label_table, to_canonical
-from ser.manifest import ManifestError, Utterance, validate, write_manifest
-from ser.splits import LISTED_SPLITS, assign_splits
+from ser.manifest import ManifestError, Utterance, manifest_path, validate, write_manifest
+from ser.splits import LISTED_SPLITS, assign_splits, fold_count
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MetadataError", "build_manifests", "write_outputs", "corpus_roots", "find_duplicates",
-           "file_sha1", "hash_files"]
+           "file_sha1", "hash_files", "study_fold_count"]
 
 CHUNK = 1 << 20
 
@@ -146,11 +146,10 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
             log.warning("study %s: identical audio %s (labels %s): %s",
                         sname, ", ".join(g["utt_ids"]), g["labels"], g["action"])
 
-        rows: list[Utterance] = []
+        kept_by_corpus: dict[str, list[Utterance]] = {}
         corpora_report: dict[str, Any] = {}
         for corpus in study.corpora:
             scan, table = scans[corpus], tables[corpus]
-            sp = params.splits[sname][corpus]
             kept, excluded, maps_to = [], Counter(), {}
             n_dup = 0
             for u in scan.utterances:
@@ -168,20 +167,11 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
                     f"study {sname}: no {display_name(corpus)} clip has a label in {list(study.labels)} "
                     f"({len(scan.utterances)} readable, {len(scan.skipped)} skipped, excluded by raw label "
                     f"{dict(excluded)}); check corpora.{corpus} and studies.{sname}.labels")
-            split_rows = assign_splits(kept, corpus, sp, where=f"splits.{sname}.{corpus}",
-                                       implicit_train=corpus != study.target or study.train_on_target)
-            final = [r for r in split_rows if r.split != "unassigned"]
-            missing = _missing_label_messages(corpus, study.labels, final, table, scan)
-            for msg in missing:
-                log.warning("study %s: %s", sname, msg)
-            rows.extend(final)
-            speakers: dict[str, set[str]] = defaultdict(set)
-            for r in final:
-                speakers[r.split].add(r.speaker)
+            kept_by_corpus[corpus] = kept
             corpora_report[corpus] = {
                 "adapter": params.corpora[corpus].adapter or corpus,
                 "root": str(roots.get(corpus, params.corpora[corpus].path)),
-                "protocol": sp.protocol,
+                "protocol": params.splits[sname][corpus].protocol,
                 "files_found": scan.files_found,
                 "readable": len(scan.utterances),
                 "skipped": [{"path": p, "reason": why} for p, why in scan.skipped],
@@ -189,49 +179,101 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
                 "duplicates_dropped": n_dup,
                 "excluded_by_raw_label": {raw: {"maps_to": maps_to[raw], "count": n}
                                           for raw, n in sorted(excluded.items())},
-                "unassigned": len(split_rows) - len(final),
-                "kept": len(final),
-                "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in final))},
-                "speakers": {s: len(speakers[s]) for s in LISTED_SPLITS if speakers[s]},
-                "labels": {lab: n for lab in study.labels if (n := sum(r.emotion == lab for r in final))},
-                "missing_labels": missing,
+                "kept": len(kept),
+                "missing_labels": _missing_label_messages(corpus, study.labels, kept, table, scan),
+                "folds": {},
             }
+            for msg in corpora_report[corpus]["missing_labels"]:
+                log.warning("study %s: %s", sname, msg)
 
-        empty = [lab for lab in study.labels if not any(r.emotion == lab for r in rows)]
-        if empty:
-            raise MetadataError(f"study {sname}: label(s) {empty} have no clips in any of "
-                                f"{list(study.corpora)}; fix studies.{sname}.labels or the corpora's label_map")
-        exempt = [c for c in study.corpora if params.splits[sname][c].protocol == "held_out_words"]
-        try:
-            validate(rows, labels=study.labels, where=f"study {sname}", leak_exempt=exempt)
-        except ManifestError as exc:
-            raise ManifestError(f"{exc}\nA speaker must be in one split only: fix splits.{sname} "
-                                f"in params.yaml (or the corpus's speaker/session columns)") from None
-        manifests[sname] = rows
+        n_folds = study_fold_count(params, sname, kept_by_corpus)
+        folds: dict[int, list[Utterance]] = {}
+        folds_report: dict[str, Any] = {}
+        for fold in range(1, n_folds + 1):
+            rows = _fold_rows(params, sname, fold, kept_by_corpus, corpora_report)
+            empty = [lab for lab in study.labels if not any(r.emotion == lab for r in rows)]
+            if empty:
+                raise MetadataError(f"study {sname}: label(s) {empty} have no clips in any of "
+                                    f"{list(study.corpora)}; fix studies.{sname}.labels or the corpora's label_map")
+            exempt = [c for c in study.corpora if params.splits[sname][c].protocol == "held_out_words"]
+            try:
+                validate(rows, labels=study.labels, where=f"study {sname} fold {fold}", leak_exempt=exempt)
+            except ManifestError as exc:
+                raise ManifestError(f"{exc}\nA speaker must be in one split only: fix splits.{sname} "
+                                    f"in params.yaml (or the corpus's speaker/session columns)") from None
+            folds[fold] = rows
+            folds_report[str(fold)] = {
+                "kept": len(rows),
+                "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in rows))},
+                "labels_by_split": {s: {lab: n for lab in study.labels
+                                        if (n := sum(r.split == s and r.emotion == lab for r in rows))}
+                                    for s in LISTED_SPLITS if any(r.split == s for r in rows)},
+            }
+        manifests[sname] = folds
         report["studies"][sname] = {
             "labels": list(study.labels),
+            "design": study.design,
+            "n_folds": n_folds,
             "corpora": corpora_report,
             "duplicate_groups": groups,
-            "kept": len(rows),
-            "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in rows))},
-            "labels_by_split": {s: {lab: n for lab in study.labels
-                                    if (n := sum(r.split == s and r.emotion == lab for r in rows))}
-                                for s in LISTED_SPLITS if any(r.split == s for r in rows)},
+            "clips": len({r.utt_id for rows in folds.values() for r in rows}),
+            "folds": folds_report,
         }
         _log_summary(sname, report["studies"][sname])
     return manifests, report
 
 
+def study_fold_count(params: Params, sname: str, rows: dict[str, list[Utterance]]) -> int:
+    """Folds of a study: the number of training corpora (design matrix), else the common
+    fold count of its fold protocols (1 when every corpus has a single split)."""
+    study = params.studies[sname]
+    if study.design == "matrix":
+        return len(study.corpora)
+    counts = {c: fold_count(rows[c], params.splits[sname][c], c, f"splits.{sname}.{c}") for c in study.corpora}
+    multi = {c: k for c, k in counts.items() if k > 1}
+    if len(set(multi.values())) > 1:
+        raise MetadataError(f"splits.{sname}: the fold protocols of one study must have the same number of folds, "
+                            f"got {multi}; set the same `folds:` for each (loso has one per session)")
+    return max(counts.values())
+
+
+def _fold_rows(params: Params, sname: str, fold: int, kept: dict[str, list[Utterance]],
+               corpora_report: dict[str, Any]) -> list[Utterance]:
+    """The manifest rows of one fold of a study: every corpus's clips with their split in this fold."""
+    study = params.studies[sname]
+    rows: list[Utterance] = []
+    for i, corpus in enumerate(study.corpora, start=1):
+        sp = params.splits[sname][corpus]
+        where = f"splits.{sname}.{corpus}" + (f" (fold {fold})" if sp.protocol == "loso" or sp.k else "")
+        split_rows = assign_splits(kept[corpus], corpus, sp, where=where, fold=fold,
+                                   implicit_train=corpus != study.target or study.train_on_target)
+        if study.design == "matrix" and i != fold:  # another corpus's run: only its test clips are used
+            split_rows = [r if r.split == "test" else dataclasses.replace(r, split="unassigned") for r in split_rows]
+        final = [r for r in split_rows if r.split != "unassigned"]
+        rows.extend(final)
+        speakers: dict[str, set[str]] = defaultdict(set)
+        for r in final:
+            speakers[r.split].add(r.speaker)
+        corpora_report[corpus]["folds"][str(fold)] = {
+            "unassigned": len(split_rows) - len(final),
+            "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in final))},
+            "speakers": {s: len(speakers[s]) for s in LISTED_SPLITS if speakers[s]},
+            "labels": {lab: n for lab in study.labels if (n := sum(r.emotion == lab for r in final))},
+        }
+    return rows
+
+
 def _log_summary(sname: str, study: dict[str, Any]) -> None:
-    """A small table per study: what was found, what went, where the rest landed."""
-    head = f"{'corpus':<10} {'found':>6} {'skip':>5} {'dup':>4} {'excl':>5} {'unasg':>5} {'kept':>6} " \
+    """A small table per study and fold: what was found, what went, where the rest landed."""
+    head = f"{'corpus':<10} {'fold':>4} {'found':>6} {'skip':>5} {'dup':>4} {'excl':>5} {'unasg':>5} " \
            + " ".join(f"{s:>6}" for s in LISTED_SPLITS)
-    lines = [f"study {sname} {study['labels']}: {study['kept']} clips", head]
+    lines = [f"study {sname} {study['labels']}: {study['clips']} clips, {study['n_folds']} fold(s)", head]
     for corpus, c in study["corpora"].items():
         excluded = sum(e["count"] for e in c["excluded_by_raw_label"].values())
-        lines.append(f"{corpus:<10} {c['files_found']:>6} {len(c['skipped']):>5} {c['duplicates_dropped']:>4} "
-                     f"{excluded:>5} {c['unassigned']:>5} {c['kept']:>6} "
-                     + " ".join(f"{c['splits'].get(s, 0):>6}" for s in LISTED_SPLITS))
+        for fold, f in c["folds"].items():
+            lines.append(f"{corpus:<10} {fold:>4} {c['files_found']:>6} {len(c['skipped']):>5} "
+                         f"{c['duplicates_dropped']:>4} {excluded:>5} {f['unassigned']:>5} "
+                         + " ".join(f"{f['splits'].get(s, 0):>6}" for s in LISTED_SPLITS))
         if c["excluded_by_raw_label"]:
             lines.append("    excluded: " + ", ".join(f"{raw} ({e['maps_to'] or 'dropped by label_map'}) x{e['count']}"
                                                       for raw, e in c["excluded_by_raw_label"].items()))
@@ -239,12 +281,17 @@ def _log_summary(sname: str, study: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- outputs
-def write_outputs(manifests: dict[str, list[Utterance]], report: dict, out_dir: str | Path,
+def write_outputs(manifests: dict[str, dict[int, list[Utterance]]], report: dict, out_dir: str | Path,
                   report_path: str | Path) -> None:
-    """data/manifests/<study>.csv for each study and the report JSON (both atomic)."""
+    """data/manifests/<study>/f<k>.csv for each study and fold, and the report JSON (all atomic)."""
     out_dir = Path(out_dir)
-    for sname, rows in manifests.items():
-        n = write_manifest(rows, out_dir / f"{sname}.csv")
-        log.info("wrote %s (%d rows)", out_dir / f"{sname}.csv", n)
+    for sname, folds in manifests.items():
+        for stale in (out_dir / sname).glob("f*.csv"):
+            if stale.stem[1:].isdigit() and int(stale.stem[1:]) not in folds:
+                stale.unlink()
+        for fold, rows in folds.items():
+            path = manifest_path(out_dir, sname, fold)
+            n = write_manifest(rows, path)
+            log.info("wrote %s (%d rows)", path, n)
     write_json_atomic(report_path, report, sort_keys=False)
     log.info("wrote %s", report_path)

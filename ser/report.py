@@ -2,10 +2,13 @@
 workspace and in DVC experiments.
 
 Sources:
-  workspace    <metrics_dir>/models/<model>/<scope>.json as written by evaluation
-               (scopes: in_domain, target = a cross-corpus study's target corpus,
-               named in the record's `corpus`), with their bootstrap
-               confidence intervals (`uar_ci95`, ...);
+  workspace    <metrics_dir>/aggregate.json as written by the summarize stage
+               (ser.summary): per model and scope (in_domain, target = a
+               cross-corpus study's target corpus, named in `corpus`) the mean
+               and std over runs (folds x seeds) and the pooled metrics with
+               their bootstrap confidence intervals (`pooled.uar_ci95`, ...).
+               Matrix-study models (scopes named after corpora) are in
+               metrics/summary.md's corpus matrix, not in this report;
   experiments  `dvc exp show --json` (dvc 3.x): a list of baseline commits, each
                with `experiments: [{name, executor, revs: [{rev, data: {params,
                metrics}}]}]`. Only finished experiments are read (queued,
@@ -39,25 +42,27 @@ log = logging.getLogger(__name__)
 
 SCOPE_TITLES = {"in_domain": "in-domain", "target": "cross-corpus (target)"}
 WORKSPACE = "workspace"
-# metrics/models/<model>/<scope>.json
-_METRIC_FILE = re.compile(r"(?:^|/)models/([^/]+)/(%s)\.json$" % "|".join(map(re.escape, SCOPES)))
+AGGREGATE = "aggregate.json"
+_METRIC_FILE = re.compile(r"(?:^|/)aggregate\.json$")
 
 
 @dataclass
 class Row:
-    """One model in one run (the workspace or an experiment): its metrics record per scope."""
+    """One model in one run (the workspace or an experiment): its aggregate record per scope."""
     run: str
     model: str
     changed: str = ""  # "lambda_domain=0.3, ..." for experiments
     scopes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def value(self, scope: str, key: str = "uar") -> Optional[float]:
-        value = self.scopes.get(scope, {}).get(key)
+    def value(self, scope: str, key: str = "uar", part: str = "pooled") -> Optional[float]:
+        """`key` of the pooled predictions (part "pooled"), or its mean or std over runs
+        (part "mean_over_runs" / "std_over_runs")."""
+        value = (self.scopes.get(scope, {}).get(part) or {}).get(key)
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
     def interval(self, scope: str, key: str = "uar") -> Optional[tuple[float, float]]:
-        """The record's confidence interval of `key` (`<key>_ci<level>`), if it has one."""
-        for name, value in self.scopes.get(scope, {}).items():
+        """The pooled confidence interval of `key` (`<key>_ci<level>`), if the record has one."""
+        for name, value in (self.scopes.get(scope, {}).get("pooled") or {}).items():
             if (name.startswith(f"{key}_ci") and isinstance(value, (list, tuple)) and len(value) == 2
                     and all(isinstance(v, (int, float)) for v in value)):
                 return float(value[0]), float(value[1])
@@ -72,7 +77,7 @@ class Row:
 def _ci_level(rows: Iterable[Row]) -> str:
     for row in rows:
         for record in row.scopes.values():
-            for name in record:
+            for name in record.get("pooled") or {}:
                 match = re.fullmatch(r"uar_ci(\d+)", name)
                 if match:
                     return match.group(1)
@@ -80,19 +85,29 @@ def _ci_level(rows: Iterable[Row]) -> str:
 
 
 # ---------------------------------------------------------------------- reading
+def _scope_records(doc: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(model, scope): record} of an aggregate.json document (in_domain and target scopes only)."""
+    out = {}
+    models = doc.get("models") if isinstance(doc, dict) else None
+    for model, scopes in (models or {}).items():
+        for scope, record in (scopes or {}).items():
+            if scope in SCOPES and isinstance(record, dict):
+                out[(model, scope)] = record
+    return out
+
+
 def read_workspace(metrics_dir: str | Path) -> list[Row]:
-    """Rows of the metrics files under metrics_dir/models/<model>/<scope>.json (sorted by model)."""
-    metrics_dir = Path(metrics_dir)
+    """Rows of <metrics_dir>/aggregate.json (sorted by model); none when it does not exist."""
+    path = Path(metrics_dir) / AGGREGATE
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a metrics JSON file ({exc}); re-run `dvc repro summarize`") from None
     rows: dict[str, Row] = {}
-    for scope in SCOPES:
-        for path in sorted((metrics_dir / "models").glob(f"*/{scope}.json")):
-            model = path.parent.name
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{path}: not a metrics JSON file ({exc}); re-run its evaluation "
-                                 f"(`dvc repro evaluate@{model}`)") from None
-            rows.setdefault(model, Row(WORKSPACE, model)).scopes[scope] = record
+    for (model, scope), record in _scope_records(doc).items():
+        rows.setdefault(model, Row(WORKSPACE, model)).scopes[scope] = record
     return [rows[name] for name in sorted(rows)]
 
 
@@ -158,18 +173,17 @@ def describe_changes(base: dict[str, Any], experiments: dict[str, dict[str, Any]
 
 
 def _records(data: dict[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
-    """{(model, scope): (file, record)} for the metrics files of one revision."""
+    """{(model, scope): (file, record)} from the aggregate metrics file of one revision."""
     out = {}
     for path, entry in (data.get("metrics") or {}).items():
-        match = _METRIC_FILE.search(path)
-        record = (entry or {}).get("data")
-        if match and isinstance(record, dict):
-            out[(match.group(1), match.group(2))] = (path, record)
+        if _METRIC_FILE.search(path):
+            out.update({key: (path, record) for key, record in _scope_records((entry or {}).get("data")).items()})
     return out
 
 
 def _comparable(record: dict[str, Any]) -> tuple:
-    return tuple(record.get(k) for k in ("accuracy", "uar", "macro_f1", "n"))
+    return tuple((record.get(part) or {}).get(k) for part in ("pooled", "mean_over_runs")
+                 for k in ("accuracy", "uar", "macro_f1"))
 
 
 def _finished(exp: dict[str, Any]) -> bool:
@@ -213,7 +227,8 @@ def parse_exp_show(doc: list[dict[str, Any]],
                 row = Row(name, model, changed)
                 for scope, (path, record) in sorted(scopes.items()):
                     full = full_record(rev, path) if full_record is not None else None
-                    row.scopes[scope] = full if isinstance(full, dict) else record
+                    full = _scope_records(full).get((model, scope)) if isinstance(full, dict) else None
+                    row.scopes[scope] = full or record
                 rows.append(row)
     return rows
 
@@ -268,32 +283,43 @@ def _pct(row: Row, scope: str, key: str) -> str:
     text = f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
     if scope == "target" and record.get("corpus"):
         text += f" on {record['corpus']}"
-    if record.get("single_class") and key == "uar":
-        text += f" (predicts only {record['single_class']})"
+    if record.get("single_class_runs") and key == "uar":
+        text += f" (single class in {', '.join(record['single_class_runs'])})"
     return text
+
+
+def _runs(row: Row, scope: str, key: str) -> str:
+    """mean ± std over runs (folds x seeds), and how many runs."""
+    mean, std = row.value(scope, key, "mean_over_runs"), row.value(scope, key, "std_over_runs")
+    if mean is None:
+        return "—"
+    n = row.scopes.get(scope, {}).get("n_runs")
+    return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "") + (f" (n={n})" if n else "")
 
 
 def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") -> str:
     level = _ci_level(rows)
     head = ["Run", "Changed params", "Model"]
     for scope in SCOPES:
-        head += [f"{SCOPE_TITLES[scope]} UAR [{level}% CI]", f"{SCOPE_TITLES[scope]} accuracy"]
+        head += [f"{SCOPE_TITLES[scope]} UAR over runs", f"{SCOPE_TITLES[scope]} pooled UAR [{level}% CI]",
+                 f"{SCOPE_TITLES[scope]} pooled accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.run, row.changed or "—", row.model]
         for scope in SCOPES:
-            cells += [_pct(row, scope, "uar"), _pct(row, scope, "accuracy")]
+            cells += [_runs(row, scope, "uar"), _pct(row, scope, "uar"), _pct(row, scope, "accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
     n_exps = len({r.run for r in rows if r.run != WORKSPACE})
     text = ["# SER report", "",
-            f"UAR and accuracy on each model's test sets, with {level}% bootstrap confidence intervals. "
+            "UAR and accuracy on each model's test sets: the mean ± sample std over runs (folds x seeds, n runs), "
+            f"and the metrics of all runs' pooled predictions with {level}% bootstrap confidence intervals. "
             "In-domain: the study's own test split (the source corpus of the cross-corpus study); "
             "cross-corpus: the target corpus's test speakers, named in each cell (— where a model is "
             "not cross-corpus). "
             "Rows: the workspace's models" + (f", then {n_exps} DVC experiment(s), each with the models "
                                               "whose metrics it changed." if n_exps else "."), ""]
     if image:
-        text += [f"![UAR per model with {level}% confidence intervals]({image})", ""]
+        text += [f"![pooled UAR per model with {level}% confidence intervals]({image})", ""]
     return "\n".join(text + lines) + "\n"
 
 
@@ -323,8 +349,8 @@ def plot_rows(rows: Sequence[Row], path: str | Path) -> None:
         for y, v in zip(ys, values):
             ax.text(0.005, y, f"{v:.2f}", va="center", ha="left", fontsize=7, color="white")
     # Chance UAR is 1 / number of classes (4 cross-corpus, 7 multi-corpus): a bar near it learned nothing.
-    chance = [(i, 1.0 / len(rec["support"])) for i, row in enumerate(rows)
-              for rec in list(row.scopes.values())[:1] if isinstance(rec.get("support"), dict) and rec["support"]]
+    chance = [(i, 1.0 / rec["n_classes"]) for i, row in enumerate(rows)
+              for rec in list(row.scopes.values())[:1] if isinstance(rec.get("n_classes"), int) and rec["n_classes"]]
     if chance:
         ax.scatter([c for _, c in chance], [i for i, _ in chance], marker="|", s=400, color="black",
                    linewidths=1.5, zorder=3, label="chance (1 / classes)")
@@ -334,7 +360,7 @@ def plot_rows(rows: Sequence[Row], path: str | Path) -> None:
     ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"UAR (error bars: {level}% bootstrap CI)")
+    ax.set_xlabel(f"pooled UAR over all runs (error bars: {level}% bootstrap CI)")
     ax.grid(axis="x", alpha=0.3)
     # Outside the axes: bars can reach any UAR, a legend inside could hide one.
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(SCOPES) + 1, fontsize=8,
@@ -362,8 +388,8 @@ def write_report(metrics_dir: str | Path = "metrics", out_dir: str | Path = "rep
     rows = read_workspace(metrics_dir)
     exp_rows = read_experiments(repo) if experiments else []
     if not rows and not exp_rows:
-        raise FileNotFoundError(f"nothing to report: no metrics files under {Path(metrics_dir)}/models/<model>/"
-                                f"{{{','.join(SCOPES)}}}.json and no finished DVC experiments; run `dvc repro` first")
+        raise FileNotFoundError(f"nothing to report: no {Path(metrics_dir) / AGGREGATE} and no finished DVC "
+                                "experiments; run `dvc repro` first")
     rows = rows + _experiment_order(exp_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, png = out_dir / "report.md", out_dir / "report.png"

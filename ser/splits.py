@@ -14,10 +14,11 @@ the choices worth knowing:
   left out: its labels are never trained on unless the study says so;
 - a listed id missing from the data is a warning (the demo and the real
   corpus may differ), but a listed split that ends up empty is an error;
-- the fold protocols (`loso` over sessions, `speaker_folds` over speakers)
-  give one split per `fold`; running fold = 1..k tests every session or
-  speaker exactly once, and the fold before the test fold (cyclically)
-  validates. `speaker_folds` is seeded and independent of row order, and
+- the fold protocols (`loso` over sessions, `speaker_folds` over speakers,
+  `held_out_words` with `folds`) give one split per fold (`fold_count`);
+  running folds 1..k tests every session, speaker or word exactly once, and
+  the fold before the test fold (cyclically) validates. A single-split
+  protocol gives every fold the same split. `speaker_folds` is seeded and independent of row order, and
   deals each gender separately when every speaker has one;
 - `held_out_words` (TESS, whose two speakers say the same 200 words) holds out
   *words*: both speakers are in every split, so its test score measures
@@ -40,7 +41,7 @@ from ser.manifest import Utterance
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SplitError", "assign_splits", "expand_ids", "id_key", "LISTED_SPLITS"]
+__all__ = ["SplitError", "assign_splits", "fold_count", "expand_ids", "id_key", "LISTED_SPLITS"]
 
 LISTED_SPLITS = ("train", "val", "test", "adapt")
 RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -121,23 +122,35 @@ def _by_lists(rows: list[Utterance], corpus: str, attr: str, lists: dict[str, Se
     return out
 
 
-def _loso(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
-    """Leave-one-session-out: fold = test, the session before it (cyclically) = val."""
+def _sessions(rows: list[Utterance], corpus: str, where: str) -> list[int]:
     sessions = sorted({id_key(r.session) for r in rows if r.session.strip()}, key=str)
     if not all(isinstance(s, int) for s in sessions):
         raise SplitError(f"{where}: protocol 'loso' needs numeric sessions, {corpus} has {sessions}")
-    sessions = sorted(sessions)
-    if sp.fold not in sessions:
-        raise SplitError(f"{where}: fold {sp.fold} is not a session of {corpus} (sessions: {_compact(sessions)})")
     if len(sessions) < 3:
         raise SplitError(f"{where}: protocol 'loso' needs >= 3 sessions (train, val, test); "
                          f"{corpus} has {_compact(sessions)}")
-    i = sessions.index(sp.fold)
-    val = sessions[i - 1]  # i - 1 == -1 wraps to the last session: fold 1 validates on 5
-    lists = {"train": [str(s) for s in sessions if s not in (sp.fold, val)],
-             "val": [str(val)], "test": [str(sp.fold)]}
+    return sorted(sessions)  # type: ignore[arg-type]
+
+
+def fold_count(rows: list[Utterance], sp: SplitParams, corpus: str = "", where: str = "") -> int:
+    """How many folds protocol `sp` defines on these rows: 1 for a single split."""
+    if sp.protocol == "loso":
+        return len(_sessions(rows, corpus, where or f"splits.<study>.{corpus}"))
+    return sp.k or 1
+
+
+def _loso(rows: list[Utterance], corpus: str, fold: int, where: str) -> list[Utterance]:
+    """Leave-one-session-out: fold f tests the f-th session, the session before it (cyclically) validates."""
+    sessions = _sessions(rows, corpus, where)
+    if not 1 <= fold <= len(sessions):
+        raise SplitError(f"{where}: fold {fold} does not exist: {corpus} has {len(sessions)} sessions "
+                         f"({_compact(sessions)}), so loso has folds 1-{len(sessions)}")
+    test = sessions[fold - 1]
+    val = sessions[fold - 2]  # index -1 wraps to the last session: fold 1 validates on 5
+    lists = {"train": [str(s) for s in sessions if s not in (test, val)],
+             "val": [str(val)], "test": [str(test)]}
     log.info("%s: loso fold %d -> train sessions %s, val %d, test %d",
-             where, sp.fold, _compact(map(int, lists["train"])), val, sp.fold)
+             where, fold, _compact(map(int, lists["train"])), val, test)
     return _by_lists(rows, corpus, "session", lists, implicit_train=False, where=where)
 
 
@@ -180,13 +193,15 @@ def _draw_val(folds: list[list[Key]], fold: int, gender: dict[Key, str], rng: ra
     return drawn[:sp.val_speakers]
 
 
-def _speaker_folds(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
+def _speaker_folds(rows: list[Utterance], corpus: str, sp: SplitParams, fold: int, where: str) -> list[Utterance]:
     """Seeded k-fold over speakers: fold = test, the fold before it (or N drawn speakers) = val."""
     if any(not r.speaker.strip() for r in rows):
         raise SplitError(f"{where}: some {corpus} clips have no speaker; protocol 'speaker_folds' needs one for "
                          f"every clip")
-    k, fold = sp.folds, sp.fold
-    assert fold is not None  # SplitParams requires it for this protocol
+    k = sp.k
+    assert k is not None
+    if not 1 <= fold <= k:
+        raise SplitError(f"{where}: fold {fold} does not exist: speaker_folds has folds 1-{k} (folds: {k})")
     genders: dict[Key, set[str]] = defaultdict(set)
     for r in rows:
         genders[id_key(r.speaker)].add(r.gender.strip().upper())
@@ -217,27 +232,43 @@ def _speaker_folds(rows: list[Utterance], corpus: str, sp: SplitParams, where: s
     return [dataclasses.replace(r, split=split_of[id_key(r.speaker)]) for r in rows]
 
 
-def _held_out_words(rows: list[Utterance], corpus: str, sp: SplitParams, where: str) -> list[Utterance]:
-    """Seeded split of the word list (`text`): unseen words, seen speakers (see module doc)."""
+def _held_out_words(rows: list[Utterance], corpus: str, sp: SplitParams, fold: int, where: str) -> list[Utterance]:
+    """Seeded split of the word list (`text`): unseen words, seen speakers (see module doc).
+
+    With `folds: k` the shuffled words are dealt into k folds: fold f tests
+    fold f's words, val_fraction of the other words validate, the rest train.
+    """
     if any(not r.text.strip() for r in rows):
         raise SplitError(f"{where}: protocol 'held_out_words' needs a word (text) for every {corpus} clip")
     words = sorted({r.text for r in rows})
-    random.Random(sp.seed).shuffle(words)
-    n_test = max(1, round(len(words) * sp.test_fraction))
+    rng = random.Random(sp.seed)
+    rng.shuffle(words)
+    if sp.k is None:
+        n_test = max(1, round(len(words) * sp.test_fraction))
+        test = words[:n_test]
+        rest = words[n_test:]
+    else:
+        if len(words) < sp.k:
+            raise SplitError(f"{where}: {len(words)} word(s) in {corpus} are too few for folds: {sp.k}")
+        if not 1 <= fold <= sp.k:
+            raise SplitError(f"{where}: fold {fold} does not exist: held_out_words has folds 1-{sp.k}")
+        test = words[fold - 1::sp.k]
+        rest = [w for i, w in enumerate(words) if i % sp.k != fold - 1]
     n_val = max(1, round(len(words) * sp.val_fraction)) if sp.val_fraction > 0 else 0
-    if n_test + n_val >= len(words):
+    if n_val >= len(rest):
         raise SplitError(f"{where}: {len(words)} word(s) in {corpus} are too few for val_fraction "
                          f"{sp.val_fraction} and test_fraction {sp.test_fraction} (train would be empty)")
-    split_of = {w: "test" for w in words[:n_test]}
-    split_of.update({w: "val" for w in words[n_test:n_test + n_val]})
-    log.info("%s: held-out words (seed %d): %d train, %d val, %d test words; every speaker in every split",
-             where, sp.seed, len(words) - n_test - n_val, n_val, n_test)
+    split_of = {w: "test" for w in test}
+    split_of.update({w: "val" for w in rest[:n_val]})
+    log.info("%s: held-out words (seed %d%s): %d train, %d val, %d test words; every speaker in every split",
+             where, sp.seed, f", fold {fold}/{sp.k}" if sp.k else "", len(rest) - n_val, n_val, len(test))
     return [dataclasses.replace(r, split=split_of.get(r.text, "train")) for r in rows]
 
 
 def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: str = "", *,
-                  implicit_train: bool = True) -> list[Utterance]:
-    """Copies of `rows` with `split` set by protocol `sp`; rows in no split stay "unassigned".
+                  implicit_train: bool = True, fold: int = 1) -> list[Utterance]:
+    """Copies of `rows` with `split` set by protocol `sp` for fold `fold` (1-based; a
+    single-split protocol ignores it); rows in no split stay "unassigned".
 
     `where` names the params entry in messages (default: splits.<study>.<corpus>).
     implicit_train=False (a cross-corpus target corpus): unlisted speakers stay
@@ -257,11 +288,11 @@ def assign_splits(rows: list[Utterance], corpus: str, sp: SplitParams, where: st
     elif sp.protocol == "speakers":
         out = _by_lists(rows, corpus, "speaker", lists, implicit_train=implicit_train, where=where)
     elif sp.protocol == "loso":
-        out = _loso(rows, corpus, sp, where)
+        out = _loso(rows, corpus, fold, where)
     elif sp.protocol == "speaker_folds":
-        out = _speaker_folds(rows, corpus, sp, where)
+        out = _speaker_folds(rows, corpus, sp, fold, where)
     elif sp.protocol == "held_out_words":
-        out = _held_out_words(rows, corpus, sp, where)
+        out = _held_out_words(rows, corpus, sp, fold, where)
     else:  # SplitParams' Literal makes this unreachable from params.yaml
         raise SplitError(f"{where}: unknown protocol {sp.protocol!r}")
     speakers: dict[str, set[str]] = defaultdict(set)

@@ -1,12 +1,18 @@
-"""Contiguous, memory-mapped feature stores: one array per split plus an index.
+"""Contiguous, memory-mapped feature stores: every clip of a study once, one index per fold and split.
 
 Layout of a store directory (one per study and feature kind)::
 
-    <root>/meta.json          feature params, normalisation stats, label list
-    <root>/<split>.npy        mels: float32 [N, n_mels, frames]
+    <study>/meta.json         feature params, label list, folds, content fingerprint
+                              (mels, mel_norm speaker: per-speaker statistics)
+    <study>/clips.npy         mels: float32 [N, n_mels, frames] (log-mels, not normalised)
                               waves: float32 [total_samples] (ragged, see offsets)
                               egemaps / compare: float32 [N, n_features] (openSMILE)
-    <root>/<split>.csv        index: utt_id, corpus, speaker, emotion, domain, offset, length
+    <study>/clips.csv         index of every clip: utt_id, corpus, speaker, emotion, domain, offset, length
+    <study>/f<k>/meta.json    fold k: split sizes; mels: the fold's train statistics (mean, std)
+    <study>/f<k>/<split>.csv  fold k's train / val / test / adapt rows (offsets into clips.npy)
+
+A fold folder is what training and evaluation open (`FeatureStore(<study>/f<k>, split)`);
+mels are normalised on reading with the fold's statistics, so folds share one array.
 
 For mels `offset` is the row and `length` the number of valid (unpadded)
 frames; for openSMILE stores `offset` is the row and `length` the clip's
@@ -16,6 +22,7 @@ Reading never decodes audio: training and evaluation only slice these arrays.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +34,7 @@ from ser.errors import SerError
 from ser.fsutil import write_json_atomic
 
 INDEX_FIELDS = ("utt_id", "corpus", "speaker", "emotion", "domain", "offset", "length")
+CLIPS = "clips"  # the study-level array and index
 
 
 class StoreError(FileNotFoundError, SerError):
@@ -50,14 +58,38 @@ def write_meta(root: str | Path, meta: dict[str, Any]) -> None:
     write_json_atomic(root / "meta.json", meta)
 
 
+def speaker_key(corpus: str, speaker: str) -> str:
+    """Key of a speaker's statistics in a store's meta (speaker ids are per corpus)."""
+    return f"{corpus}/{speaker}"
+
+
+def store_fingerprint(root: str | Path) -> str:
+    """sha256 over every file of a store except its top-level meta.json: what the store holds."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != root / "meta.json"):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_split(root: str | Path, split: str, array: np.ndarray, index: Sequence[IndexRow]) -> None:
-    """Write one split's array (.npy, memory-mappable) and its index atomically."""
+    """Write an array (.npy, memory-mappable) and its index atomically."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{split}.npy.tmp"
     with tmp.open("wb") as fh:
         np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
     tmp.replace(root / f"{split}.npy")
+    write_index(root, split, index)
+
+
+def write_index(root: str | Path, split: str, index: Sequence[IndexRow]) -> None:
+    """Write <root>/<split>.csv atomically."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     tmp_csv = root / f"{split}.csv.tmp"
     with tmp_csv.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=INDEX_FIELDS)
@@ -75,23 +107,28 @@ def read_index(path: str | Path) -> list[IndexRow]:
 
 
 class FeatureStore:
-    """Read-only view of one split of a store (mels, waves or openSMILE functionals).
+    """Read-only view of one split of one fold of a store (mels, waves or openSMILE functionals).
 
-    `kind` is read from meta.json: for "mels" item i is a [n_mels, frames]
-    array; for "waves" it is a 1-D float32 waveform at meta["sample_rate"];
-    for "egemaps" / "compare" it is a [n_features] row.
-    `rows` optionally restricts the view to a subset (e.g. one corpus).
+    `root` is a fold folder (<study>/f<k>). `kind` is read from meta.json: for
+    "mels" item i is a [n_mels, frames] array, normalised with the fold's train
+    statistics (or, mel_norm speaker, its speaker's for the valid frames); for
+    "waves" it is a 1-D float32 waveform at meta["sample_rate"]; for "egemaps" /
+    "compare" it is a raw [n_features] row. `meta` is the study meta updated
+    with the fold's. `rows` optionally restricts the view to a subset, `corpus`
+    to one corpus.
     """
 
     def __init__(self, root: str | Path, split: str, rows: Optional[Iterable[int]] = None,
                  corpus: Optional[str] = None) -> None:
         self.root = Path(root)
         self.split = split
-        arr_path, idx_path = self.root / f"{split}.npy", self.root / f"{split}.csv"
-        if not (self.root / "meta.json").is_file() or not arr_path.is_file() or not idx_path.is_file():
-            raise StoreError(f"{self.root}: no '{split}' split (expected meta.json, {split}.npy, {split}.csv); "
-                             "run `dvc repro` for the precompute stages")
-        self.meta: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
+        study = self.root.parent
+        arr_path, idx_path = study / f"{CLIPS}.npy", self.root / f"{split}.csv"
+        if not all(p.is_file() for p in (study / "meta.json", self.root / "meta.json", arr_path, idx_path)):
+            raise StoreError(f"{self.root}: no '{split}' split (expected {study}/meta.json, {arr_path.name} and "
+                             f"{self.root.name}/meta.json, {split}.csv); run `dvc repro` for the precompute stages")
+        self.meta: dict[str, Any] = {**json.loads((study / "meta.json").read_text()),
+                                     **json.loads((self.root / "meta.json").read_text())}
         self.kind: str = self.meta["kind"]
         self.array = np.load(arr_path, mmap_mode="r")
         index = read_index(idx_path)
@@ -99,15 +136,33 @@ class FeatureStore:
         self.index = [index[i] for i in keep]
         if corpus is not None:
             self.index = [r for r in self.index if r.corpus == corpus]
+        self._norm: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._speakers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.kind == "mels":
+            self._norm = (np.asarray(self.meta["mean"], dtype=np.float32)[:, None],
+                          np.asarray(self.meta["std"], dtype=np.float32)[:, None])
+            for key, st in (self.meta.get("speaker_stats") or {}).items():
+                self._speakers[key] = (np.asarray(st["mean"], dtype=np.float32)[:, None],
+                                       np.asarray(st["std"], dtype=np.float32)[:, None])
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
         row = self.index[i]
-        if self.array.ndim > 1:  # one row per item (mels, openSMILE functionals)
-            return np.asarray(self.array[row.offset])
-        return np.asarray(self.array[row.offset: row.offset + row.length])
+        if self.array.ndim == 1:  # waves: ragged
+            return np.asarray(self.array[row.offset: row.offset + row.length])
+        item = np.asarray(self.array[row.offset])  # one row per item (mels, openSMILE functionals)
+        if self._norm is None:
+            return item
+        mean, std = self._norm
+        if not self._speakers:
+            return (item - mean) / std
+        # mel_norm speaker: valid frames with the speaker's statistics, padding with the train ones
+        s_mean, s_std = self._speakers[speaker_key(row.corpus, row.speaker)]
+        out = (item - s_mean) / s_std
+        out[:, row.length:] = (item[:, row.length:] - mean) / std
+        return out
 
     @property
     def lengths(self) -> np.ndarray:
@@ -126,5 +181,10 @@ class FeatureStore:
         return sorted({r.corpus for r in self.index})
 
 
-__all__ = ["IndexRow", "FeatureStore", "StoreError", "write_split", "write_meta", "read_index",
-           "INDEX_FIELDS"]
+__all__ = ["IndexRow", "FeatureStore", "StoreError", "write_split", "write_index", "write_meta", "read_index",
+           "INDEX_FIELDS", "CLIPS", "speaker_key", "store_fingerprint", "fold_root"]
+
+
+def fold_root(features_root: str | Path, kind: str, study: str, fold: int) -> Path:
+    """data/features/<kind>/<study>/f<fold>: the store folder one run reads."""
+    return Path(features_root) / kind / study / f"f{fold}"

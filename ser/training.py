@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 import ser
 from ser.augment import spec_augment
 from ser.config import ModelParams, Params, TrainParams
+from ser.stores import fold_root
 from ser.data import FeatureDataset, epoch_seed, make_loader, max_samples_for
 from ser.evaluation import compute_metrics
 from ser.fsutil import write_json_atomic
@@ -226,7 +227,7 @@ def fingerprint(params: Params, name: str, feature_meta: dict[str, Any]) -> str:
     """sha256 of everything that determines the training result (resume only on a match):
     model params, seed, labels, feature meta, trainer knobs and the training code."""
     mp = params.models[name]
-    payload: dict[str, Any] = {"model": dataclasses.asdict(mp), "seed": params.seed,
+    payload: dict[str, Any] = {"model": dataclasses.asdict(mp), "seed": params.seed, "fold": params.fold,
                                "labels": list(params.study(mp.study).labels), "features": feature_meta,
                                "bucket_by_length": params.train.bucket_by_length, "code": code_fingerprint()}
     if mp.objective == "dann":
@@ -430,7 +431,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
         return train_classical(params, name, features_root, out_dir, live_dir, timing_path=timing_path)
     labels = list(params.study(mp.study).labels)
     dann = mp.objective == "dann"
-    store_root = features_root / mp.input / mp.study
+    store_root = fold_root(features_root, mp.input, mp.study, params.fold)
     data = _Data(params, mp, store_root)
     fp = fingerprint(params, name, data.meta)
 
@@ -501,7 +502,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     # save_checkpoint adds model_params, build arguments and parameter counts itself.
     # No wall-clock figures here: meta.json must be identical across identical runs.
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": data.meta,
-            "seed": params.seed}
+            "fold": params.fold, "seed": params.seed}
     if dann:
         meta.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
     step.train()

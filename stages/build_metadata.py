@@ -1,4 +1,4 @@
-"""build-metadata: scan the corpora, write data/manifests/<study>.csv and the metadata report."""
+"""build-metadata: scan the corpora, write data/manifests/<study>/f<k>.csv (one manifest per fold) and the metadata report."""
 from __future__ import annotations
 
 import argparse

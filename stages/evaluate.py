@@ -1,8 +1,10 @@
-"""evaluate@<model>: test-set metrics, bootstrap intervals and confusion matrices of one model.
+"""evaluate@<model>-<fold>-<seed>: test-set metrics, bootstrap intervals and confusion matrices of one run.
 
 Test sets: in_domain (the study's test split: the source corpus of a cross-corpus
 study, all corpora otherwise) and, for a cross-corpus study, target (the target
-corpus's test speakers). A test set without clips is skipped and recorded as such.
+corpus's test speakers); in a matrix study, each corpus's test split. A test set
+without clips is skipped and recorded as such; a run that was not run (see
+ser.runs) records not_run.json.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
-from ser.evaluation import evaluate_model_scopes
 from ser.logutil import setup_logging
+from ser.runs import NOT_RUN, is_not_run, mark_not_run
 from ser.stageutil import ensure_writable, run_stage, set_torch_threads
 
 
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a key under `models:` in params.yaml")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--models-dir", type=Path, default=Path("models"))
+    ap.add_argument("--model-dir", type=Path, required=True, help="models/<model>/f<k>-s<seed>")
     ap.add_argument("--features", type=Path, default=Path("data/features"))
     ap.add_argument("--metrics-dir", type=Path, required=True, help="<scope>.json per test set")
     ap.add_argument("--plots-dir", type=Path, required=True, help="<scope>.csv and <scope>.png per test set")
@@ -29,9 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     params = load_params(args.params)
     ensure_writable(args.metrics_dir, args.plots_dir)
+    if is_not_run(args.model_dir):
+        import json
+
+        mark_not_run(json.loads((args.model_dir / NOT_RUN).read_text())["not_run"],
+                     [args.metrics_dir], empty_dirs=[args.plots_dir])
+        return
     set_torch_threads(params.train.threads)
-    evaluate_model_scopes(params, args.model, args.models_dir, args.features, args.metrics_dir,
-                          args.plots_dir)
+    from ser.evaluation import evaluate_model_scopes
+
+    evaluate_model_scopes(params, args.model, args.model_dir, args.features, args.metrics_dir, args.plots_dir)
 
 
 if __name__ == "__main__":

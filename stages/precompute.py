@@ -1,6 +1,7 @@
 """Stages precompute-<kind>: one feature store per study.
 
-data/manifests/<study>.csv -> <out-dir>/<study>/{meta.json,<split>.npy,<split>.csv} + report JSON.
+data/manifests/<study>/f<k>.csv -> <out-dir>/<study>/{meta.json,clips.npy,clips.csv,f<k>/} + report JSON
+(every clip once; one index folder per fold, see ser.stores).
 --kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models;
 --kind egemaps / compare: openSMILE functionals for the classical baseline.
 """
@@ -26,14 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", required=True, choices=sorted(KINDS))
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="folder of <study>.csv")
+    ap.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="folder of <study>/f<k>.csv")
     ap.add_argument("--out-dir", type=Path, required=True, help="data/features/<kind>")
     ap.add_argument("--report", type=Path, required=True, help="data/reports/<kind>.json")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
     ensure_writable(args.out_dir, files=[args.report])
-    report = {name: KINDS[args.kind](args.manifests / f"{name}.csv", args.out_dir / name, params.features,
+    report = {name: KINDS[args.kind](args.manifests, name, args.out_dir / name, params.features,
                                      labels=study.labels, target=study.target)
               for name, study in params.studies.items()}
     write_json_atomic(args.report, report, sort_keys=False)

@@ -1,6 +1,7 @@
-"""train-<model>: train one model of params.yaml `models` and save its best epoch.
+"""train@<model>-<fold>-<seed>: train one run of a model of params.yaml `models` and save its best epoch.
 
 A killed run restarted with the same command resumes from --resume-dir.
+A fold the model's study does not have records not_run.json and exits (see ser.runs).
 Runs unchanged under `accelerate launch --multi_gpu --num_processes N stages/train.py ...`
 (also CPU-only, over gloo; see ser.training).
 """
@@ -13,27 +14,40 @@ import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if 
 
 from ser.config import load_params
 from ser.logutil import setup_logging
+from ser.runs import mark_not_run, not_run_reason, read_bind
 from ser.stageutil import ensure_writable, run_stage, set_torch_threads
-from ser.training import train_model
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a key under `models:` in params.yaml")
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--bind", type=Path, required=True, help="data/bind/<model>.json (bind@<model>)")
     ap.add_argument("--features", type=Path, default=Path("data/features"))
-    ap.add_argument("--out-dir", type=Path, required=True, help="best checkpoint (models/<model>)")
-    ap.add_argument("--resume-dir", type=Path, required=True, help="per-epoch training state (checkpoints/<model>)")
-    ap.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots (dvclive/<model>)")
+    ap.add_argument("--out-dir", type=Path, required=True, help="best checkpoint (models/<model>/f<k>-s<seed>)")
+    ap.add_argument("--resume-dir", type=Path, required=True, help="per-epoch training state")
+    ap.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots")
     ap.add_argument("--timing", type=Path, help="wall-clock timing JSON, kept out of the cached --out-dir")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    if args.model not in params.models:
+        raise KeyError(f"unknown model {args.model!r}; params.yaml `models` defines: {sorted(params.models)}")
+    mp = params.models[args.model]
     # Before the first epoch, not after the last: a bad path fails in a second.
     ensure_writable(args.out_dir, args.resume_dir, args.live_dir, files=[args.timing] if args.timing else [])
+    reason = not_run_reason(read_bind(args.bind, args.model, mp.input, mp.study), args.fold)
+    if reason:
+        mark_not_run(reason, [args.out_dir], [args.live_dir / "metrics.json", *([args.timing] if args.timing else [])],
+                     empty_dirs=[args.live_dir / "plots"])
+        return
     set_torch_threads(params.train.threads)
-    train_model(params, args.model, args.features, args.out_dir, args.resume_dir, args.live_dir,
-                timing_path=args.timing)
+    from ser.training import train_model
+
+    train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir, args.resume_dir,
+                args.live_dir, timing_path=args.timing)
 
 
 if __name__ == "__main__":

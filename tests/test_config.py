@@ -18,13 +18,15 @@ def _default() -> dict:
 @pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml"])
 def test_profiles_load(path):
     params = load_params(ROOT / path)
-    assert set(params.studies) == {"cross_corpus", "multi_corpus"}
+    assert {"cross_corpus", "multi_corpus", "corpus_matrix"} <= set(params.studies)
+    assert params.studies["corpus_matrix"].design == "matrix"
+    assert params.splits["cross_corpus"]["iemocap"].protocol == "loso"
     assert params.studies["cross_corpus"].labels == ("angry", "happy", "neutral", "sad")
     assert params.models["dann"].objective == "dann"
 
 
 def test_profiles_share_keys():
-    """The paper profile is the demo profile with other values, never other keys."""
+    """The paper profile is the demo profile with other values, never other keys (it adds studies and models)."""
     def keys(d, prefix=""):
         out = set()
         for k, v in d.items():
@@ -34,8 +36,9 @@ def test_profiles_share_keys():
         return out
     paper = yaml.safe_load((ROOT / "profiles/paper.yaml").read_text())
     demo = _default()
-    assert {k for k in keys(paper) if not k.startswith("models.")} == \
-           {k for k in keys(demo) if not k.startswith("models.")}
+    own = ("models.", "studies.", "splits.")
+    assert {k for k in keys(paper) if not k.startswith(own)} == {k for k in keys(demo) if not k.startswith(own)}
+    assert set(demo["studies"]) <= set(paper["studies"]) and set(demo["splits"]) <= set(paper["splits"])
 
 
 def test_unknown_key_is_named():
@@ -70,7 +73,19 @@ def test_missing_key_is_named():
     (lambda d: d["models"]["baseline"].update(epochs="many"), r"models\.baseline\.epochs: expected an integer"),
     (lambda d: d["studies"]["cross_corpus"].update(labels=["sad", "sad"]), "distinct"),
     (lambda d: d["splits"]["cross_corpus"].pop("ravdess"), r"splits\.cross_corpus\.ravdess: missing split protocol"),
-    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(protocol="loso"), "needs 'fold'"),
+    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(folds=3), "folds applies to protocols speaker_folds"),
+    (lambda d: d.update(seed=1), r"unknown key seed: seed is now `seeds: \[<int>, \.\.\.\]`"),
+    (lambda d: d.update(fold=1), r"unknown key fold: .*`folds: \[1, 2, \.\.\.\]`"),
+    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(fold=1),
+     r"unknown key splits\.cross_corpus\.iemocap\.fold: the fold is no longer chosen in the split"),
+    (lambda d: d.update(seeds=[]), "seeds must be a non-empty list"),
+    (lambda d: d.update(folds=[1, 1]), "folds must be a non-empty list of distinct"),
+    (lambda d: d.update(folds=[0, 1]), "folds are numbered from 1"),
+    (lambda d: d["studies"]["corpus_matrix"].update(source="iemocap"), "design 'matrix' .* takes no source"),
+    (lambda d: d["splits"]["corpus_matrix"].update(iemocap={"protocol": "loso"}),
+     r"splits\.corpus_matrix\.iemocap: a 'matrix' study runs one fold per training corpus"),
+    (lambda d: d["splits"]["corpus_matrix"]["ravdess"].update(val=[]),
+     r"splits\.corpus_matrix\.ravdess: a 'matrix' study trains on every corpus .* needs a val split"),
     (lambda d: d["corpora"]["ravdess"].update(source="download"), "needs a 'url'"),
 ])
 def test_bad_values_fail(mutate, message):
@@ -98,8 +113,9 @@ def test_params_are_frozen():
 def _cross_only(data: dict) -> dict:
     """The demo params reduced to the cross-corpus study (the multi-corpus study is optional)."""
     data = copy.deepcopy(data)
-    data["studies"].pop("multi_corpus")
-    data["splits"].pop("multi_corpus")
+    for study in ("multi_corpus", "corpus_matrix"):
+        data["studies"].pop(study)
+        data["splits"].pop(study)
     data["models"] = {k: m for k, m in data["models"].items() if m["study"] == "cross_corpus"}
     return data
 
@@ -111,7 +127,8 @@ def test_studies_are_optional():
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d["splits"]["cross_corpus"]["iemocap"].update(val=[]), r"no corpus .* has val data"),
+    (lambda d: d["splits"]["cross_corpus"].update(iemocap={"protocol": "sessions", "train": ["1", "2"], "test": ["5"]}),
+     r"no corpus .* has val data"),
     (lambda d: d["splits"]["cross_corpus"]["ravdess"].update(adapt=[]), r"need unlabeled target data"),
     (lambda d: d["splits"]["cross_corpus"]["ravdess"].update(val=["13"]), r"train_on_target"),
     (lambda d: d["splits"]["cross_corpus"].update(
@@ -126,13 +143,11 @@ def test_unworkable_split_combinations_fail_at_load(edit, match):
 
 
 @pytest.mark.parametrize("entry, match", [
-    ({"protocol": "speaker_folds", "folds": 6}, r"needs 'fold' in 1\.\.6"),
-    ({"protocol": "speaker_folds", "folds": 6, "fold": 0}, r"needs 'fold' in 1\.\.6 .* got 0"),
-    ({"protocol": "speaker_folds", "folds": 6, "fold": 7}, r"needs 'fold' in 1\.\.6 .* got 7"),
-    ({"protocol": "speaker_folds", "folds": 1, "fold": 1}, r"folds must be >= 2, got 1"),
-    ({"protocol": "speaker_folds", "folds": 2, "fold": 1}, r"folds: 2 has no fold left for training.*val_speakers"),
-    ({"protocol": "speaker_folds", "fold": 1, "val_speakers": -1}, r"val_speakers must be >= 0"),
-    ({"protocol": "speaker_folds", "fold": 1, "folds": "six"}, r"folds: expected an integer"),
+    ({"protocol": "speaker_folds", "folds": 1}, r"folds must be >= 2, got 1"),
+    ({"protocol": "speaker_folds", "folds": 2}, r"folds: 2 has no fold left for training.*val_speakers"),
+    ({"protocol": "speaker_folds", "val_speakers": -1}, r"val_speakers must be >= 0"),
+    ({"protocol": "speaker_folds", "folds": "six"}, r"folds: expected an integer"),
+    ({"protocol": "speakers", "folds": 3}, r"folds applies to protocols speaker_folds and held_out_words"),
 ])
 def test_speaker_folds_params_are_checked(entry, match):
     data = _default()
@@ -143,18 +158,18 @@ def test_speaker_folds_params_are_checked(entry, match):
 
 def test_speaker_folds_params_load_and_provide_train_val_test():
     data = _default()
-    data["splits"]["multi_corpus"]["ravdess"] = {"protocol": "speaker_folds", "fold": 6, "seed": 1}
-    data["splits"]["multi_corpus"]["crema_d"] = {"protocol": "speaker_folds", "folds": 2, "fold": 2,
-                                                 "val_speakers": 8}
+    data["splits"]["multi_corpus"]["ravdess"] = {"protocol": "speaker_folds", "seed": 1}
+    data["splits"]["multi_corpus"]["crema_d"] = {"protocol": "speaker_folds", "folds": 2, "val_speakers": 8}
     splits = parse_params(data).splits["multi_corpus"]
-    assert (splits["ravdess"].folds, splits["ravdess"].fold, splits["ravdess"].val_speakers) == (6, 6, 0)
+    assert (splits["ravdess"].k, splits["ravdess"].val_speakers) == (6, 0)  # RAVDESS's EmoBox default
+    assert splits["crema_d"].k == 2
     assert splits["ravdess"].provides() == splits["crema_d"].provides(False) == {"train", "val", "test"}
 
 
 def test_speaker_folds_on_a_target_corpus_is_rejected():
     """Folds train on the corpus, so a cross-corpus target may not use them unless the study says so."""
     data = _cross_only(yaml.safe_load(PARAMS.read_text()))
-    data["splits"]["cross_corpus"]["ravdess"] = {"protocol": "speaker_folds", "fold": 1}
+    data["splits"]["cross_corpus"]["ravdess"] = {"protocol": "speaker_folds"}
     with pytest.raises(ParamsError, match=r"splits\.cross_corpus\.ravdess: .*target corpus.*train_on_target"):
         parse_params(data)
 

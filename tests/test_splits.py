@@ -10,7 +10,7 @@ import pytest
 
 from ser.config import SplitParams
 from ser.manifest import Utterance, speaker_leaks
-from ser.splits import SplitError, assign_splits
+from ser.splits import SplitError, assign_splits, fold_count
 
 
 def utt(corpus: str, speaker: str, i: int, session: str = "", text: str = "") -> Utterance:
@@ -43,14 +43,16 @@ def test_sessions_protocol():
 @pytest.mark.parametrize("fold, val, train", [(1, "5", {"2", "3", "4"}), (3, "2", {"1", "4", "5"}),
                                               (5, "4", {"1", "2", "3"})])
 def test_loso_previous_session_is_validation(fold, val, train):
-    rows = assign_splits(iemocap_rows(), "iemocap", SplitParams(protocol="loso", fold=fold))
+    rows = assign_splits(iemocap_rows(), "iemocap", SplitParams(protocol="loso"), fold=fold)
     assert by_split(rows, "session") == {"train": train, "val": {val}, "test": {str(fold)}}
 
 
 def test_loso_unknown_fold_is_an_error():
     rows = [r for r in iemocap_rows() if r.session != "5"]
-    with pytest.raises(SplitError, match=r"fold 5 is not a session of iemocap \(sessions: 1-4\)"):
-        assign_splits(rows, "iemocap", SplitParams(protocol="loso", fold=5))
+    assert fold_count(rows, SplitParams(protocol="loso"), "iemocap") == 4
+    with pytest.raises(SplitError, match=r"fold 5 does not exist: iemocap has 4 sessions \(1-4\), so loso has "
+                                         r"folds 1-4"):
+        assign_splits(rows, "iemocap", SplitParams(protocol="loso"), fold=5)
 
 
 def test_speakers_ranges_compare_numerically():
@@ -128,7 +130,7 @@ def test_all_test():
 def test_loso_over_all_folds_tests_every_session_once():
     tested = []
     for fold in range(1, 6):
-        groups = by_split(assign_splits(iemocap_rows(), "iemocap", SplitParams(protocol="loso", fold=fold)), "session")
+        groups = by_split(assign_splits(iemocap_rows(), "iemocap", SplitParams(protocol="loso"), fold=fold), "session")
         assert set(groups) == {"train", "val", "test"}
         assert not (groups["train"] & groups["val"]) and not (groups["test"] & (groups["train"] | groups["val"]))
         tested += sorted(groups["test"])
@@ -148,8 +150,8 @@ def speaker_rows(n_f: int = 12, n_m: int = 12, clips: int = 2, gender: bool = Tr
 
 
 def fold_splits(rows, k, seed=0, **kw) -> list[dict[str, set[str]]]:
-    return [by_split(assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k, fold=f,
-                                                                seed=seed, **kw)))
+    return [by_split(assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k,
+                                                                seed=seed, **kw), fold=f))
             for f in range(1, k + 1)]
 
 
@@ -168,8 +170,8 @@ def test_speaker_folds_test_every_speaker_once_and_never_leak(k, val_speakers):
             assert len(val) == val_speakers
         else:  # the fold before the test fold, cyclically (like loso)
             assert val == splits[f - 2]["test"]
-    out = assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k, fold=1,
-                                                     val_speakers=val_speakers))
+    out = assign_splits(rows, "ravdess", SplitParams(protocol="speaker_folds", folds=k,
+                                                     val_speakers=val_speakers), fold=1)
     assert not speaker_leaks(out)
 
 
@@ -216,7 +218,40 @@ def test_speaker_folds_too_few_speakers_name_the_alternatives():
     rows = [utt("tess", spk, i, text=f"w{i}") for spk in ("OAF", "YAF") for i in range(3)]
     with pytest.raises(SplitError, match=r"splits\.multi\.tess: tess has 2 speaker\(s\) \(oaf, yaf\), too few "
                                          r"for protocol 'speaker_folds' with folds: 5.*held_out_words.*all_test"):
-        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=5, fold=1),
-                      where="splits.multi.tess")
+        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=5),
+                      where="splits.multi.tess", fold=1)
     with pytest.raises(SplitError, match=r"val_speakers: 1 leaves no training speaker.*held_out_words"):
-        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=2, fold=1, val_speakers=1))
+        assign_splits(rows, "tess", SplitParams(protocol="speaker_folds", folds=2, val_speakers=1), fold=1)
+
+
+def test_fold_counts_and_a_fold_beyond_them():
+    assert fold_count(iemocap_rows(), SplitParams(protocol="loso"), "iemocap") == 5
+    assert fold_count(speaker_rows(), SplitParams(protocol="speaker_folds")) == 6  # the default k
+    assert fold_count(speaker_rows(), SplitParams(protocol="speakers", test=("1",))) == 1
+    with pytest.raises(SplitError, match=r"fold 7 does not exist: speaker_folds has folds 1-6"):
+        assign_splits(speaker_rows(), "ravdess", SplitParams(protocol="speaker_folds"), fold=7)
+    # a single-split protocol gives every fold the same split
+    sp = SplitParams(protocol="speakers", val=("1-4",), test=("5-8",))
+    assert assign_splits(speaker_rows(), "ravdess", sp, fold=1) == assign_splits(speaker_rows(), "ravdess", sp, fold=3)
+
+
+def tess_rows(words: int = 20) -> list[Utterance]:
+    return [utt("tess", spk, i, text=f"w{i}") for spk in ("OAF", "YAF") for i in range(words)]
+
+
+def test_held_out_words_folds_test_every_word_once():
+    rows, k = tess_rows(), 5
+    sp = SplitParams(protocol="held_out_words", folds=k, val_fraction=0.1, seed=2)
+    assert fold_count(rows, sp) == k
+    tested = []
+    for fold in range(1, k + 1):
+        groups = by_split(assign_splits(rows, "tess", sp, fold=fold), "text")
+        assert set(groups) == {"train", "val", "test"}
+        assert not (groups["train"] & groups["val"]) and not (groups["test"] & (groups["train"] | groups["val"]))
+        assert len(groups["test"]) == 4 and len(groups["val"]) == 2
+        tested += sorted(groups["test"])
+        # both speakers in every split: unseen words, seen speakers
+        assert by_split(assign_splits(rows, "tess", sp, fold=fold))["test"] == {"OAF", "YAF"}
+    assert sorted(tested) == sorted({r.text for r in rows})
+    with pytest.raises(SplitError, match=r"3 word\(s\) in tess are too few for folds: 5"):
+        assign_splits(tess_rows(3), "tess", sp, fold=1)

@@ -1,0 +1,106 @@
+"""Runs: one (model, fold, seed) cell of the experiment matrix, and where its outputs live.
+
+Every model of params.yaml runs once per fold in `folds` and seed in `seeds`
+(DVC `matrix` stages train@<model>-<fold>-<seed>, evaluate@<model>-<fold>-<seed>).
+A cell writes under `<root>/<model>/f<fold>-s<seed>/` (models, checkpoints,
+DVCLive, metrics, plots), so each is cached and re-run on its own: adding a
+seed adds cells and leaves the others untouched.
+
+`folds` is one list for every study; a study with fewer folds (a single-split
+study has one) does not run the cells beyond its count: they record
+`not_run.json` with the reason and finish at once, and the summary skips them.
+
+The `bind@<model>` stage writes data/bind/<model>.json: which store a model
+reads and that store's content fingerprint, so a run depends on its own
+features only (a matrix stage cannot look up its model's input and study).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ser.errors import SerError
+from ser.fsutil import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "read_bind", "not_run_reason", "mark_not_run",
+           "is_not_run", "BindError"]
+
+NOT_RUN = "not_run.json"
+
+
+class BindError(FileNotFoundError, SerError):
+    """A bind file is missing or does not match params.yaml."""
+
+
+def run_name(fold: int, seed: int) -> str:
+    """The folder of one run under a model's folder: f<fold>-s<seed>."""
+    return f"f{fold}-s{seed}"
+
+
+def parse_run_name(name: str) -> Optional[tuple[int, int]]:
+    """(fold, seed) of a run folder name, None for anything else."""
+    fold, sep, seed = name.partition("-s")
+    if not sep or not fold.startswith("f") or not fold[1:].isdigit():
+        return None
+    try:
+        return int(fold[1:]), int(seed)
+    except ValueError:
+        return None
+
+
+def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path) -> dict[str, Any]:
+    """data/bind/<model>.json from the store's meta: its path, folds and content fingerprint."""
+    meta_path = Path(store) / "meta.json"
+    if not meta_path.is_file():
+        raise BindError(f"{meta_path}: missing; run the precompute stage for {input_kind} first (`dvc repro`)")
+    meta = json.loads(meta_path.read_text())
+    record = {"model": model, "input": input_kind, "study": study, "store": str(store),
+              "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256")}
+    write_json_atomic(out, record)
+    log.info("%s reads %s (folds %s)", model, store, record["folds"])
+    return record
+
+
+def read_bind(path: Path, model: str, input_kind: str, study: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BindError(f"{path}: missing; run `dvc repro bind@{model}` first")
+    record = json.loads(path.read_text())
+    if (record.get("input"), record.get("study")) != (input_kind, study):
+        raise BindError(f"{path}: binds {record.get('input')}/{record.get('study')}, but params.yaml gives "
+                        f"{model} input {input_kind!r} and study {study!r}; run `dvc repro bind@{model}`")
+    return record
+
+
+def not_run_reason(bind: dict[str, Any], fold: int) -> Optional[str]:
+    """Why cell `fold` of a model is not run (None: it is run)."""
+    folds = bind.get("folds") or [1]
+    if fold in folds:
+        return None
+    return (f"study {bind['study']} has {len(folds)} fold(s) ({', '.join(map(str, folds))}); fold {fold} of "
+            f"the top-level `folds` list does not exist there")
+
+
+def mark_not_run(reason: str, dirs: Sequence[Path], files: Sequence[Path] = (),
+                 empty_dirs: Sequence[Path] = ()) -> None:
+    """Write the not-run marker into every output folder (and as every output file) of a cell;
+    `empty_dirs` (plots folders, whose every file DVC would read as a plot) are only emptied."""
+    record = {"not_run": reason}
+    for d in [*dirs, *empty_dirs]:
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.iterdir():  # an earlier run of this cell (the study had more folds then)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for d in dirs:
+        write_json_atomic(d / NOT_RUN, record)
+    for f in files:
+        write_json_atomic(f, record)
+    log.info("not run: %s", reason)
+
+
+def is_not_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / NOT_RUN).is_file()

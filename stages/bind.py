@@ -1,0 +1,32 @@
+"""bind@<model>: record which feature store a model reads, and that store's fingerprint.
+
+data/bind/<model>.json changes only when the model's own store does, so the
+model's train@ cells re-run for their features and no others.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
+
+from ser.logutil import setup_logging
+from ser.runs import write_bind
+from ser.stageutil import ensure_writable, run_stage
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--input", required=True, help="the model's input kind (its store)")
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--store", type=Path, required=True, help="data/features/<input>/<study>")
+    ap.add_argument("--out", type=Path, required=True, help="data/bind/<model>.json")
+    args = ap.parse_args(argv)
+    setup_logging()
+    ensure_writable(files=[args.out])
+    write_bind(args.model, args.input, args.study, args.store, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)
