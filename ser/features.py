@@ -639,6 +639,9 @@ def _write_store(kind: str, out_root: Path, sink: _Sink, folds: dict[int, list[U
         for split, split_rows in splits.items():
             if split_rows:
                 write_index(fold_dir, split, split_rows)
+            elif (fold_dir / f"{split}.csv").exists():  # a split of an earlier run that has no rows now
+                log.info("removing stale %s", fold_dir / f"{split}.csv")
+                (fold_dir / f"{split}.csv").unlink()
         write_meta(fold_dir, fold_meta)
         written[str(fold)] = fold_meta["splits"]
         log.info("wrote %s: %s", fold_dir, fold_meta["splits"])

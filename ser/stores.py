@@ -64,10 +64,11 @@ def speaker_key(corpus: str, speaker: str) -> str:
 
 
 def store_fingerprint(root: str | Path) -> str:
-    """sha256 over every file of a store except its top-level meta.json: what the store holds."""
+    """sha256 over every file of a store except its top-level meta.json (and work files): what the store holds."""
     root = Path(root)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != root / "meta.json"):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != root / "meta.json"
+                       and not p.name.endswith((".partial", ".tmp"))):  # work files of a running precompute
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 22):

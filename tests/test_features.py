@@ -1,6 +1,7 @@
 """Audio decoding, log-mel parity with librosa, and the mel / wave feature stores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,8 +19,8 @@ from ser.audio import AudioError, check_audio, load_audio
 from ser.config import FeatureParams
 from ser.features import (SILENCE_DB, fit_frames, logmel, mel_for_inference, normalise, precompute_mels,
                           precompute_waves)
-from ser.manifest import Utterance, write_manifest
-from ser.stores import FeatureStore
+from ser.manifest import ManifestError, Utterance, write_manifest
+from ser.stores import FeatureStore, read_index, store_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 # 1.2 s windows keep the stores tiny; front end off, for librosa parity (tests/test_frontend.py covers it)
@@ -171,9 +172,10 @@ def study(tmp_path: Path) -> dict:
     unassigned = utt(audio / "train0.wav", "unassigned", n=20)
     ordered = rows[:2] + [bad["unreadable"], bad["missing"]] + rows[2:4] + [bad["empty"], bad["silent"]] \
         + rows[4:] + [bad["too_short"], unassigned]
-    manifest = tmp_path / "cross_corpus.csv"
-    write_manifest(ordered, manifest)
-    return {"manifest": manifest, "rows": {r.utt_id: r for r in rows}, "good": good, "bad": bad, "tmp": tmp_path}
+    manifests = tmp_path / "manifests"
+    write_manifest(ordered, manifests / "cross_corpus" / "f1.csv")
+    return {"manifests": manifests, "ordered": ordered, "rows": {r.utt_id: r for r in rows}, "good": good,
+            "bad": bad, "tmp": tmp_path}
 
 
 def expected_mel(path: str, fp: FeatureParams) -> tuple[np.ndarray, int]:
@@ -183,108 +185,138 @@ def expected_mel(path: str, fp: FeatureParams) -> tuple[np.ndarray, int]:
 
 def test_precompute_mels_store(study: dict) -> None:
     out = study["tmp"] / "mels"
-    report = precompute_mels(study["manifest"], out, FP, 2, labels=LABELS, target="ravdess")
+    report = precompute_mels(study["manifests"], "cross_corpus", out, FP, 2, labels=LABELS, target="ravdess")
 
     # Bad files are skipped, counted and listed; everything else is written.
     assert report["skipped"] == {"empty": 1, "missing": 1, "silent": 1, "too_short": 1, "unreadable": 1}
     listed = {s["utt_id"]: s for s in report["skipped_files"]}
     for reason, row in study["bad"].items():
         assert listed[row.utt_id]["reason"] == reason and listed[row.utt_id]["path"] == row.path
-    assert report["written"] == {"train": 3, "test": 3, "adapt": 1}
-    assert report["unassigned"] == 1
-    assert not (out / "val.npy").exists() and not (out / "val.csv").exists()
-    assert not list(out.glob("*.partial")) and not list(out.glob("*.tmp"))
+    assert report["folds"] == {"1": {"train": 3, "test": 3, "adapt": 1}}
+    assert report["files"] == 12 and report["clips"] == 7  # the unassigned row is not a store clip
+    assert not (out / "f1" / "val.csv").exists()
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
 
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "mels" and meta["labels"] == LABELS and meta["sample_rate"] == 16000
-    assert meta["features"]["frames"] == 120 and meta["splits"] == report["written"]
+    assert meta["features"]["frames"] == 120 and meta["folds"] == [1] and meta["clips"] == 7
+    assert meta["content_sha256"] == store_fingerprint(out)
+    fold_meta = json.loads((out / "f1" / "meta.json").read_text())
+    assert fold_meta["splits"] == report["folds"]["1"]
 
-    # Statistics: valid frames of train only (recomputed from the librosa definition).
+    # Statistics: valid frames of the fold's train split only (recomputed from the librosa definition).
     train_ids = [u for u in study["good"] if study["rows"][u].split == "train"]
     fitted = [expected_mel(study["rows"][u].path, FP) for u in train_ids]
     valid_frames = np.concatenate([m[:, :v] for m, v in fitted], axis=1).astype(np.float64)
-    np.testing.assert_allclose(meta["mean"], valid_frames.mean(axis=1), atol=1e-3)
-    np.testing.assert_allclose(meta["std"], np.maximum(valid_frames.std(axis=1), 1e-3), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(fold_meta["mean"], valid_frames.mean(axis=1), atol=1e-3)
+    np.testing.assert_allclose(fold_meta["std"], np.maximum(valid_frames.std(axis=1), 1e-3), rtol=1e-4, atol=1e-3)
     padded_mean = np.concatenate([m for m, _ in fitted], axis=1).mean(axis=1)
-    assert np.abs(np.array(meta["mean"]) - padded_mean).max() > 1.0  # padding is excluded
+    assert np.abs(np.array(fold_meta["mean"]) - padded_mean).max() > 1.0  # padding is excluded
     test_ids = [u for u in study["good"] if study["rows"][u].split == "test"]
     all_frames = np.concatenate([valid_frames] + [expected_mel(study["rows"][u].path, FP)[0] for u in test_ids],
                                 axis=1)
-    assert np.abs(np.array(meta["mean"]) - all_frames.mean(axis=1)).max() > 1.0  # not from every split
+    assert np.abs(np.array(fold_meta["mean"]) - all_frames.mean(axis=1)).max() > 1.0  # not from every split
 
-    # Index and arrays agree, in manifest order, with the domain of the target corpus.
-    mean, std = np.array(meta["mean"]), np.array(meta["std"])
+    # Every clip once in clips.npy (raw log-mels, manifest order); the fold's index rows point into it
+    # and read normalised with the fold's statistics, with the domain of the target corpus.
+    clips = np.load(out / "clips.npy")
+    assert clips.shape == (7, FP.n_mels, FP.frames) and clips.dtype == np.float32
+    mean, std = np.array(fold_meta["mean"]), np.array(fold_meta["std"])
     for split in ("train", "test", "adapt"):
-        store = FeatureStore(out, split)
+        store = FeatureStore(out / "f1", split)
         ids = [u for u in study["good"] if study["rows"][u].split == split]
         assert [r.utt_id for r in store.index] == ids
-        assert store.array.shape == (len(ids), FP.n_mels, FP.frames) and store.array.dtype == np.float32
+        assert store.meta["mean"] == fold_meta["mean"] and store.meta["kind"] == "mels"
         for i, row in enumerate(store.index):
             src = study["rows"][row.utt_id]
             mel, valid = expected_mel(src.path, FP)
-            assert row.offset == i and row.length == valid
+            assert row.offset == study["good"].index(row.utt_id) and row.length == valid
             assert row.domain == (1 if src.corpus == "ravdess" else 0)
             assert (row.corpus, row.speaker, row.emotion) == (src.corpus, src.speaker, src.emotion)
+            np.testing.assert_allclose(clips[row.offset], mel, atol=1e-4)
             np.testing.assert_allclose(store[i], normalise(mel, mean, std), atol=1e-4)
+            np.testing.assert_array_equal(store[i], normalise(clips[row.offset], mean, std))
             # `ser predict` path: identical floats to the store.
-            np.testing.assert_array_equal(mel_for_inference(load_audio(src.path, 16000), meta), store[i])
-    assert FeatureStore(out, "test", corpus="ravdess").index[0].utt_id == "ravdess_test_001"
-    train = FeatureStore(out, "train")
+            np.testing.assert_array_equal(mel_for_inference(load_audio(src.path, 16000), store.meta), store[i])
+    assert FeatureStore(out / "f1", "test", corpus="ravdess").index[0].utt_id == "ravdess_test_001"
+    train = FeatureStore(out / "f1", "train")
     np.testing.assert_array_equal(train.labels(LABELS), [0, 1, 2])
+
+
+def test_folds_share_clips_and_normalise_with_their_own_train_split(study: dict) -> None:
+    """Fold 2 trains on other clips: the same clips.npy, another index, other statistics."""
+    swapped = [dataclasses.replace(r, split={"train": "test", "test": "train"}.get(r.split, r.split))
+               if r.utt_id in study["rows"] and r.corpus != "ravdess" else r for r in study["ordered"]]
+    write_manifest(swapped, study["manifests"] / "cross_corpus" / "f2.csv")
+    out = study["tmp"] / "mels2"
+    report = precompute_mels(study["manifests"], "cross_corpus", out, FP, 1, labels=LABELS, target="ravdess")
+    assert report["clips"] == 7 and sorted(report["folds"]) == ["1", "2"]
+    f1, f2 = FeatureStore(out / "f1", "train"), FeatureStore(out / "f2", "train")
+    assert {r.utt_id for r in f2.index} == {u for u in study["good"] if study["rows"][u].split == "test"
+                                            and study["rows"][u].corpus != "ravdess"}
+    assert np.abs(np.array(f1.meta["mean"]) - np.array(f2.meta["mean"])).max() > 1.0
+    # the same clip reads differently in the two folds: each fold's statistics
+    clip = FeatureStore(out / "f1", "test").index[0]
+    x1 = FeatureStore(out / "f1", "test")[0]
+    x2 = f2[[r.utt_id for r in f2.index].index(clip.utt_id)]
+    assert not np.allclose(x1, x2)
+    # a fold that no longer exists is removed on the next run
+    (study["manifests"] / "cross_corpus" / "f2.csv").unlink()
+    precompute_mels(study["manifests"], "cross_corpus", out, FP, 1, labels=LABELS, target="ravdess")
+    assert not (out / "f2").exists() and json.loads((out / "meta.json").read_text())["folds"] == [1]
 
 
 def test_workers_one_and_two_give_identical_stores(study: dict) -> None:
     for kind, fn in (("mels", precompute_mels), ("waves", precompute_waves)):
         roots = [study["tmp"] / f"{kind}_w{w}" for w in (1, 2)]
         for workers, root in zip((1, 2), roots):
-            fn(study["manifest"], root, FP, workers, labels=LABELS, target="ravdess")
-        assert (roots[0] / "meta.json").read_text() == (roots[1] / "meta.json").read_text()
-        for split in ("train", "test", "adapt"):
-            assert (roots[0] / f"{split}.csv").read_text() == (roots[1] / f"{split}.csv").read_text()
-            np.testing.assert_array_equal(np.load(roots[0] / f"{split}.npy"), np.load(roots[1] / f"{split}.npy"))
+            fn(study["manifests"], "cross_corpus", root, FP, workers, labels=LABELS, target="ravdess")
+        for name in ("meta.json", "clips.csv", "f1/meta.json", *(f"f1/{s}.csv" for s in ("train", "test", "adapt"))):
+            assert (roots[0] / name).read_text() == (roots[1] / name).read_text()
+        np.testing.assert_array_equal(np.load(roots[0] / "clips.npy"), np.load(roots[1] / "clips.npy"))
 
 
 def test_precompute_waves_store(study: dict) -> None:
     out = study["tmp"] / "waves"
-    report = precompute_waves(study["manifest"], out, FP, 2, labels=LABELS, target="ravdess")
-    assert sum(report["skipped"].values()) == 5 and report["written"] == {"train": 3, "test": 3, "adapt": 1}
+    report = precompute_waves(study["manifests"], "cross_corpus", out, FP, 2, labels=LABELS, target="ravdess")
+    assert sum(report["skipped"].values()) == 5 and report["folds"] == {"1": {"train": 3, "test": 3, "adapt": 1}}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "waves" and meta["sample_rate"] == 16000 and meta["target"] == "ravdess"
+    clips = np.load(out / "clips.npy")
+    lengths = [r.length for r in read_index(out / "clips.csv")]
+    assert clips.ndim == 1 and clips.shape[0] == sum(lengths)
     for split in ("train", "test", "adapt"):
-        store = FeatureStore(out, split)
+        store = FeatureStore(out / "f1", split)
         ids = [u for u in study["good"] if study["rows"][u].split == split]
         assert [r.utt_id for r in store.index] == ids
-        offsets, lengths = [r.offset for r in store.index], store.lengths
-        assert offsets[0] == 0 and list(np.cumsum(lengths)[:-1]) == offsets[1:]
-        assert store.array.ndim == 1 and store.array.shape[0] == lengths.sum()
         for i, row in enumerate(store.index):
             src = study["rows"][row.utt_id]
             ref, _ = librosa.load(src.path, sr=16000)
             assert row.domain == (1 if src.corpus == "ravdess" else 0)
             np.testing.assert_allclose(store[i], ref, atol=1e-6)
     # A 2 s 48 kHz file became 32000 samples at 16 kHz.
-    assert FeatureStore(out, "test").index[0].length == 32000
+    assert FeatureStore(out / "f1", "test").index[0].length == 32000
 
 
 def test_rerun_removes_stale_splits_and_needs_train(study: dict, tmp_path: Path) -> None:
     out = tmp_path / "mels"
-    precompute_mels(study["manifest"], out, FP, 1, labels=LABELS, target="ravdess")
-    assert (out / "adapt.npy").exists()
+    precompute_mels(study["manifests"], "cross_corpus", out, FP, 1, labels=LABELS, target="ravdess")
+    assert (out / "f1" / "adapt.csv").exists()
     rows = [r for r in study["rows"].values() if r.split != "adapt"]
-    smaller = tmp_path / "smaller.csv"
-    write_manifest(rows, smaller)
-    report = precompute_mels(smaller, out, FP, 1, labels=LABELS, target="ravdess")
-    assert "adapt" not in report["written"] and not (out / "adapt.npy").exists()
+    write_manifest(rows, tmp_path / "smaller" / "s" / "f1.csv")
+    report = precompute_mels(tmp_path / "smaller", "s", out, FP, 1, labels=LABELS, target="ravdess")
+    assert "adapt" not in report["folds"]["1"] and not (out / "f1" / "adapt.csv").exists()
 
-    no_train = tmp_path / "no_train.csv"
-    write_manifest([r for r in rows if r.split != "train"], no_train)
-    with pytest.raises(RuntimeError, match="no usable train rows"):
-        precompute_mels(no_train, tmp_path / "other", FP, 1, labels=LABELS)
+    write_manifest([r for r in rows if r.split != "train"], tmp_path / "no_train" / "s" / "f1.csv")
+    with pytest.raises(RuntimeError, match="fold 1: no usable train rows"):
+        precompute_mels(tmp_path / "no_train", "s", tmp_path / "other", FP, 1, labels=LABELS)
+    with pytest.raises(ManifestError, match=r"no fold manifests \(f1\.csv, \.\.\.\); run `dvc repro build-metadata`"):
+        precompute_mels(tmp_path / "nowhere", "s", tmp_path / "other", FP, 1, labels=LABELS)
 
 
 def test_unknown_label_fails_early(study: dict) -> None:
     with pytest.raises(ValueError, match="not in the study labels"):
-        precompute_mels(study["manifest"], study["tmp"] / "x", FP, 1, labels=["angry", "happy"])
+        precompute_mels(study["manifests"], "cross_corpus", study["tmp"] / "x", FP, 1, labels=["angry", "happy"])
 
 
 def test_stage_scripts_build_every_study(tmp_path: Path) -> None:
@@ -300,7 +332,7 @@ def test_stage_scripts_build_every_study(tmp_path: Path) -> None:
             path = write_wav(tmp_path / "audio" / f"{name}_{corpus}.wav", tone(0.6, 16000, 300 + 100 * k), 16000)
             split = "adapt" if corpus == study.get("target") else "train"
             rows.append(utt(path, split, corpus=corpus, emotion=study["labels"][0], n=k))
-        write_manifest(rows, manifests / f"{name}.csv")
+        write_manifest(rows, manifests / name / "f1.csv")
     for kind in ("mels", "waves"):
         report = tmp_path / f"{kind}.json"
         subprocess.run([sys.executable, str(REPO / "stages" / "precompute.py"), "--kind", kind, "--params", str(params_path),
@@ -308,22 +340,21 @@ def test_stage_scripts_build_every_study(tmp_path: Path) -> None:
                        check=True, cwd=tmp_path, capture_output=True, text=True)
         result = json.loads(report.read_text())
         assert sorted(result) == sorted(params["studies"])
-        cross = FeatureStore(tmp_path / kind / "cross_corpus", "adapt")
+        cross = FeatureStore(tmp_path / kind / "cross_corpus" / "f1", "adapt")
         assert [r.domain for r in cross.index] == [1]
-        multi = FeatureStore(tmp_path / kind / "multi_corpus", "train")
+        multi = FeatureStore(tmp_path / kind / "multi_corpus" / "f1", "train")
         assert len(multi) == len(params["studies"]["multi_corpus"]["corpora"])
         assert {r.domain for r in multi.index} == {0}
 
 
-def test_large_split_path_normalises_on_disk_identically(study: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Splits above the in-RAM limit are normalised in place in the scratch memmap: same bytes."""
+def test_large_store_path_compacts_on_disk_identically(study: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores above the in-RAM limit are compacted in the scratch memmap: same bytes."""
     in_ram = study["tmp"] / "ram"
-    precompute_mels(study["manifest"], in_ram, FP, 1, labels=LABELS, target="ravdess")
+    precompute_mels(study["manifests"], "cross_corpus", in_ram, FP, 1, labels=LABELS, target="ravdess")
     monkeypatch.setattr(features, "_IN_RAM_BYTES", 0)
     on_disk = study["tmp"] / "disk"
-    precompute_mels(study["manifest"], on_disk, FP, 1, labels=LABELS, target="ravdess")
-    for split in ("train", "test", "adapt"):
-        np.testing.assert_array_equal(np.load(in_ram / f"{split}.npy"), np.load(on_disk / f"{split}.npy"))
+    precompute_mels(study["manifests"], "cross_corpus", on_disk, FP, 1, labels=LABELS, target="ravdess")
+    np.testing.assert_array_equal(np.load(in_ram / "clips.npy"), np.load(on_disk / "clips.npy"))
     assert not list(on_disk.glob("*.partial"))
 
 

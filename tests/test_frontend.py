@@ -183,6 +183,11 @@ def test_old_store_meta_reads_as_front_end_off() -> None:
 
 
 # --------------------------------------------------------------------------- stores and inference
+def _meta(root: Path) -> dict:
+    """A store's meta as training and inference see it: the study meta with fold 1's."""
+    return {**json.loads((root / "meta.json").read_text()), **json.loads((root / "f1" / "meta.json").read_text())}
+
+
 def _manifest(tmp_path: Path) -> tuple[Path, list[Utterance]]:
     rows = []
     for n, (split, secs, amp) in enumerate([("train", 0.9, 0.3), ("train", 1.6, 0.02), ("test", 0.7, 0.003)]):
@@ -192,8 +197,8 @@ def _manifest(tmp_path: Path) -> tuple[Path, list[Utterance]]:
         sf.write(path, wave.astype(np.float32), SR, subtype="PCM_16")
         rows.append(Utterance(utt_id=f"c/{n}", corpus="c", speaker=f"s{n}", path=str(path), duration_s=secs,
                               sample_rate=SR, raw_label="neutral", emotion="neutral", split=split))
-    manifest = tmp_path / "m.csv"
-    write_manifest(rows, manifest)
+    manifest = tmp_path / "m"
+    write_manifest(rows, manifest / "s" / "f1.csv")
     return manifest, rows
 
 
@@ -201,13 +206,13 @@ def _manifest(tmp_path: Path) -> tuple[Path, list[Utterance]]:
 def test_mel_store_records_front_end_and_inference_reproduces_it(tmp_path, instance_norm, pad) -> None:
     manifest, rows = _manifest(tmp_path)
     fp = replace(OFF, gain="loudness", gain_dbfs=-23.0, trim_db=60.0, instance_norm=instance_norm, pad=pad)
-    precompute_mels(manifest, tmp_path / "mels", fp, 1, labels=["neutral", "sad"])
-    meta = json.loads((tmp_path / "mels" / "meta.json").read_text())
+    precompute_mels(manifest, "s", tmp_path / "mels", fp, 1, labels=["neutral", "sad"])
+    meta = _meta(tmp_path / "mels")
     for key in ("gain", "gain_dbfs", "trim_db", "instance_norm", "pad"):
         assert meta["features"][key] == getattr(fp, key)
     assert feature_params_from_meta(meta) == replace(fp, workers=FeatureParams().workers)
     for split in ("train", "test"):
-        store = FeatureStore(tmp_path / "mels", split)
+        store = FeatureStore(tmp_path / "mels" / "f1", split)
         for i, row in enumerate(store.index):
             wave = condition(load_audio(next(r.path for r in rows if r.utt_id == row.utt_id), SR), fp)
             mel, length = mel_input(wave, meta)
@@ -218,11 +223,11 @@ def test_mel_store_records_front_end_and_inference_reproduces_it(tmp_path, insta
 def test_wave_store_is_trimmed_and_gain_normalised(tmp_path) -> None:
     manifest, rows = _manifest(tmp_path)
     fp = replace(OFF, gain="peak", gain_dbfs=-1.0, trim_db=60.0)
-    precompute_waves(manifest, tmp_path / "waves", fp, 1, labels=["neutral"])
-    meta = json.loads((tmp_path / "waves" / "meta.json").read_text())
+    precompute_waves(manifest, "s", tmp_path / "waves", fp, 1, labels=["neutral"])
+    meta = _meta(tmp_path / "waves")
     assert {k: meta["features"][k] for k in ("gain", "gain_dbfs", "trim_db")} == \
         {"gain": "peak", "gain_dbfs": -1.0, "trim_db": 60.0}
-    store = FeatureStore(tmp_path / "waves", "test")
+    store = FeatureStore(tmp_path / "waves" / "f1", "test")
     wave = store[0]
     assert wave[0] != 0 and wave[-1] != 0  # the 0.2 s of leading zeros is gone
     assert store.index[0].length < 0.2 * SR + 0.7 * SR
@@ -250,8 +255,8 @@ def _speaker_manifest(tmp_path: Path) -> tuple[Path, list[Utterance]]:
         sf.write(path, channel(wave) if other else wave, SR, subtype="FLOAT")
         rows.append(Utterance(utt_id=f"c/{n}", corpus="c", speaker=speaker, path=str(path), duration_s=secs,
                               sample_rate=SR, raw_label="neutral", emotion="neutral", split=split))
-    manifest = tmp_path / "m.csv"
-    write_manifest(rows, manifest)
+    manifest = tmp_path / "m"
+    write_manifest(rows, manifest / "s" / "f1.csv")
     return manifest, rows
 
 
@@ -259,7 +264,7 @@ def _store_rows(root: Path) -> dict[str, tuple[np.ndarray, int, str]]:
     """utt_id -> (stored mel, valid length, speaker) over every split."""
     out = {}
     for split in ("train", "test"):
-        store = FeatureStore(root, split)
+        store = FeatureStore(root / "f1", split)
         for i, row in enumerate(store.index):
             out[row.utt_id] = (np.array(store[i]), row.length, row.speaker)
     return out
@@ -271,7 +276,7 @@ def speaker_stores(tmp_path_factory) -> dict:
     manifest, rows = _speaker_manifest(tmp)
     fp = replace(OFF, mel_norm="speaker")
     for name, params, workers in (("speaker", fp, 1), ("speaker_w2", fp, 2), ("train", OFF, 1)):
-        report = precompute_mels(manifest, tmp / name, params, workers, labels=["neutral"])
+        report = precompute_mels(manifest, "s", tmp / name, params, workers, labels=["neutral"])
         assert not report["skipped"], report["skipped_files"]
     return {"tmp": tmp, "rows": rows, "fp": fp}
 
@@ -290,8 +295,8 @@ def test_speaker_norm_z_scores_each_speakers_valid_frames(speaker_stores) -> Non
     assert len({u for u, (_, _, s) in stored.items() if s == "c"}) == 2  # c's train and test clips pooled
 
     # Padding holds exactly what the train-normalised store holds: silence, the same for every speaker.
-    meta = json.loads((tmp / "speaker" / "meta.json").read_text())
-    train_meta = json.loads((tmp / "train" / "meta.json").read_text())
+    meta = _meta(tmp / "speaker")
+    train_meta = _meta(tmp / "train")
     assert meta["features"]["mel_norm"] == "speaker" and train_meta["features"]["mel_norm"] == "train"
     assert (meta["mean"], meta["std"]) == (train_meta["mean"], train_meta["std"])  # kept for inference
     by_train = _store_rows(tmp / "train")
@@ -325,17 +330,16 @@ def test_speaker_norm_removes_a_speakers_channel(speaker_stores) -> None:
 
 def test_speaker_norm_store_does_not_depend_on_the_worker_count(speaker_stores) -> None:
     one, two = speaker_stores["tmp"] / "speaker", speaker_stores["tmp"] / "speaker_w2"
-    assert (one / "meta.json").read_text() == (two / "meta.json").read_text()
-    for split in ("train", "test"):
-        assert (one / f"{split}.csv").read_text() == (two / f"{split}.csv").read_text()
-        np.testing.assert_array_equal(np.load(one / f"{split}.npy"), np.load(two / f"{split}.npy"))
+    for name in ("meta.json", "clips.csv", "f1/meta.json", "f1/train.csv", "f1/test.csv"):
+        assert (one / name).read_text() == (two / name).read_text()
+    np.testing.assert_array_equal(np.load(one / "clips.npy"), np.load(two / "clips.npy"))
 
 
 def test_speaker_norm_inference_uses_the_files_own_statistics(speaker_stores) -> None:
     """One file has no speaker: `mel_input` normalises it as a one-clip speaker, which is
     exactly the store for speaker d, and close to, not equal to, a pooled speaker's row."""
     tmp, fp = speaker_stores["tmp"], speaker_stores["fp"]
-    meta = json.loads((tmp / "speaker" / "meta.json").read_text())
+    meta = _meta(tmp / "speaker")
     stored = _store_rows(tmp / "speaker")
     paths = {r.utt_id: r.path for r in speaker_stores["rows"]}
     for utt_id in ("c/8", "c/2"):  # d's only clip; a padded clip of speaker a
