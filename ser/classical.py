@@ -159,7 +159,7 @@ def _split(store_root: Path, split: str, labels: Sequence[str], kind: str,
                          "re-run the precompute stage (`dvc repro`)")
     if len(store) == 0:
         raise ValueError(f"{store_root}/{split}.csv has no rows" + (f" for corpus {corpus!r}" if corpus else ""))
-    x = np.asarray(store.array[[r.offset for r in store.index]], dtype=np.float32)
+    x = store.stack()
     # corpus/speaker: speaker ids are only unique within a corpus
     return x, store.labels(labels), [f"{r.corpus}/{r.speaker}" for r in store.index], store.meta
 

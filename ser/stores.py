@@ -26,7 +26,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -87,6 +87,38 @@ def write_split(root: str | Path, split: str, array: np.ndarray, index: Sequence
     write_index(root, split, index)
 
 
+def write_store(study_root: str | Path, splits: Mapping[str, tuple[np.ndarray, Sequence[IndexRow]]],
+                meta: dict[str, Any], fold: int = 1, fold_meta: Optional[dict[str, Any]] = None) -> Path:
+    """Write a one-fold store from per-split arrays (rows of [N, ...] items, or a flat wave array
+    with the index's offsets into it): every split's items go into clips.npy, the index rows are
+    re-pointed at them. For features made outside the precompute stages (and tests); returns the
+    fold folder to open with FeatureStore.
+    """
+    study_root = Path(study_root)
+    arrays, clip_rows, fold_rows = [], [], {}
+    position = 0
+    for split, (array, rows) in splits.items():
+        fold_rows[split] = []
+        for r in rows:
+            if array.ndim > 1:
+                item, offset = array[r.offset][None], position
+                position += 1
+            else:
+                item, offset = array[r.offset: r.offset + r.length], position
+                position += r.length
+            arrays.append(item)
+            moved = IndexRow(r.utt_id, r.corpus, r.speaker, r.emotion, r.domain, offset, r.length)
+            clip_rows.append(moved)
+            fold_rows[split].append(moved)
+    write_split(study_root, CLIPS, np.concatenate(arrays), clip_rows)
+    fold_dir = study_root / f"f{fold}"
+    for split, rows in fold_rows.items():
+        write_index(fold_dir, split, rows)
+    write_meta(fold_dir, {"fold": fold, "splits": {s: len(r) for s, r in fold_rows.items()}, **(fold_meta or {})})
+    write_meta(study_root, {"folds": [fold], **meta})
+    return fold_dir
+
+
 def write_index(root: str | Path, split: str, index: Sequence[IndexRow]) -> None:
     """Write <root>/<split>.csv atomically."""
     root = Path(root)
@@ -139,7 +171,7 @@ class FeatureStore:
             self.index = [r for r in self.index if r.corpus == corpus]
         self._norm: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._speakers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if self.kind == "mels":
+        if self.kind == "mels" and "mean" in self.meta:  # a store of already normalised mels has none
             self._norm = (np.asarray(self.meta["mean"], dtype=np.float32)[:, None],
                           np.asarray(self.meta["std"], dtype=np.float32)[:, None])
             for key, st in (self.meta.get("speaker_stats") or {}).items():
@@ -165,6 +197,14 @@ class FeatureStore:
         out[:, row.length:] = (item[:, row.length:] - mean) / std
         return out
 
+    def stack(self) -> np.ndarray:
+        """The view's items as one [N, ...] array, in index order (fixed-size kinds; mels normalised)."""
+        if self.array.ndim == 1:
+            raise StoreError(f"{self.root}: a {self.kind} store holds variable-length items; read them one by one")
+        if self._norm is None:
+            return np.asarray(self.array[[r.offset for r in self.index]], dtype=np.float32)
+        return np.stack([self[i] for i in range(len(self))])
+
     @property
     def lengths(self) -> np.ndarray:
         return np.array([r.length for r in self.index], dtype=np.int64)
@@ -183,7 +223,7 @@ class FeatureStore:
 
 
 __all__ = ["IndexRow", "FeatureStore", "StoreError", "write_split", "write_index", "write_meta", "read_index",
-           "INDEX_FIELDS", "CLIPS", "speaker_key", "store_fingerprint", "fold_root"]
+           "INDEX_FIELDS", "CLIPS", "speaker_key", "store_fingerprint", "fold_root", "write_store"]
 
 
 def fold_root(features_root: str | Path, kind: str, study: str, fold: int) -> Path:

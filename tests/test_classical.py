@@ -27,7 +27,8 @@ from ser.config import (ClassicalParams, FeatureParams, ModelParams, OptimParams
 from ser.evaluation import evaluate_model
 from ser.manifest import Utterance, write_manifest
 from ser.smile import functionals, smile_meta
-from ser.stores import FeatureStore, IndexRow, write_meta, write_split
+from ser import stores
+from ser.stores import FeatureStore, IndexRow
 from ser.training import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,13 +57,15 @@ def linear(classifier: str = "logreg", C: tuple[float, ...] = (0.01, 1.0), stand
 
 @pytest.fixture(scope="module")
 def base_params():
-    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3)
+    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3, folds=(1,), seeds=(3,))
 
 
 def train(params, name: str, features_root: Path, out: Path):
-    result = train_model(params, name, features_root, out / "models" / name, out / "checkpoints" / name,
-                         out / "dvclive" / name, timing_path=out / "dvclive" / name / "timing.json")
-    return result, out / "models" / name, out / "dvclive" / name
+    """One run (fold 1, params.seed) in the pipeline's layout: <out>/models/<name>/f1-s<seed>."""
+    run = f"f1-s{params.seed}"
+    result = train_model(params, name, features_root, out / "models" / name / run, out / "checkpoints" / name / run,
+                         out / "dvclive" / name / run, timing_path=out / "dvclive" / name / run / "timing.json")
+    return result, out / "models" / name / run, out / "dvclive" / name / run
 
 
 # --------------------------------------------------------------------------- openSMILE
@@ -111,11 +114,14 @@ def tone_corpus(tmp_path_factory) -> dict:
     corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40))
     rows.insert(3, _utt(corrupt, "train", "sad", "s1", 99))
     manifests = root / "manifests"
-    write_manifest(rows, manifests / "cross_corpus.csv")
-    write_manifest([r for r in rows if r.split != "adapt"], manifests / "multi_corpus.csv")
+    write_manifest(rows, manifests / "cross_corpus" / "f1.csv")
+    write_manifest([r for r in rows if r.split != "adapt"], manifests / "multi_corpus" / "f1.csv")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["features"]["workers"] = 2
     raw["studies"]["multi_corpus"]["labels"] = LABELS
+    raw["studies"].pop("corpus_matrix")
+    raw["splits"].pop("corpus_matrix")
+    raw["models"].pop("matrix_crnn")
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     report = root / "egemaps.json"
     done = subprocess.run([sys.executable, str(REPO / "stages" / "precompute.py"), "--kind", "egemaps",
@@ -130,24 +136,24 @@ def tone_corpus(tmp_path_factory) -> dict:
 def test_precompute_egemaps_stage_writes_a_store(tone_corpus: dict) -> None:
     report = tone_corpus["report"]["cross_corpus"]
     assert report["kind"] == "egemaps" and report["skipped"] == {"unreadable": 1}
-    assert report["written"] == {"train": 16, "val": 4, "test": 4, "adapt": 1}
+    assert report["folds"] == {"1": {"train": 16, "val": 4, "test": 4, "adapt": 1}}
     root = tone_corpus["features"] / "egemaps" / "cross_corpus"
     meta = json.loads((root / "meta.json").read_text())
     assert meta["kind"] == "egemaps" and meta["feature_set"] == "eGeMAPSv02" and len(meta["feature_names"]) == 88
     assert meta["opensmile_version"] and meta["labels"] == LABELS and meta["target"] == "ravdess"
     assert set(meta["features"]) == set(features._WAVE_KEYS)  # the front end's keys, not the mel ones
     fp = features.feature_params_from_meta(meta)
-    train = FeatureStore(root, "train")
-    assert train.array.shape == (16, 88) and train.array.dtype == np.float32
+    train = FeatureStore(root / "f1", "train")
+    assert train.stack().shape == (16, 88) and train.array.dtype == np.float32
     by_id = {r.utt_id: r for r in tone_corpus["rows"]}
     for i in (0, 5):
         wave, skipped = features._decode(by_id[train.index[i].utt_id].path, fp)
         assert skipped is None and train.index[i].length == wave.shape[0]
         # the pool's row is exactly what inference computes from the same decoded clip
         np.testing.assert_array_equal(train[i], features.smile_for_inference(wave, meta))
-    adapt = FeatureStore(root, "adapt")
+    adapt = FeatureStore(root / "f1", "adapt")
     assert [r.domain for r in adapt.index] == [1]
-    assert (tone_corpus["features"] / "egemaps" / "multi_corpus" / "test.npy").is_file()
+    assert (tone_corpus["features"] / "egemaps" / "multi_corpus" / "f1" / "test.csv").is_file()
 
 
 # --------------------------------------------------------------------------- training
@@ -158,6 +164,7 @@ def write_store(root: Path, speaker_shift: float = 0.0, n_features: int = 12, se
     rng = np.random.default_rng(seed)
     out = root / kind / "cross_corpus"
     speakers = {"train": ["s1", "s2", "s3", "s4"], "val": ["s5", "s6"], "test": ["s7", "s8"]}
+    splits = {}
     for split, spks in speakers.items():
         arrays, rows = [], []
         for spk in spks:
@@ -169,12 +176,12 @@ def write_store(root: Path, speaker_shift: float = 0.0, n_features: int = 12, se
                 x[2 * k:2 * k + 2] += 2.5
                 arrays.append(((x * scale) + offset).astype(np.float32))
                 rows.append(IndexRow(f"{split}_{spk}_{i}", "iemocap", spk, LABELS[k], 0, len(rows), SR))
-        write_split(out, split, np.stack(arrays), rows)
+        splits[split] = (np.stack(arrays), rows)
     names = [f"f{j}" for j in range(n_features)]
-    write_meta(out, {"kind": kind, "sample_rate": SR, "labels": LABELS, "target": None,
+    stores.write_store(out, splits, {"kind": kind, "sample_rate": SR, "labels": LABELS, "target": None,
                      "features": {k: getattr(FeatureParams(), k) for k in features._WAVE_KEYS},
                      "feature_set": "eGeMAPSv02", "feature_names": names, "n_features": n_features,
-                     "opensmile_version": "test", "splits": {s: 24 if s != "train" else 48 for s in speakers}})
+                     "opensmile_version": "test"})
     return root
 
 
@@ -196,14 +203,15 @@ def test_linear_model_learns_and_is_a_model_like_the_others(base_params, tmp_pat
     metrics, y_true, y_pred = evaluate_model(model_dir, feats, "test")
     assert metrics["n"] == 24 and metrics["uar"] > 0.9 and len(y_pred) == len(y_true) == 24
     # the evaluate and summarize stages take it like any model
-    from ser.evaluation import evaluate_model_scopes, write_summary
-    records = evaluate_model_scopes(params, "lin", model_dir.parent, feats, tmp_path / "metrics" / "lin",
-                                    tmp_path / "plots" / "lin")
+    from ser.evaluation import evaluate_model_scopes
+    from ser.summary import write_summary
+    records = evaluate_model_scopes(params, "lin", model_dir, feats, tmp_path / "metrics" / "lin" / "f1-s3",
+                                    tmp_path / "plots" / "lin" / "f1-s3")
     assert records["in_domain"]["uar"] == metrics["uar"]
-    text = write_summary(params, tmp_path / "metrics", model_dir.parent, tmp_path / "summary.md",
-                         live_dir.parent)
-    (row,) = [line for line in text.splitlines() if line.startswith("| lin ")]
-    assert f"{100 * metrics['uar']:.1f}%" in row and "| 52 |" in row
+    text = write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
+                         tmp_path / "dvclive", tmp_path / "plots")
+    (row,) = [line for line in text.splitlines() if line.startswith("| lin | cross_corpus/test [iemocap]")]
+    assert f"| {100 * metrics['uar']:.1f} |" in row and "| 52 / 52 |" in row and "1 fold(s) x 1 seed(s)" in row
 
     # deterministic: a second run writes identical bytes
     _, again, _ = train(params, "lin", feats, tmp_path / "again")
@@ -236,8 +244,8 @@ def test_grid_choice_matches_refits(base_params, tmp_path) -> None:
 
 
 def _arrays(feats: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    store = FeatureStore(feats / "egemaps" / "cross_corpus", split)
-    return np.asarray(store.array, dtype=np.float32), store.labels(LABELS)
+    store = FeatureStore(feats / "egemaps" / "cross_corpus" / "f1", split)
+    return store.stack(), store.labels(LABELS)
 
 
 # --------------------------------------------------------------------------- standardisation
@@ -267,9 +275,9 @@ def test_speaker_standardisation_removes_unseen_speakers_offsets(base_params, tm
         metrics, _, y_pred = evaluate_model(model_dir, feats, "test")
         uar[mode] = metrics["uar"]
         if mode == "speaker":
-            store = FeatureStore(feats / "egemaps" / "cross_corpus", "test")
+            store = FeatureStore(feats / "egemaps" / "cross_corpus" / "f1", "test")
             model, _ = load_linear(model_dir)
-            manual = model.predict(speaker_standardise(np.asarray(store.array),
+            manual = model.predict(speaker_standardise(store.stack(),
                                                        [f"iemocap/{r.speaker}" for r in store.index]))
             np.testing.assert_array_equal(y_pred, manual)
     assert uar["speaker"] > 0.8 and uar["speaker"] > uar["global"] + 0.4, uar

@@ -7,7 +7,7 @@ import torch
 
 from ser.data import (UNLABELED, EpochBatchSampler, FeatureDataset, collate_batch, make_loader, max_samples_for,
                       padding_waste)
-from ser.stores import FeatureStore, IndexRow, StoreError, write_meta, write_split
+from ser.stores import FeatureStore, IndexRow, StoreError, write_store
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 
@@ -18,8 +18,7 @@ def mel_store(root, n=10, n_mels=16, frames=20, emotions=None, lengths=None):
     emotions = emotions or [LABELS[i % 4] for i in range(n)]
     lengths = lengths or [frames] * n
     rows = [IndexRow(f"u{i}", "iemocap", "s1", emotions[i], i % 2, i, lengths[i]) for i in range(n)]
-    write_split(root, "train", arr, rows)
-    write_meta(root, {"kind": "mels", "sample_rate": 16000, "labels": LABELS})
+    write_store(root, {"train": (arr, rows)}, {"kind": "mels", "sample_rate": 16000, "labels": LABELS})
     return arr
 
 
@@ -28,14 +27,14 @@ def wave_store(root, lengths, sample_rate=100):
     offsets = np.cumsum([0] + list(lengths))[:-1]
     rows = [IndexRow(f"w{i}", "ravdess", "a1", LABELS[i % 4], 1, int(o), int(n))
             for i, (o, n) in enumerate(zip(offsets, lengths))]
-    write_split(root, "train", np.concatenate(waves), rows)
-    write_meta(root, {"kind": "waves", "sample_rate": sample_rate, "labels": LABELS})
+    write_store(root, {"train": (np.concatenate(waves), rows)},
+                {"kind": "waves", "sample_rate": sample_rate, "labels": LABELS})
     return waves
 
 
 def test_mel_items_collate_to_b1ft(tmp_path):
     arr = mel_store(tmp_path)
-    ds = FeatureDataset(FeatureStore(tmp_path, "train"), LABELS)
+    ds = FeatureDataset(FeatureStore(tmp_path / "f1", "train"), LABELS)
     batch = collate_batch([ds[i] for i in (3, 0, 5)])
     assert batch["x"].shape == (3, 1, 16, 20) and batch["x"].dtype == torch.float32
     assert torch.equal(batch["x"][0, 0], torch.from_numpy(arr[3]))
@@ -48,7 +47,7 @@ def test_mel_items_collate_to_b1ft(tmp_path):
 def test_mel_batches_carry_the_valid_frame_counts(tmp_path):
     """The index `length` (valid frames, padding excluded) reaches the model as batch["lengths"]."""
     mel_store(tmp_path, n=4, lengths=[20, 7, 13, 1])
-    ds = FeatureDataset(FeatureStore(tmp_path, "train"), LABELS)
+    ds = FeatureDataset(FeatureStore(tmp_path / "f1", "train"), LABELS)
     assert [ds[i]["length"] for i in range(4)] == [20, 7, 13, 1]
     batch = collate_batch([ds[i] for i in (1, 3, 0)])
     assert batch["lengths"].dtype == torch.long and batch["lengths"].tolist() == [7, 1, 20]
@@ -58,7 +57,7 @@ def test_mel_batches_carry_the_valid_frame_counts(tmp_path):
 
 def test_waves_pad_right_and_report_lengths(tmp_path):
     wave_store(tmp_path, [5, 3, 7])
-    ds = FeatureDataset(FeatureStore(tmp_path, "train"), LABELS)
+    ds = FeatureDataset(FeatureStore(tmp_path / "f1", "train"), LABELS)
     batch = collate_batch([ds[0], ds[1], ds[2]])
     assert batch["x"].shape == (3, 7)
     assert batch["lengths"].tolist() == [5, 3, 7]
@@ -68,7 +67,7 @@ def test_waves_pad_right_and_report_lengths(tmp_path):
 
 def test_long_waves_are_cropped_center_or_seeded_random(tmp_path):
     wave_store(tmp_path, [100, 4])
-    store = FeatureStore(tmp_path, "train")
+    store = FeatureStore(tmp_path / "f1", "train")
     assert max_samples_for(store, 0.1) == 10  # 0.1 s at the store's 100 Hz
     center = FeatureDataset(store, LABELS, max_samples=10, crop="center")
     assert center[0]["x"].tolist() == list(range(46, 56))  # samples 45..54 (values are index + 1)
@@ -91,7 +90,7 @@ def test_long_waves_are_cropped_center_or_seeded_random(tmp_path):
 
 def test_unlabeled_items_and_unknown_emotion(tmp_path):
     mel_store(tmp_path, emotions=["angry"] * 9 + ["calm"])
-    store = FeatureStore(tmp_path, "train")
+    store = FeatureStore(tmp_path / "f1", "train")
     assert {it["y"] for it in FeatureDataset(store, None)} == {UNLABELED}
     with pytest.raises(StoreError, match=r"train\.csv: emotion 'calm' is not in the label list"):
         FeatureDataset(store, LABELS)
@@ -140,7 +139,7 @@ def test_padding_waste_by_hand_and_bucketing_reduces_it():
 
 def test_loader_iterates_every_item_once_per_epoch(tmp_path):
     wave_store(tmp_path, list(range(3, 40)))
-    ds = FeatureDataset(FeatureStore(tmp_path, "train"), LABELS, max_samples=20, crop="random")
+    ds = FeatureDataset(FeatureStore(tmp_path / "f1", "train"), LABELS, max_samples=20, crop="random")
     loader = make_loader(ds, 4, seed=0, shuffle=True, bucket=True)
     seen = []
     for batch in loader:
