@@ -1,7 +1,8 @@
 """Multi-process training through accelerate: 2 CPU processes (DDP over gloo) on stages/train.py.
 
-The same stage script `dvc.yaml` runs, launched with `accelerate launch
---multi_gpu --num_processes 2`, on a tiny learnable mel store in tmp_path.
+The same stage script `dvc.yaml` runs (train@<model>-<fold>-<seed>), launched with
+`accelerate launch --multi_gpu --num_processes 2`, on a tiny learnable one-fold mel
+store in tmp_path.
 Checks: both ranks trained (each logs every epoch, with identical reduced and
 gathered numbers), only the main process wrote the outputs (one set of
 DVCLive files, one checkpoint), and the result is far above chance.
@@ -21,7 +22,8 @@ import yaml
 
 from ser.checkpoint import load_checkpoint
 from ser.evaluation import evaluate_model
-from ser.stores import IndexRow, write_meta, write_split
+from ser.runs import write_bind
+from ser.stores import IndexRow, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -30,9 +32,10 @@ SPLITS = {"train": ("iemocap", 64), "val": ("iemocap", 16), "adapt": ("ravdess",
 EPOCHS = 5
 
 
-def _write_store(root: Path) -> None:
-    """Mels [16 bins x 20 frames]: each class lights up its own band of 4 bins."""
+def _write_store(root: Path) -> Path:
+    """Mels [16 bins x 20 frames] (one fold): each class lights up its own band of 4 bins."""
     rng = np.random.default_rng(0)
+    splits = {}
     for split, (corpus, n) in SPLITS.items():
         domain = int(corpus == "ravdess")
         arrays, rows = [], []
@@ -42,9 +45,9 @@ def _write_store(root: Path) -> None:
             x[4 * k:4 * k + 4] += 3.0
             arrays.append(x)
             rows.append(IndexRow(f"{split}{i}", corpus, f"spk{i % 3}", LABELS[k], domain, i, 20))
-        write_split(root, split, np.stack(arrays), rows)
-    write_meta(root, {"kind": "mels", "sample_rate": 16000, "labels": LABELS, "target": "ravdess",
-                      "features": {"n_mels": 16, "frames": 20}})
+        splits[split] = (np.stack(arrays), rows)
+    return write_store(root, splits, {"kind": "mels", "sample_rate": 16000, "labels": LABELS, "target": "ravdess",
+                                      "features": {"n_mels": 16, "frames": 20}})
 
 
 def _tiny_params(path: Path) -> None:
@@ -66,13 +69,19 @@ def _free_port() -> int:
 
 
 def test_two_process_ddp_training_through_accelerate_launch(tmp_path):
-    _write_store(tmp_path / "features" / "mels" / "cross_corpus")
+    study = tmp_path / "features" / "mels" / "cross_corpus"
+    assert _write_store(study) == study / "f1"
     _tiny_params(tmp_path / "params.yaml")
-    out, resume, live = tmp_path / "models" / "tiny_dann", tmp_path / "ckpt" / "tiny_dann", tmp_path / "live"
+    bind = tmp_path / "bind" / "tiny_dann.json"
+    write_bind("tiny_dann", "mels", "cross_corpus", study, bind)  # what bind@tiny_dann writes
+    run = "f1-s5"  # fold 1, seed 5: the layout of train@tiny_dann-1-5
+    out, resume = tmp_path / "models" / "tiny_dann" / run, tmp_path / "ckpt" / "tiny_dann" / run
+    live = tmp_path / "live" / "tiny_dann" / run
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(ROOT / "stages" / "train.py"), "--params", str(tmp_path / "params.yaml"), "--model", "tiny_dann",
+           "--fold", "1", "--seed", "5", "--bind", str(bind),
            "--features", str(tmp_path / "features"), "--out-dir", str(out), "--resume-dir", str(resume),
            "--live-dir", str(live)]
     # No GPU may be used even where one exists: this is the CPU (gloo) path.
@@ -100,6 +109,7 @@ def test_two_process_ddp_training_through_accelerate_launch(tmp_path):
 
     model, meta = load_checkpoint(out)
     assert meta["model"] == "tiny_dann" and meta["labels"] == LABELS and model.domain_head is not None
+    assert (meta["fold"], meta["seed"]) == (1, 5), "the run's fold and seed come from --fold/--seed"
     # The validation set of 16 utterances is split across the ranks and gathered back whole:
     # a UAR computed on all 16 takes values in multiples of 1/16 per class averaged over 4 classes.
     assert meta["val"]["uar"] > 0.6, meta["val"]
