@@ -43,7 +43,9 @@ for model, mp in params["models"].items():
                         if not finite(metrics.get(key))]
                 print(f"{path}: accuracy {metrics['accuracy']:.3f}  UAR {metrics['uar']:.3f}  "
                       f"top class {metrics['top_class']} {metrics['top_class_share']:.2f}")
-    for scope in scopes:
+    trained = [study["corpora"][f - 1] for f in params["folds"] if f <= len(study["corpora"])]
+    keys = [f"{a}_to_{b}" for a in trained for b in study["corpora"]] if study.get("design") == "matrix" else scopes
+    for scope in keys:
         agg = aggregate.get(model, {}).get(scope)
         if agg is None:
             bad.append(f"{aggregate_path}: no {model}/{scope}")

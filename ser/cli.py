@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "scored in sliding windows; the file's label is the mean of the window probabilities.")
     p.add_argument("inputs", nargs="+", type=Path, help="audio files and/or folders")
     p.add_argument("--model", type=Path, required=True,
-                   help="a trained model directory (meta.json + model.safetensors), e.g. models/dann")
+                   help="a trained model directory (meta.json + model.safetensors): one run, e.g. "
+                        "models/dann/f1-s1337")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--window", type=float, default=None,
                    help="window length in seconds (default: the clip length the model was trained on: "
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "report", parents=[common], help="markdown table + PNG chart of the metrics, workspace and DVC experiments",
-        description="Collect metrics/<scope>/<model>.json of the workspace and the finished DVC "
-                    "experiments (`dvc exp show --json`) into report.md and report.png.")
+        description="Collect metrics/aggregate.json (every model's results over folds and seeds) of the "
+                    "workspace and of the finished DVC experiments (`dvc exp show --json`) into report.md and "
+                    "report.png.")
     r.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="the workspace metrics (default: metrics)")
     r.add_argument("--out-dir", type=Path, default=Path("reports"), help="where report.md/report.png go")
     r.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository holding the experiments")

@@ -5,7 +5,8 @@ and plots/<model>/f<k>-s<seed>/<scope>.csv) and writes, in the summarize stage:
 
 - metrics/aggregate.json: per model and test set, the mean and sample std
   over runs (`mean_over_runs`, `std_over_runs`) and the metrics of the pooled
-  predictions with bootstrap CIs (`pooled`), see ser.stats;
+  predictions with bootstrap CIs (`pooled`), see ser.stats; a matrix study's
+  model per training and test corpus (`<train>_to_<test>`), over seeds;
 - metrics/comparisons.json: paired tests between models on the same clips;
 - metrics/corpus_matrix.json and metrics/figures/<study>_matrix.png: the
   train x test UAR table of each `design: matrix` study, with the target
@@ -39,7 +40,7 @@ from ser.stats import Predictions, aggregate, compare_models, concat, pooled, re
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "collect_runs", "aggregate_runs", "paired_comparisons", "corpus_matrix", "write_summary",
+__all__ = ["Run", "collect_runs", "aggregate_runs", "aggregate_all", "paired_comparisons", "corpus_matrix", "write_summary",
            "prune_stale_outputs", "run_predictions"]
 
 
@@ -152,6 +153,25 @@ def aggregate_runs(params: Params, runs: Sequence[Run]) -> dict[str, Any]:
     return {**head, "n_classes": len(done[0].preds.labels) if done[0].preds else None, **result, **pool, "test_sets": "disjoint" if _disjoint(
         [r for r in done if r.seed == done[0].seed]) else "repeated", "single_class_runs": single,
         "top_class_share_max": max((r.record.get("top_class_share") or 0.0) for r in done)}
+
+
+def aggregate_all(params: Params, runs: dict[tuple[str, str], list[Run]]) -> dict[str, dict[str, Any]]:
+    """{model: {key: aggregate_runs(...)}}: key is the scope, or in a matrix study
+    "<train corpus>_to_<test corpus>" (its folds train on different corpora, so
+    they are aggregated one training corpus at a time, over seeds)."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (name, scope), model_runs in runs.items():
+        study = params.studies[params.models[name].study]
+        if study.design != "matrix":
+            out[name][scope] = aggregate_runs(params, model_runs)
+            continue
+        for fold, train in enumerate(study.corpora, start=1):
+            cell = [r for r in model_runs if r.fold == fold]
+            if cell:
+                agg = aggregate_runs(params, cell)
+                out[name][f"{train}_to_{scope}"] = {**agg, "trained_on": train,
+                                                    "test_set": f"{agg['test_set']}, trained on {train}"}
+    return out
 
 
 def paired_comparisons(params: Params, runs: dict[tuple[str, str], list[Run]]) -> list[dict[str, Any]]:
@@ -455,9 +475,7 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
     metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
     plots_dir = Path(plots_dir) if plots_dir is not None else Path("plots")
     runs = collect_runs(params, metrics_dir, models_dir, plots_dir)
-    aggregates: dict[str, dict[str, Any]] = defaultdict(dict)
-    for (name, scope), model_runs in runs.items():
-        aggregates[name][scope] = aggregate_runs(params, model_runs)
+    aggregates = aggregate_all(params, runs)
     if aggregate_out is not None:
         write_metrics_json(Path(aggregate_out), {"models": aggregates})
     level = round(100 * params.evaluation.ci)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ser.config import load_params
-from ser.stores import FeatureStore
+from ser.stores import FeatureStore, fold_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,6 +130,9 @@ def test_synthetic_stores_and_model_throughput(cache, tmp_path):
     params = throughput.bench_params(load_params(REPO / "params.yaml"),
                                      {"wav2vec_dann": "random:tiny"}, wave_batch=2)
     stores = throughput.write_stores(tmp_path, params, n=16)
+    # The trainer's layout: the fold folder of the params' run, over one clips array per study.
+    assert stores["mels/cross_corpus"] == fold_root(tmp_path, "mels", "cross_corpus", params.fold)
+    assert (tmp_path / "waves" / "cross_corpus" / "clips.npy").is_file()
     mels = FeatureStore(stores["mels/cross_corpus"], "train")
     waves = FeatureStore(stores["waves/cross_corpus"], "adapt")
     assert mels.kind == "mels" and mels[0].shape == (128, 300) and len(mels) == 16

@@ -121,7 +121,7 @@ def tone_corpus(tmp_path_factory) -> dict:
     raw["studies"]["multi_corpus"]["labels"] = LABELS
     raw["studies"].pop("corpus_matrix")
     raw["splits"].pop("corpus_matrix")
-    raw["models"].pop("matrix_crnn")
+    raw["models"].pop("matrix_logreg")
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     report = root / "egemaps.json"
     done = subprocess.run([sys.executable, str(REPO / "stages" / "precompute.py"), "--kind", "egemaps",

@@ -107,8 +107,11 @@ def test_model_scopes_follow_the_studies():
     scopes = {name: [(s.name, s.corpus) for s in model_scopes(params, name)] for name in params.models}
     cross = [("in_domain", "iemocap"), ("target", "ravdess")]
     assert scopes == {"baseline": cross, "dann": cross, "egemaps_svm": cross, "egemaps_logreg": cross,
-                      "wav2vec_dann": cross, "qlora": [("in_domain", None)], "finetune": [("in_domain", None)]}
+                      "wav2vec_dann": cross, "qlora": [("in_domain", None)], "finetune": [("in_domain", None)],
+                      # a matrix study: one scope per corpus, named after it
+                      "matrix_crnn": [("iemocap", "iemocap"), ("ravdess", "ravdess")]}
     assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"
+    assert model_scopes(params, "matrix_crnn")[1].test_set == "corpus_matrix/test [ravdess]"
 
 
 def test_single_class_predictor_is_flagged():

@@ -18,8 +18,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wav2vec_dann", "qlora", "finetune")
+MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "wav2vec_dann", "qlora", "finetune")
 CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wav2vec_dann")
+# Folds 1 and 3: every study runs both except corpus_matrix (2 folds, one per corpus), whose fold-3
+# cells are not run; one seed, then a second one is added.
+FOLDS, SEED = (1, 3), 1337
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -49,6 +52,7 @@ def _tiny_params(path: Path) -> None:
     for model in params["models"].values():
         model["epochs"] = 1
     params["evaluation"]["bootstrap"] = 50
+    params["folds"], params["seeds"] = list(FOLDS), [SEED]
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -69,48 +73,93 @@ def test_demo_dag_end_to_end(tmp_path):
     _run(["git", "commit", "-qm", "smoke"], repo)
 
     out = _run(["dvc", "repro"], repo)
+    cells = [f"{m}-{f}-{SEED}" for m in MODELS for f in FOLDS]
     stages = ["check-params", "download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-              "precompute-opensmile@egemaps",
-              *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "summarize"]
+              "precompute-opensmile@egemaps", *(f"bind@{m}" for m in MODELS),
+              *(f"train@{c}" for c in cells), *(f"evaluate@{c}" for c in cells), "summarize"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out, stage
 
+    scopes = {m: ("in_domain", "target") if m in CROSS else ("iemocap", "ravdess") if m == "matrix_logreg"
+              else ("in_domain",) for m in MODELS}
     for model in MODELS:
-        for scope in ("in_domain", "target") if model in CROSS else ("in_domain",):
-            metrics = json.loads((repo / "metrics" / "models" / model / f"{scope}.json").read_text())
-            for key in ("accuracy", "uar", "macro_f1"):
-                assert _is_number(metrics[key]) and 0 <= metrics[key] <= 1, (scope, model, key)
-            assert len(metrics["uar_ci95"]) == 2
-            assert (repo / "plots" / model / f"{scope}.png").stat().st_size > 1000
-            assert (repo / "plots" / model / f"{scope}.csv").read_text().startswith("utt_id,speaker,actual,predicted")
-        assert not (repo / "models" / model / "timing.json").exists()
-        assert _is_number(json.loads((repo / "dvclive" / model / "timing.json").read_text())["train_seconds"])
+        for fold in FOLDS:
+            run = f"f{fold}-s{SEED}"
+            if model == "matrix_logreg" and fold == 3:  # beyond the study's 2 folds: recorded, not run
+                assert "corpus_matrix has 2 fold(s)" in json.loads(
+                    (repo / "metrics" / "models" / model / run / "not_run.json").read_text())["not_run"]
+                assert (repo / "models" / model / run / "not_run.json").is_file()
+                continue
+            for scope in scopes[model]:
+                metrics = json.loads((repo / "metrics" / "models" / model / run / f"{scope}.json").read_text())
+                for key in ("accuracy", "uar", "macro_f1"):
+                    assert _is_number(metrics[key]) and 0 <= metrics[key] <= 1, (scope, model, key)
+                assert len(metrics["uar_ci95"]) == 2 and metrics["fold"] == fold and metrics["seed"] == SEED
+                assert (repo / "plots" / model / run / f"{scope}.png").stat().st_size > 1000
+                assert (repo / "plots" / model / run / f"{scope}.csv").read_text().startswith(
+                    "utt_id,speaker,actual,predicted")
+            assert not (repo / "models" / model / run / "timing.json").exists()
+            assert _is_number(json.loads((repo / "dvclive" / model / run / "timing.json").read_text())["train_seconds"])
+    # the folds of one study test different IEMOCAP sessions, and the same RAVDESS target
+    tested = [{line.split(",")[0] for line in (repo / "plots" / "baseline" / f"f{f}-s{SEED}" / "in_domain.csv")
+               .read_text().splitlines()[1:]} for f in FOLDS]
+    assert tested[0] and not tested[0] & tested[1]
+    aggregate = json.loads((repo / "metrics" / "aggregate.json").read_text())["models"]
+    for model in MODELS:
+        # a matrix study is aggregated per training corpus: fold 1 trained on iemocap (fold 3 was not run)
+        keys = ("iemocap_to_iemocap", "iemocap_to_ravdess") if model == "matrix_logreg" else scopes[model]
+        assert sorted(aggregate[model]) == sorted(keys), model
+        for key in keys:
+            agg = aggregate[model][key]
+            expected = 1 if model == "matrix_logreg" else 2
+            assert agg["n_runs"] == expected and _is_number(agg["mean_over_runs"]["uar"]), (model, key)
+            assert _is_number(agg["pooled"]["uar"]) and len(agg["pooled"]["uar_ci95"]) == 2
+    assert aggregate["baseline"]["in_domain"]["test_sets"] == "disjoint"
+    assert aggregate["baseline"]["target"]["test_sets"] == "repeated"
     summary = (repo / "metrics" / "summary.md").read_text()
     assert all(model in summary for model in MODELS) and "## Paired comparisons" in summary
+    assert "## Corpus matrix: corpus_matrix" in summary
+    assert (repo / "metrics" / "figures" / "corpus_matrix_matrix.png").stat().st_size > 1000
+    matrix = json.loads((repo / "metrics" / "corpus_matrix.json").read_text())["studies"]["corpus_matrix"]
+    assert {r["model"] for r in matrix["cross_corpus_rows"]} >= {"baseline", "dann"}
     assert json.loads((repo / "metrics" / "comparisons.json").read_text())["comparisons"]
-    assert (repo / "dvclive" / "dann" / "metrics.json").is_file()
 
     # A no-op repro re-runs nothing, and the workspace is clean for DVC.
     out = _run(["dvc", "repro"], repo)
     assert "Running stage" not in out, out
     assert "up to date" in _run(["dvc", "status"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "results"], repo)
+
+    # Adding a seed adds cells: only they (and the summary) are out of date, every existing run is cached.
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["seeds"] = [SEED, 5]
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(["dvc", "status"], repo)
+    changed = {line.rstrip(":").strip() for line in status.splitlines() if line and not line[0].isspace()
+               and line.rstrip().endswith(":")}
+    new_cells = {f"{kind}@{m}-{f}-5" for kind in ("train", "evaluate") for m in MODELS for f in FOLDS}
+    assert changed - {"check-params"} == new_cells | {"summarize"}, sorted(changed)
+    params_path.write_text(original)
+    assert "up to date" in _run(["dvc", "status"], repo)
 
     # Changing lambda_domain re-trains the DANN models; a cross-entropy model's stage re-runs too (every
     # train@ stage depends on the top-level DANN knobs) but writes byte-identical weights and meta, so its
     # evaluation is not re-run.
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "results"], repo)
     out = _run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert {"train@dann", "train@wav2vec_dann", "evaluate@dann", "evaluate@wav2vec_dann"} <= ran
+    assert {f"{kind}@{m}-{f}-{SEED}" for kind in ("train", "evaluate") for m in ("dann", "wav2vec_dann")
+            for f in FOLDS} <= ran
     assert not ran & {"download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-                      "evaluate@baseline", "evaluate@qlora", "evaluate@finetune"}, ran
+                      *(f"bind@{m}" for m in MODELS),
+                      *(f"evaluate@{m}-{f}-{SEED}" for m in ("baseline", "qlora", "finetune") for f in FOLDS)}, ran
 
     assert "lambda_domain" in _run(["dvc", "params", "diff"], repo)
     _run(["dvc", "metrics", "diff"], repo)
 
     # A misspelled key fails the run at once, naming the key, although no stage reads it.
-    params_path = repo / "params.yaml"
     params_path.write_text(params_path.read_text() + "lamda_domain: 0.3\n")
     proc = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})

@@ -30,9 +30,9 @@ from ser.config import (CrnnParams, FeatureParams, LoraParams, ModelParams, Opti
 from ser.data import FeatureDataset, collate_batch
 from ser.evaluation import evaluate_model
 from ser.features import precompute_mels, precompute_waves
-from ser.manifest import Utterance, write_manifest
+from ser.manifest import Utterance, manifest_path, write_manifest
 from ser.predict import Predictor, collect_audio, render, resolve_device, window_starts
-from ser.stores import FeatureStore
+from ser.stores import FeatureStore, fold_root
 from ser.training import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,19 +108,22 @@ def study(tmp_path_factory, one_thread):
     """Audio, stores and the three trained models (trained once for the module)."""
     root = tmp_path_factory.mktemp("predict")
     utts = build_corpus(root / "audio")
-    write_manifest(utts, root / "manifest.csv")
+    manifests = root / "manifests"
+    write_manifest(utts, manifest_path(manifests, "cross_corpus", 1))
     features = root / "features"
     for build, kind in ((precompute_mels, "mels"), (precompute_waves, "waves")):
-        report = build(root / "manifest.csv", features / kind / "cross_corpus", FP, workers=1, labels=LABELS,
+        report = build(manifests, "cross_corpus", features / kind / "cross_corpus", FP, workers=1, labels=LABELS,
                        target="ravdess")
         assert not report["skipped"], report["skipped_files"]
-    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, features=FP, seed=5,
-                                 train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
-                                                   bucket_by_length=True, deterministic=True))
+    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, features=FP, folds=(1,),
+                                 seeds=(5,), train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
+                                                               bucket_by_length=True, deterministic=True)
+                                 ).for_run(1, 5)
     for name in MODELS:
         train_model(params, name, features, root / "models" / name, root / "ckpt" / name, root / "live" / name)
     test_paths = [u.path for u in utts if u.split == "test"]
-    return {"root": root, "features": features, "models": root / "models", "test_paths": test_paths}
+    return {"root": root, "manifests": manifests, "features": features, "models": root / "models",
+            "test_paths": test_paths}
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -180,7 +183,7 @@ def test_an_empty_file_is_empty_not_unreadable(study, tmp_path):
 
 # ---------------------------------------------------------------------- parity with evaluation
 def _store_batch(features: Path, kind: str):
-    store = FeatureStore(features / kind / "cross_corpus", "test")
+    store = FeatureStore(fold_root(features, kind, "cross_corpus", 1), "test")
     items = [FeatureDataset(store, LABELS)[i] for i in range(len(store))]
     return store, collate_batch(items)
 
@@ -224,11 +227,12 @@ def speaker_study(study):
     root = study["root"]
     fp = dataclasses.replace(FP, mel_norm="speaker")
     features = root / "features_speaker"
-    precompute_mels(root / "manifest.csv", features / "mels" / "cross_corpus", fp, workers=1, labels=LABELS,
-                    target="ravdess")
+    precompute_mels(study["manifests"], "cross_corpus", features / "mels" / "cross_corpus", fp, workers=1,
+                    labels=LABELS, target="ravdess")
     params = dataclasses.replace(load_params(ROOT / "params.yaml"), models={"crnn": MODELS["crnn"]}, features=fp,
-                                 seed=5, train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
-                                                           bucket_by_length=True, deterministic=True))
+                                 folds=(1,), seeds=(5,),
+                                 train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
+                                                   bucket_by_length=True, deterministic=True)).for_run(1, 5)
     train_model(params, "crnn", features, root / "models_speaker" / "crnn", root / "ckpt_speaker",
                 root / "live_speaker")
     return {**study, "features": features, "models": root / "models_speaker"}
