@@ -594,6 +594,12 @@ class Params:
             raise ValueError(f"splits.{sname}: no corpus of study {sname!r} has test data, so nothing "
                              f"can be evaluated; list test speakers or sessions")
 
+    def store_plan(self) -> dict[str, list[str]]:
+        """The feature stores the models read: {kind: [study, ...]} for mels, waves and each
+        openSMILE set (an empty list: no model reads that kind)."""
+        kinds = ("mels", "waves", *self.features.opensmile_sets)
+        return {kind: sorted({m.study for m in self.models.values() if m.input == kind}) for kind in kinds}
+
     def study(self, name: str) -> StudyParams:
         if name not in self.studies:
             raise KeyError(f"unknown study {name!r}; known: {sorted(self.studies)}")

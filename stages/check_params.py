@@ -5,6 +5,10 @@ so a misspelled key (`lamda_domain: 0.3`) or a misspelled model section fails
 the run at once, naming the key, even when no other stage depends on it. The
 report it writes changes only with the schema's verdict, so a valid edit does
 not re-run anything downstream by itself.
+
+It also writes the store plan (--plan): which feature stores the models need,
+{kind: [study, ...]}. The precompute stages build only those, and re-run only
+when the plan changes (a model with a new input), not on every model edit.
 """
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True, help="data/reports/params_check.json")
+    ap.add_argument("--plan", type=Path, help="data/reports/store_plan.json: the stores the models need")
     args = ap.parse_args(argv)
     setup_logging()
-    ensure_writable(files=[args.out])
-    load_params(args.params)  # raises ParamsError naming the key
+    ensure_writable(files=[args.out, *([args.plan] if args.plan else [])])
+    params = load_params(args.params)  # raises ParamsError naming the key
     write_json_atomic(args.out, {"params": str(args.params), "valid": True})
+    if args.plan:
+        write_json_atomic(args.plan, params.store_plan())
 
 
 if __name__ == "__main__":

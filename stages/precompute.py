@@ -7,6 +7,7 @@ data/manifests/<study>/f<k>.csv -> <out-dir>/<study>/{meta.json,clips.npy,clips.
 """
 import argparse
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -30,15 +31,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="folder of <study>/f<k>.csv")
     ap.add_argument("--out-dir", type=Path, required=True, help="data/features/<kind>")
     ap.add_argument("--report", type=Path, required=True, help="data/reports/<kind>.json")
+    ap.add_argument("--plan", type=Path, help="data/reports/store_plan.json (check-params): build only the "
+                                              "studies a model reads; without it, every study")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
     ensure_writable(args.out_dir, files=[args.report])
+    wanted = (json.loads(args.plan.read_text()).get(args.kind, []) if args.plan else list(params.studies))
+    log = logging.getLogger(f"precompute-{args.kind}")
+    if not wanted:
+        log.info("no model reads %s features: nothing to build", args.kind)
     report = {name: KINDS[args.kind](args.manifests, name, args.out_dir / name, params.features,
                                      labels=study.labels, target=study.target)
-              for name, study in params.studies.items()}
+              for name, study in params.studies.items() if name in wanted}
     write_json_atomic(args.report, report, sort_keys=False)
-    logging.getLogger(f"precompute-{args.kind}").info("wrote %s", args.report)
+    log.info("wrote %s", args.report)
 
 
 if __name__ == "__main__":
