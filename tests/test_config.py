@@ -249,3 +249,15 @@ def test_arch_input_and_section_checked_at_load(edit, match):
     edit(data["models"])
     with pytest.raises(ParamsError, match=match):
         parse_params(data)
+
+
+def test_store_plan_lists_the_stores_the_models_read():
+    params = load_params(ROOT / "params.yaml")
+    plan = params.store_plan()
+    assert set(plan) == {"mels", "waves", *params.features.opensmile_sets}
+    for kind, studies in plan.items():
+        assert studies == sorted({m.study for m in params.models.values() if m.input == kind})
+    assert "multi_corpus" not in plan["mels"]  # no mel model in the multi-corpus study: its store is not built
+    data = _default()
+    data["models"] = {"baseline": data["models"]["baseline"]}
+    assert parse_params(data).store_plan() == {"mels": ["cross_corpus"], "waves": [], "egemaps": []}
