@@ -37,7 +37,7 @@ import librosa  # noqa: E402
 
 from ser.config import FeatureParams  # noqa: E402
 from ser.features import fit_frames, normalise, precompute_mels  # noqa: E402
-from ser.manifest import Utterance, write_manifest  # noqa: E402
+from ser.manifest import Utterance, manifest_path, write_manifest  # noqa: E402
 from ser.stores import FeatureStore  # noqa: E402
 
 
@@ -105,7 +105,8 @@ def main() -> None:
             (tmp_path / "wav").mkdir()
             paths = synth_files(tmp_path / "wav", args.n)
         audio_s = sum(sf.info(p).duration for p in paths)
-        manifest = tmp_path / "bench.csv"
+        manifests = tmp_path / "manifests"  # one study "bench", one fold: every clip trains
+        manifest = manifest_path(manifests, "bench", 1)
         write_manifest([Utterance(utt_id=f"bench_{i:05d}", corpus="bench", speaker="s", path=str(p),
                                   duration_s=sf.info(p).duration, sample_rate=sf.info(p).samplerate,
                                   raw_label="x", emotion="x", split="train") for i, p in enumerate(paths)],
@@ -121,7 +122,7 @@ def main() -> None:
         }
         for workers in sorted({1, args.workers}):
             runs[f"ours_{workers}"] = functools.partial(
-                precompute_mels, manifest, tmp_path / f"store{workers}", fp, workers, labels=["x"])
+                precompute_mels, manifests, "bench", tmp_path / f"store{workers}", fp, workers, labels=["x"])
         timings: dict[str, list[float]] = {name: [] for name in runs}
         cpu: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeat):
@@ -132,7 +133,7 @@ def main() -> None:
                 cpu[name].append(cpu_s)
         reference = naive(paths, fp)
 
-        store = FeatureStore(tmp_path / f"store{args.workers}", "train")
+        store = FeatureStore(tmp_path / f"store{args.workers}" / "f1", "train")  # the fold folder
         mean, std = np.array(store.meta["mean"]), np.array(store.meta["std"])
         max_db, max_norm = 0.0, 0.0
         for i, ref in enumerate(reference):

@@ -2,7 +2,8 @@
 
 Two set-ups, each a DVC project of its own under --workdir (dvc.yaml and
 stages/ copied from this repository, params.yaml written from this
-repository's params.yaml with the corpora, studies, splits and seed replaced):
+repository's params.yaml with the corpora, studies and splits replaced, one
+fold and the seed of the round as `seeds: [<seed>]`):
 
   cross      EmoDB -> RAVDESS, 4 classes (angry, happy, neutral, sad): EmoDB is
              the labeled source (validation speakers 03 and 08, no test
@@ -78,7 +79,8 @@ def setups(emodb: Path, ravdess: Path) -> dict[str, dict[str, Any]]:
 def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_waves: bool,
                 epochs: int | None) -> dict[str, Any]:
     params = copy.deepcopy(base)
-    params.update({k: setup[k] for k in ("corpora", "studies", "splits")}, seed=seed)
+    # Both set-ups split each corpus once (protocol speakers): one fold; one seed per `dvc repro`.
+    params.update({k: setup[k] for k in ("corpora", "studies", "splits")}, seeds=[seed], folds=[1])
     dann_ok = any(s.get("target") for s in setup["studies"].values())
     models = {}
     for name, mp in base["models"].items():
@@ -122,9 +124,11 @@ def prepare(workdir: Path) -> None:
 
 
 def read_results(workdir: Path, params: dict[str, Any], scope: str) -> dict[str, dict[str, Any]]:
+    """Each model's metrics of the run (fold 1, the params' seed): metrics/models/<model>/f1-s<seed>/<scope>.json."""
     out = {}
+    (fold,), (seed,) = params["folds"], params["seeds"]
     for name in params["models"]:
-        record = json.loads((workdir / "metrics" / "models" / name / f"{scope}.json").read_text())
+        record = json.loads((workdir / "metrics" / "models" / name / f"f{fold}-s{seed}" / f"{scope}.json").read_text())
         out[name] = {k: record.get(k) for k in ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class",
                                                 "top_class_share", "prediction_share", "n", "test_set",
                                                 "single_class")}

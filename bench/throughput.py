@@ -4,9 +4,10 @@
                                [--steps 3] [--crnn-steps 10] [--wave-batch 4] [--n 256]
                                [--device auto|cpu|cuda] [--lengths-from data/features/waves/cross_corpus]
 
-A synthetic feature store is written with ser.stores.write_split into a temp
+A synthetic feature store is written with ser.stores.write_store into a temp
 dir at realistic sizes (mels 128 x 300; 16 kHz waves of 1-6 s, lognormal
-lengths), in the layout the trainer reads (<root>/<mels|waves>/<study>/).
+lengths), in the layout the trainer reads (<root>/<mels|waves>/<study>/f<fold>/,
+the fold of the params' run).
 Each model of the paper profile (profiles/paper.yaml: the reference
 hyperparameters) is trained for a few steps after warm-up through the
 trainer's own pieces (ser.training: the _Data loaders, accelerate-prepared
@@ -53,7 +54,7 @@ import torch  # noqa: E402
 from bench.qlora_memory import fit_lora_layers  # noqa: E402
 from ser.config import Params, load_params  # noqa: E402
 from ser.data import EpochBatchSampler, padding_waste  # noqa: E402
-from ser.stores import FeatureStore, IndexRow, write_meta, write_split  # noqa: E402
+from ser.stores import FeatureStore, IndexRow, fold_root, write_store  # noqa: E402
 
 SAMPLE_RATE = 16000
 # Backbones swapped in so the numbers are those of the real architectures' sizes.
@@ -73,9 +74,10 @@ def lognormal_seconds(n: int, seed: int = 0, median: float = 2.5, sigma: float =
 def write_stores(root: Path, params: Params, n: int, seed: int = 0, n_mels: int = 128,
                  frames: int = 300) -> dict[str, Path]:
     """Synthetic mels and waves stores for every study of `params` (train, val and - for a
-    study with a target corpus - adapt), in the trainer's layout <root>/<kind>/<study>/.
+    study with a target corpus - adapt), in the trainer's layout <root>/<kind>/<study>/f<fold>/
+    (one fold: `params.fold`, the run the trainer reads).
 
-    Returns {f"{kind}/{study}": store root}.
+    Returns {f"{kind}/{study}": the fold folder (what FeatureStore opens)}.
     """
     rng = np.random.default_rng(seed)
     sizes = {"train": n, "val": max(4, n // 16), "adapt": n}
@@ -84,7 +86,7 @@ def write_stores(root: Path, params: Params, n: int, seed: int = 0, n_mels: int 
         labels = list(study.labels)
         splits = [s for s in sizes if s != "adapt" or study.target is not None]
         for kind in ("mels", "waves"):
-            store = root / kind / study_name
+            arrays = {}
             for split in splits:
                 count = sizes[split]
                 emotions = [labels[i % len(labels)] for i in range(count)]
@@ -100,10 +102,11 @@ def write_stores(root: Path, params: Params, n: int, seed: int = 0, n_mels: int 
                     array = 0.1 * rng.standard_normal(int(lengths.sum()), dtype=np.float32)
                     rows = [IndexRow(f"{split}_{i:05d}", "synthetic", f"spk{i % 8}", emotions[i], domain,
                                      int(offsets[i]), int(lengths[i])) for i in range(count)]
-                write_split(store, split, array, rows)
-            write_meta(store, {"kind": kind, "sample_rate": SAMPLE_RATE, "labels": labels,
-                               "target": study.target, "synthetic": True})
-            out[f"{kind}/{study_name}"] = store
+                arrays[split] = (array, rows)
+            # The synthetic mels are already standard normal: no fold statistics, read as stored.
+            out[f"{kind}/{study_name}"] = write_store(
+                root / kind / study_name, arrays, {"kind": kind, "sample_rate": SAMPLE_RATE, "labels": labels,
+                                                   "target": study.target, "synthetic": True}, fold=params.fold)
     return out
 
 
@@ -171,7 +174,7 @@ def model_throughput(params: Params, name: str, features_root: Path, *, steps: i
     mp = params.models[name]
     labels = list(params.study(mp.study).labels)
     dann = mp.objective == "dann"
-    data = _Data(params, mp, features_root / mp.input / mp.study)
+    data = _Data(params, mp, fold_root(features_root, mp.input, mp.study, params.fold))
     loader = loader_throughput(data)
     train = dataclasses.replace(params.train, device=device) if device != "auto" else params.train
     accelerator = make_accelerator(train)
@@ -244,6 +247,15 @@ def model_throughput(params: Params, name: str, features_root: Path, *, steps: i
     return result
 
 
+def fold_dir(store_dir: Path) -> Path:
+    """A store's fold folder: `store_dir` itself, or the first fold of a study store (<kind>/<study>)."""
+    meta = store_dir / "meta.json"
+    if meta.is_file() and not (store_dir / "train.csv").is_file():
+        folds = json.loads(meta.read_text()).get("folds") or [1]
+        return store_dir / f"f{folds[0]}"
+    return store_dir
+
+
 # --------------------------------------------------------------------------- report
 def format_models(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'model':13s} {'backbone':21s} {'batch':>5s} {'params M':>8s} {'train M':>8s} {'s/step':>7s} "
@@ -281,7 +293,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--cache-dir", type=Path, default=REPO / "bench" / ".cache",
                     help="where the random backbones are saved once and reused")
     ap.add_argument("--lengths-from", type=Path, action="append", default=[],
-                    help="a waveform store directory: also report padding waste on its train split's lengths")
+                    help="a waveform store (data/features/waves/<study>: its first fold, or a fold folder "
+                         "<study>/f<k>): also report padding waste on its train split's lengths")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default, one per core); 1 avoids oversubscription "
                          "when other jobs share the cores")
@@ -298,7 +311,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if unknown:
         ap.error(f"unknown model(s) {unknown}; {args.params} defines {sorted(params.models)}")
     backbones = {k: "random:tiny" for k in BACKBONES} if args.tiny else BACKBONES
-    params = bench_params(params, backbones, args.wave_batch or None)
+    # The run measured: the first fold and seed of the params' folds x seeds.
+    params = bench_params(params, backbones, args.wave_batch or None).for_run(params.folds[0], params.seeds[0])
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ser-throughput-") as tmp:
@@ -318,7 +332,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     lognormal = (lognormal_seconds(4000, seed=1) * SAMPLE_RATE).astype(np.int64)
     reports = {"lognormal 1-6 s (median 2.5 s), 4000 clips": padding_report(lognormal, wave_batches)}
     for store_dir in args.lengths_from:
-        store = FeatureStore(store_dir, "train")
+        store = FeatureStore(fold_dir(store_dir), "train")
         cap = int(6.0 * SAMPLE_RATE)  # the wav2vec2 models' max_seconds default crop
         shown = store_dir.resolve().relative_to(REPO) if store_dir.resolve().is_relative_to(REPO) else store_dir
         reports[f"{shown} train ({len(store)} clips)"] = padding_report(np.minimum(store.lengths, cap), wave_batches)

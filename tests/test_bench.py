@@ -133,6 +133,9 @@ def test_synthetic_stores_and_model_throughput(cache, tmp_path):
     # The trainer's layout: the fold folder of the params' run, over one clips array per study.
     assert stores["mels/cross_corpus"] == fold_root(tmp_path, "mels", "cross_corpus", params.fold)
     assert (tmp_path / "waves" / "cross_corpus" / "clips.npy").is_file()
+    # --lengths-from takes a study store (its first fold) or a fold folder
+    assert throughput.fold_dir(tmp_path / "waves" / "cross_corpus") == stores["waves/cross_corpus"]
+    assert throughput.fold_dir(stores["waves/cross_corpus"]) == stores["waves/cross_corpus"]
     mels = FeatureStore(stores["mels/cross_corpus"], "train")
     waves = FeatureStore(stores["waves/cross_corpus"], "adapt")
     assert mels.kind == "mels" and mels[0].shape == (128, 300) and len(mels) == 16

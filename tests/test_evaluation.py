@@ -109,9 +109,9 @@ def test_model_scopes_follow_the_studies():
     assert scopes == {"baseline": cross, "dann": cross, "egemaps_svm": cross, "egemaps_logreg": cross,
                       "wav2vec_dann": cross, "qlora": [("in_domain", None)], "finetune": [("in_domain", None)],
                       # a matrix study: one scope per corpus, named after it
-                      "matrix_crnn": [("iemocap", "iemocap"), ("ravdess", "ravdess")]}
+                      "matrix_logreg": [("iemocap", "iemocap"), ("ravdess", "ravdess")]}
     assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"
-    assert model_scopes(params, "matrix_crnn")[1].test_set == "corpus_matrix/test [ravdess]"
+    assert model_scopes(params, "matrix_logreg")[1].test_set == "corpus_matrix/test [ravdess]"
 
 
 def test_single_class_predictor_is_flagged():

@@ -33,10 +33,12 @@ def test_a_bad_params_file_is_one_message_and_exit_one(tmp_path):
 
 def test_train_checks_its_output_folders_before_training(tmp_path):
     (tmp_path / "a_file").write_text("")
-    proc = _stage("train.py", "--model", "baseline", "--features", str(tmp_path / "no_features"),
-                  "--out-dir", str(tmp_path / "models"), "--resume-dir", str(tmp_path / "ckpt"),
+    proc = _stage("train.py", "--model", "baseline", "--fold", "1", "--seed", "1337",
+                  "--bind", str(tmp_path / "no_bind" / "baseline.json"), "--features", str(tmp_path / "no_features"),
+                  "--out-dir", str(tmp_path / "models" / "baseline" / "f1-s1337"),
+                  "--resume-dir", str(tmp_path / "ckpt" / "baseline" / "f1-s1337"),
                   "--live-dir", str(tmp_path / "a_file" / "live"))
-    # The unwritable live dir is reported, not the missing features that training would meet first.
+    # The unwritable live dir is reported, not the missing bind file and features that the run would meet first.
     assert proc.returncode == 1 and "cannot write to" in proc.stderr and "a_file/live" in proc.stderr
     assert "Traceback" not in proc.stderr
 
