@@ -1,9 +1,9 @@
 """Queued DVC experiments: a lambda_domain sweep queued with one command and run by 2 queue workers.
 
 A tiny standalone git + DVC repository in tmp_path (not the whole pipeline):
-one stage reads `lambda_domain` from params.yaml and writes metrics files in
-the layout and schema of the evaluation stages. `make_repo` and `dvc` are
-reused by tests/test_report.py.
+one stage reads `lambda_domain` from params.yaml and writes
+metrics/aggregate.json in the schema of the summarize stage. `make_repo` and
+`dvc` are reused by tests/test_report.py.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import psutil
 LAMBDAS = (0.1, 0.3, 0.5)
 
 STAGE = '''\
-"""Writes metrics/models/<model>/<scope>.json like ser.evaluation; dann's UAR depends on lambda_domain."""
+"""Writes metrics/aggregate.json like the summarize stage; dann's UAR depends on lambda_domain."""
 import json
 from pathlib import Path
 
@@ -29,24 +29,29 @@ lam = yaml.safe_load(Path("params.yaml").read_text())["lambda_domain"]
 results = {("in_domain", "baseline"): 0.62, ("target", "baseline"): 0.41,
            ("in_domain", "dann"): round(0.60 + 0.02 * lam, 4), ("target", "dann"): round(0.40 + 0.1 * lam, 4),
            ("in_domain", "qlora"): 0.55}
+models = {}
 for (scope, model), uar in results.items():
-    out = Path("metrics") / "models" / model / f"{scope}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"model": model, "test_set": scope, "accuracy": round(uar + 0.03, 4), "uar": uar, "macro_f1": uar,
-              "cohen_kappa": 0.2, "n": 96, "accuracy_ci95": [round(uar - 0.02, 4), round(uar + 0.08, 4)],
-              "uar_ci95": [round(uar - 0.05, 4), round(uar + 0.05, 4)], "per_class_recall": {"angry": uar},
-              "support": {"angry": 96}}
-    out.write_text(json.dumps(record, indent=2) + "\\n")
+    models.setdefault(model, {})[scope] = {
+        "study": "cross_corpus", "test_set": scope, "corpus": "ravdess" if scope == "target" else None,
+        "folds": [1, 2], "seeds": [1], "n_classes": 4, "n_runs": 2,
+        "mean_over_runs": {"accuracy": round(uar + 0.02, 4), "uar": round(uar - 0.01, 4), "macro_f1": uar},
+        "std_over_runs": {"accuracy": 0.01, "uar": 0.01, "macro_f1": 0.01},
+        "pooled": {"accuracy": round(uar + 0.03, 4), "uar": uar, "macro_f1": uar, "cohen_kappa": 0.2,
+                   "accuracy_ci95": [round(uar - 0.02, 4), round(uar + 0.08, 4)],
+                   "uar_ci95": [round(uar - 0.05, 4), round(uar + 0.05, 4)]},
+        "single_class_runs": []}
+Path("metrics").mkdir(exist_ok=True)
+Path("metrics/aggregate.json").write_text(json.dumps({"models": models}, indent=2) + "\\n")
 '''
 
 DVC_YAML = """\
 stages:
-  evaluate:
-    cmd: python evaluate.py
-    deps: [evaluate.py]
+  summarize:
+    cmd: python summarize.py
+    deps: [summarize.py]
     params: [lambda_domain, models.dann]
     metrics:
-      - metrics/models:
+      - metrics/aggregate.json:
           cache: false
 """
 
@@ -72,15 +77,15 @@ def dvc(repo: Path, *args: str, timeout: float = 60) -> str:
 
 
 def make_repo(path: Path) -> Path:
-    """A committed git + DVC repo whose one stage has run (dvc.lock and metrics committed)."""
+    """A committed git + DVC repo whose one stage (the summarize stage's aggregate.json) has run."""
     path.mkdir(parents=True, exist_ok=True)
     run(path, "git", "init", "-q")
     run(path, "git", "config", "user.email", "test@localhost")
     run(path, "git", "config", "user.name", "test")
     dvc(path, "init", "-q")
     dvc(path, "config", "core.analytics", "false")
-    (path / "params.yaml").write_text("seed: 1\nlambda_domain: 0.5\nmodels:\n  dann: {epochs: 2}\n")
-    (path / "evaluate.py").write_text(STAGE)
+    (path / "params.yaml").write_text("seeds: [1]\nfolds: [1, 2]\nlambda_domain: 0.5\nmodels:\n  dann: {epochs: 2}\n")
+    (path / "summarize.py").write_text(STAGE)
     (path / "dvc.yaml").write_text(DVC_YAML)
     dvc(path, "repro", "-q")
     run(path, "git", "add", "-A")
@@ -148,18 +153,21 @@ def test_sweep_queued_with_one_command_runs_on_two_workers(tmp_path):
     for exp in exps:
         data = exp["revs"][0]["data"]
         lam = data["params"]["params.yaml"]["data"]["lambda_domain"]
-        found[lam] = data["metrics"]["metrics/models/dann/target.json"]["data"]["uar"]
+        models = data["metrics"]["metrics/aggregate.json"]["data"]["models"]
+        found[lam] = models["dann"]["target"]["pooled"]["uar"]
         # The unchanged model gives the baseline's numbers in every experiment.
-        assert data["metrics"]["metrics/models/baseline/target.json"]["data"]["uar"] == 0.41
+        assert models["baseline"]["target"]["pooled"]["uar"] == 0.41
     assert found == {lam: expected_dann_uar(lam) for lam in LAMBDAS}
 
     # The documented command: experiments sorted by cross-corpus UAR, best first.
-    table = dvc(repo, "exp", "show", "--sort-by", "metrics/models/dann/target.json:uar", "--sort-order", "desc",
+    table = dvc(repo, "exp", "show", "--sort-by", "metrics/aggregate.json:models.dann.target.pooled.uar",
+                "--sort-order", "desc",
                 "--csv", "--keep", "lambda_domain", "--drop", "baseline|qlora|in_domain")
     rows = [line.split(",") for line in table.strip().splitlines()]
     col = rows[0].index("lambda_domain")
     exp_rows = [r for r in rows[1:] if r[0]]  # named experiments; baselines have no name
     assert [float(r[col]) for r in exp_rows] == sorted(LAMBDAS, reverse=True), table
     # The queued runs happened in temporary copies: the workspace still holds the committed results.
-    assert json.loads((repo / "metrics" / "models" / "dann" / "target.json").read_text())["uar"] == expected_dann_uar(0.5)
+    workspace = json.loads((repo / "metrics" / "aggregate.json").read_text())["models"]
+    assert workspace["dann"]["target"]["pooled"]["uar"] == expected_dann_uar(0.5)
     assert run(repo, "git", "status", "--porcelain").strip() == ""

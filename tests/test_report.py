@@ -9,7 +9,7 @@ import pytest
 
 from ser.cli import main
 from ser.report import Row, parse_exp_show, read_experiments, read_workspace, render_markdown, write_report
-from test_queue import dvc, run
+from test_queue import dvc, make_repo
 
 
 def _aggregate(uar: float, ci: tuple[float, float] | None = (0.0, 1.0), *, corpus: str | None = None,
@@ -92,61 +92,6 @@ def test_cli_report_without_anything_to_report_fails(tmp_path, capsys):
     assert main(["report", "--metrics-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "r"),
                  "--repo", str(tmp_path)]) == 1
     assert not (tmp_path / "r" / "report.md").exists()
-
-
-STAGE = '''\
-"""Writes metrics/aggregate.json like the summarize stage; dann's UAR depends on lambda_domain."""
-import json
-from pathlib import Path
-
-import yaml
-
-lam = yaml.safe_load(Path("params.yaml").read_text())["lambda_domain"]
-results = {("in_domain", "baseline"): 0.62, ("target", "baseline"): 0.41,
-           ("in_domain", "dann"): round(0.60 + 0.02 * lam, 4), ("target", "dann"): round(0.40 + 0.1 * lam, 4),
-           ("in_domain", "qlora"): 0.55}
-models = {}
-for (scope, model), uar in results.items():
-    models.setdefault(model, {})[scope] = {
-        "study": "cross_corpus", "test_set": scope, "corpus": "ravdess" if scope == "target" else None,
-        "folds": [1, 2], "seeds": [1], "n_classes": 4, "n_runs": 2,
-        "mean_over_runs": {"accuracy": round(uar + 0.02, 4), "uar": round(uar - 0.01, 4), "macro_f1": uar},
-        "std_over_runs": {"accuracy": 0.01, "uar": 0.01, "macro_f1": 0.01},
-        "pooled": {"accuracy": round(uar + 0.03, 4), "uar": uar, "macro_f1": uar, "cohen_kappa": 0.2,
-                   "accuracy_ci95": [round(uar - 0.02, 4), round(uar + 0.08, 4)],
-                   "uar_ci95": [round(uar - 0.05, 4), round(uar + 0.05, 4)]},
-        "single_class_runs": []}
-Path("metrics").mkdir(exist_ok=True)
-Path("metrics/aggregate.json").write_text(json.dumps({"models": models}, indent=2) + "\\n")
-'''
-
-DVC_YAML = """\
-stages:
-  summarize:
-    cmd: python summarize.py
-    deps: [summarize.py]
-    params: [lambda_domain, models.dann]
-    metrics:
-      - metrics/aggregate.json:
-          cache: false
-"""
-
-
-def make_repo(path: Path) -> Path:
-    """A committed git + DVC repo whose one stage (the summarize stage's aggregate.json) has run."""
-    path.mkdir(parents=True, exist_ok=True)
-    run(path, "git", "init", "-q")
-    run(path, "git", "config", "user.email", "test@localhost")
-    run(path, "git", "config", "user.name", "test")
-    dvc(path, "init", "-q")
-    dvc(path, "config", "core.analytics", "false")
-    (path / "params.yaml").write_text("seeds: [1]\nfolds: [1, 2]\nlambda_domain: 0.5\nmodels:\n  dann: {epochs: 2}\n")
-    (path / "summarize.py").write_text(STAGE)
-    (path / "dvc.yaml").write_text(DVC_YAML)
-    dvc(path, "repro", "-q")
-    run(path, "git", "add", "-A")
-    run(path, "git", "commit", "-qm", "baseline")
-    return path
 
 
 @pytest.fixture(scope="module")
