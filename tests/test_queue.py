@@ -7,6 +7,7 @@ metrics/aggregate.json in the schema of the summarize stage. `make_repo` and
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -163,7 +164,7 @@ def test_sweep_queued_with_one_command_runs_on_two_workers(tmp_path):
     table = dvc(repo, "exp", "show", "--sort-by", "metrics/aggregate.json:models.dann.target.pooled.uar",
                 "--sort-order", "desc",
                 "--csv", "--keep", "lambda_domain", "--drop", "baseline|qlora|in_domain")
-    rows = [line.split(",") for line in table.strip().splitlines()]
+    rows = list(csv.reader(table.strip().splitlines()))  # list-valued params (folds) are quoted cells
     col = rows[0].index("lambda_domain")
     exp_rows = [r for r in rows[1:] if r[0]]  # named experiments; baselines have no name
     assert [float(r[col]) for r in exp_rows] == sorted(LAMBDAS, reverse=True), table
