@@ -17,12 +17,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from sklearn.metrics import cohen_kappa_score, f1_score
 from tqdm.auto import tqdm
 
 from ser.config import Params
 from ser.data import FeatureDataset, make_loader, max_samples_for
-from ser.stats import Predictions, write_predictions_csv
+from ser.stats import Predictions, metrics_from_confusion, write_predictions_csv
 from ser.stores import FeatureStore, fold_root, read_index
 
 log = logging.getLogger(__name__)
@@ -71,15 +70,10 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     support = cm.sum(axis=1)
     present = np.flatnonzero(support)
     recall = {labels[c]: float(cm[c, c] / support[c]) for c in present}
-    if len(np.unique(np.concatenate([y_true, y_pred]))) > 1:
-        kappa = float(cohen_kappa_score(y_true, y_pred))
-    else:
-        kappa = float("nan")  # undefined (and sklearn warns) when a single class is everywhere
+    # one implementation of the headline metrics, shared with the bootstrap (ser.stats)
+    headline = {name: float(v) for name, v in metrics_from_confusion(cm).items()}
     return {
-        "accuracy": _accuracy(y_true, y_pred),
-        "uar": float(np.mean(list(recall.values()))) if recall else float("nan"),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else float("nan"),
-        "cohen_kappa": kappa,
+        **headline,
         "per_class_recall": recall,
         "support": {name: int(support[c]) for c, name in enumerate(labels)},
         "confusion": cm.tolist(),

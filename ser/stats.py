@@ -54,7 +54,8 @@ from scipy.stats import binomtest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv", "concat", "point_metrics", "aggregate",
+__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv", "concat", "point_metrics",
+           "metrics_from_confusion", "aggregate",
            "pooled", "paired_bootstrap", "mcnemar_exact", "holm", "compare_models", "METRIC_NAMES"]
 
 METRIC_NAMES = ("accuracy", "uar", "macro_f1", "cohen_kappa")
@@ -174,12 +175,14 @@ def _aligned(a: Predictions, b: Predictions) -> Predictions:
 
 
 # --------------------------------------------------------------------------- metrics from confusion counts
-def _metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, UAR, macro-F1 and kappa of a batch of (possibly weighted) confusion matrices (..., k, k).
 
-    Same conventions as ser.evaluation.compute_metrics: UAR averages the classes
-    present in y_true; macro-F1 the classes present in y_true or y_pred (F1 0
-    when never right); kappa is NaN when one class fills both y_true and y_pred.
+    The one implementation of these metrics (ser.evaluation.compute_metrics uses
+    it too): UAR averages the classes present in y_true; macro-F1 the classes
+    present in y_true or y_pred (F1 0 when never right), as sklearn's
+    f1_score(average="macro"); kappa is Cohen's, NaN when one class fills both
+    y_true and y_pred; all NaN for an empty matrix.
     """
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum(axis=(-2, -1))
@@ -202,10 +205,10 @@ def _nanmean(x: np.ndarray) -> np.ndarray:
 
 
 def point_metrics(preds: Predictions) -> dict[str, float]:
-    """Accuracy, UAR, macro-F1 and Cohen's kappa (equal to ser.evaluation.compute_metrics's)."""
+    """Accuracy, UAR, macro-F1 and Cohen's kappa of one model's predictions."""
     k = len(preds.labels)
     cm = np.bincount(preds.y_true * k + preds.y_pred, minlength=k * k).reshape(k, k)
-    return {name: float(v) for name, v in _metrics_from_confusion(cm).items()}
+    return {name: float(v) for name, v in metrics_from_confusion(cm).items()}
 
 
 def _cluster_tables(preds: Predictions, cluster: Optional[str]) -> tuple[np.ndarray, int]:
@@ -322,7 +325,7 @@ def pooled(preds: Union[Sequence[Predictions], Mapping[Hashable, Sequence[Predic
     # the speaker column is identical across seeds (checked by _aligned), so clusters match across seeds
     tables = [_cluster_tables(p, cluster)[0] for p in aligned.values()]
     _check_clusters(len(tables[0]), cluster)
-    boot = [_metrics_from_confusion(cm) for cm in _boot_confusions(tables, n_boot, seed)]
+    boot = [metrics_from_confusion(cm) for cm in _boot_confusions(tables, n_boot, seed)]
     result: dict[str, Any] = {}
     for name in METRIC_NAMES:
         result[name] = _float_or_none(point[name])
@@ -358,7 +361,7 @@ def paired_bootstrap(a: Predictions, b: Predictions, metric: str = "uar", n_boot
     (table_a, m), (table_b, _) = _cluster_tables(a, cluster), _cluster_tables(b, cluster)
     _check_clusters(m, cluster)
     boot_a, boot_b = _boot_confusions([table_a, table_b], n_boot, seed)
-    diffs = _metrics_from_confusion(boot_a)[metric] - _metrics_from_confusion(boot_b)[metric]
+    diffs = metrics_from_confusion(boot_a)[metric] - metrics_from_confusion(boot_b)[metric]
     diff = point_metrics(a)[metric] - point_metrics(b)[metric]
     return {"metric": metric, "diff": _float_or_none(diff), "ci": _interval(diffs, ci), "ci_level": ci,
             "p_value": _bootstrap_p(diffs), "n_boot": n_boot, "cluster": cluster, "n_clips": len(a),

@@ -32,15 +32,27 @@ def wrong(y_true):
 
 
 # --------------------------------------------------------------------------- metrics and aggregation
-def test_point_metrics_equal_compute_metrics():
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_sklearn_and_hand_definitions(seed):
+    """The one implementation (metrics_from_confusion, used by compute_metrics and the bootstrap)
+    against sklearn's accuracy, macro-F1 and kappa and the by-hand UAR, with a class absent from
+    y_true, one never predicted, and the single-class edge case."""
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
+
     from ser.evaluation import compute_metrics
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     y_true = rng.integers(0, 3, 50)  # "sad" never occurs
     y_pred = np.where(rng.random(50) < 0.6, y_true, rng.integers(0, 2, 50))
     ours, ref = point_metrics(preds(y_true, y_pred)), compute_metrics(y_true, y_pred, LABELS)
-    for name in ("accuracy", "uar", "macro_f1", "cohen_kappa"):
-        assert ours[name] == pytest.approx(ref[name]), name
+    expected = {"accuracy": accuracy_score(y_true, y_pred),
+                "uar": np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]),
+                "macro_f1": f1_score(y_true, y_pred, average="macro", zero_division=0),
+                "cohen_kappa": cohen_kappa_score(y_true, y_pred)}
+    for name, value in expected.items():
+        assert ours[name] == pytest.approx(value, abs=1e-12) and ref[name] == ours[name], name
+    constant = compute_metrics([1, 1, 1], [1, 1, 1], LABELS)
+    assert constant["accuracy"] == constant["uar"] == 1.0 and np.isnan(constant["cohen_kappa"])
 
 
 def test_aggregate_mean_and_sample_std_by_hand():
