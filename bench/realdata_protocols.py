@@ -4,9 +4,11 @@ real EmoDB and RAVDESS recordings, through the pipeline's own DAG (one DVC proje
 Studies (4 classes: angry, happy, neutral, sad), all run by one `dvc repro` with
 `folds: [1, 2, 3]` and `seeds` from the command line:
 
-  ravdess_folds  RAVDESS actors 1-12, speaker_folds: 3 (2 F + 2 M actors per fold):
-                 CRNN and eGeMAPS logistic regression.
-  emodb_folds    EmoDB's 10 speakers, speaker_folds: 3: eGeMAPS logistic regression.
+  ravdess_folds  RAVDESS actors 1-12, speaker_folds: 3 (2 F + 2 M test actors per fold,
+                 2 validation actors drawn from the other 8): CRNN and eGeMAPS
+                 logistic regression.
+  emodb_folds    EmoDB's 10 speakers, speaker_folds: 3 (3-4 test speakers, 2
+                 validation): eGeMAPS logistic regression.
   matrix         design: matrix over EmoDB (val 03, 08; test 15, 16) and RAVDESS
                  (val 5-6; test 7-12): CRNN and eGeMAPS logistic regression; its
                  fold 3 is not run (2 corpora).
@@ -47,8 +49,10 @@ def make_params(base: dict[str, Any], emodb: Path, ravdess: Path, seeds: list[in
         "cross": {"labels": LABELS, "corpora": ["emodb", "ravdess"], "source": "emodb", "target": "ravdess"},
     }
     params["splits"] = {
-        "ravdess_folds": {"ravdess": {"protocol": "speaker_folds", "folds": 3, "seed": 0}},
-        "emodb_folds": {"emodb": {"protocol": "speaker_folds", "folds": 3, "seed": 0}},
+        # 3 folds: the previous fold as validation would leave one fold to train on, so 2 validation
+        # speakers are drawn from the training folds instead
+        "ravdess_folds": {"ravdess": {"protocol": "speaker_folds", "folds": 3, "val_speakers": 2, "seed": 0}},
+        "emodb_folds": {"emodb": {"protocol": "speaker_folds", "folds": 3, "val_speakers": 2, "seed": 0}},
         "matrix": {"emodb": {"protocol": "speakers", "val": ["03", "08"], "test": ["15", "16"]},
                    "ravdess": {"protocol": "speakers", "val": ["5-6"], "test": ["7-12"]}},
         "cross": {"emodb": {"protocol": "speakers", "val": ["03", "08"]},
