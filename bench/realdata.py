@@ -164,21 +164,31 @@ def report(results: dict[str, dict[int, dict[str, dict[str, Any]]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def corpus_arguments(doc: str, workdir: str, seeds: list[int], out: str) -> argparse.ArgumentParser:
+    """The arguments the real-data checks share: corpora, work folder, seeds, epochs, params, output."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--emodb", type=Path, required=True, help="EmoDB folder with metadata.csv")
     ap.add_argument("--ravdess", type=Path, required=True, help="RAVDESS folder with Actor_NN/ (actors 1-12 needed)")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser-realdata"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--setups", nargs="+", choices=["cross", "in_domain"], default=["cross", "in_domain"])
+    ap.add_argument("--workdir", type=Path, default=Path(workdir))
+    ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
     ap.add_argument("--epochs", type=int, default=15, help="epochs of the neural models (default 15)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (models, features)")
-    ap.add_argument("--with-waves", action="store_true", help="also run the waveform (wav2vec2) models")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "realdata.json")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
+    return ap
+
+
+def check_corpora(args: argparse.Namespace) -> None:
     for path in (args.emodb / "metadata.csv", args.ravdess):
         if not path.exists():
             raise SystemExit(f"{path}: not found")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = corpus_arguments(__doc__, "/tmp/ser-realdata", [0, 1, 2], "realdata.json")
+    ap.add_argument("--setups", nargs="+", choices=["cross", "in_domain"], default=["cross", "in_domain"])
+    ap.add_argument("--with-waves", action="store_true", help="also run the waveform (wav2vec2) models")
+    args = ap.parse_args(argv)
+    check_corpora(args)
     base = yaml.safe_load(args.params.read_text())
     all_setups = setups(args.emodb.resolve(), args.ravdess.resolve())
     results: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}

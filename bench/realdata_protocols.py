@@ -25,7 +25,6 @@ paired comparisons, and the train x test matrix with the cross-corpus rows.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata import LABELS, ROOT, _dvc, _emodb, prepare  # noqa: E402
+from realdata import LABELS, _dvc, _emodb, check_corpora, corpus_arguments, prepare  # noqa: E402
 
 
 def make_params(base: dict[str, Any], emodb: Path, ravdess: Path, seeds: list[int], epochs: int) -> dict[str, Any]:
@@ -111,18 +110,8 @@ def report(aggregate: dict[str, Any], comparisons: list[dict[str, Any]], matrix:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--emodb", type=Path, required=True, help="EmoDB folder with metadata.csv")
-    ap.add_argument("--ravdess", type=Path, required=True, help="RAVDESS folder with Actor_NN/ (actors 1-12)")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser-protocols"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, default=15, help="epochs of the neural models (default 15)")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (models, features)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "realdata_protocols.json")
-    args = ap.parse_args(argv)
-    for path in (args.emodb / "metadata.csv", args.ravdess):
-        if not path.exists():
-            raise SystemExit(f"{path}: not found")
+    args = corpus_arguments(__doc__, "/tmp/ser-protocols", [0], "realdata_protocols.json").parse_args(argv)
+    check_corpora(args)
     params = make_params(yaml.safe_load(args.params.read_text()), args.emodb.resolve(), args.ravdess.resolve(),
                          args.seeds, args.epochs)
     prepare(args.workdir)
