@@ -176,3 +176,27 @@ def test_tiny_profile_is_a_valid_params_file(tmp_path):
     params = load_params(path)
     assert all(mp.epochs == 1 for mp in params.models.values())
     assert params.demo.clips_per_speaker == pipeline.TINY_CLIPS and params.evaluation.bootstrap == 50
+
+
+def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
+    """The real-data checks' params load (the real corpora are not needed for that), and the
+    protocols check runs the fold, matrix and cross-corpus studies in one DAG."""
+    import yaml
+
+    from ser.config import parse_params
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        realdata, protocols = _load("realdata"), _load("realdata_protocols")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    emodb, ravdess = tmp_path / "emodb", tmp_path / "ravdess"
+    for name, setup in realdata.setups(emodb, ravdess).items():
+        params = parse_params(realdata.make_params(base, setup, 0, False, 2))
+        assert params.seeds == (0,) and params.folds == (1,), name
+    params = parse_params(protocols.make_params(base, emodb, ravdess, [0, 1], 3))
+    assert params.folds == (1, 2, 3) and params.seeds == (0, 1)
+    assert params.studies["matrix"].design == "matrix" and params.studies["cross"].target == "ravdess"
+    assert params.splits["ravdess_folds"]["ravdess"].k == 3 and params.models["cross_dann"].epochs == 3
+    assert {m.study for m in params.models.values()} == set(params.studies)
