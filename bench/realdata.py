@@ -86,6 +86,8 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
     for name, mp in base["models"].items():
         if mp["input"] == "waves" and not with_waves or mp["objective"] == "dann" and not dann_ok:
             continue
+        if base["studies"].get(mp["study"], {}).get("design") == "matrix":  # bench/realdata_protocols.py runs those
+            continue
         mp = {**copy.deepcopy(mp), "study": "cross_corpus"}
         if epochs is not None and mp.get("arch") != "linear":
             mp["epochs"] = epochs

@@ -200,3 +200,6 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     assert params.studies["matrix"].design == "matrix" and params.studies["cross"].target == "ravdess"
     assert params.splits["ravdess_folds"]["ravdess"].k == 3 and params.models["cross_dann"].epochs == 3
     assert {m.study for m in params.models.values()} == set(params.studies)
+    # the demo's matrix model is left to the protocols check, not run again as a cross-corpus model
+    cross = realdata.make_params(base, realdata.setups(emodb, ravdess)["cross"], 0, False, 2)
+    assert "matrix_logreg" not in cross["models"] and "egemaps_logreg" in cross["models"]
