@@ -39,20 +39,6 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
-def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
-
-
-def _uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    classes = np.unique(y_true)
-    if len(classes) == 0:
-        return float("nan")
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
-
-
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": _accuracy, "uar": _uar}
-
-
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, UAR, macro-F1, Cohen's kappa, per-class recall/support and the confusion matrix.
 
@@ -85,11 +71,18 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
 def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int],
                  metric: Union[str, Callable[[np.ndarray, np.ndarray], float]] = "uar",
                  n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of `metric` ("accuracy", "uar" or a callable) over utterances."""
-    fn = METRICS[metric] if isinstance(metric, str) else metric
+    """Percentile bootstrap CI of `metric` (a name of ser.stats.METRIC_NAMES, computed as
+    metrics_from_confusion does, or a callable (y_true, y_pred) -> float) over utterances."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if len(y_true) == 0 or n < 1:
         return float("nan"), float("nan")
+    if isinstance(metric, str):
+        k = int(max(y_true.max(), y_pred.max())) + 1
+
+        def fn(t: np.ndarray, p: np.ndarray) -> float:
+            return float(metrics_from_confusion(_confusion(t, p, k))[metric])
+    else:
+        fn = metric
     rng = np.random.default_rng(seed)
     stats = np.empty(n)
     for b in range(n):
