@@ -154,7 +154,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
     """Rebuild the model described by `path`/meta.json, load its weights, move it
     to `device` and return it in eval mode with the full meta dict.
 
-    cache_dir: where random wav2vec2 presets are re-created (see build_model).
+    cache_dir: where random encoder presets are re-created (see build_model).
     """
     path = Path(path)
     meta_path, weights_path = path / META, path / WEIGHTS
@@ -177,8 +177,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
                               "written incompletely or edited; re-run training")
     mp = _build(ModelParams, doc["model_params"], "checkpoint")
     build = doc["build"]
+    preprocessor = (doc.get("backbone") or {}).get("preprocessor")  # what training fed (encoders)
     model = build_model(mp, build["n_classes"], with_domain_head=build["with_domain_head"],
-                        n_mels=build["n_mels"], cache_dir=cache_dir)
+                        n_mels=build["n_mels"], cache_dir=cache_dir, preprocessor=preprocessor)
     state = load_file(str(weights_path), device="cpu")
     expected = set(_state_to_save(model))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -193,7 +194,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
     fingerprint = _base_fingerprint(model, set(state))
     if fingerprint != doc.get("base_fingerprint"):
         raise CheckpointError(
-            f"{path}: the frozen backbone {mp.wav2vec2.backbone if mp.wav2vec2 else mp.arch!r} resolves to "
+            f"{path}: the frozen backbone {mp.encoder.backbone if mp.encoder else mp.arch!r} resolves to "
             "different weights than the ones this checkpoint was trained on; its adapters only fit that "
             "exact base. Restore the original backbone (hub revision, local directory, random-preset "
             "cache) or retrain.")

@@ -7,6 +7,9 @@ before any long work starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -288,7 +291,7 @@ class FeatureParams:
 
 # --------------------------------------------------------------------------- models
 # The keys of ser.models.MODELS ("linear": the classical openSMILE baseline); a test keeps them in step.
-Arch = Literal["crnn", "wav2vec2", "linear"]
+Arch = Literal["crnn", "encoder", "linear"]
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 
 
@@ -361,25 +364,75 @@ class LoraParams:
             raise ValueError(f"lora.layers must be null or non-negative layer indices, got {self.layers}")
 
 
+def encoder_store_key(backbone: str, chunk_seconds: float) -> str:
+    """`<backbone, sanitised>-<8 hex>`: one embedding store per (backbone, chunking); readable and unique."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", backbone.strip("/")).strip("-")[-48:] or "encoder"
+    digest = hashlib.sha256(json.dumps([backbone, float(chunk_seconds)]).encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+Regime = Literal["frozen", "full", "lora", "qlora"]
+REGIMES: tuple[str, ...] = typing.get_args(Regime)
+
+
 @dataclass(frozen=True)
-class Wav2Vec2Params:
-    """backbone: a hub id, a local directory, or `random:<preset>` (tiny, base,
-    large-xlsr) for a randomly initialised model built from a config."""
+class EncoderParams:
+    """A speech foundation model (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper encoder) + emotion head.
+
+    backbone: a hub id, a local save_pretrained directory, or `random:<family>-<size>`
+    (see ser.models.encoders.PRESETS) for a randomly initialised model.
+    regime: frozen (a probe: only the head trains), full (fine-tune; `freeze_feature_encoder`
+    keeps the CNN front end fixed), lora (adapters on `lora.target_modules`), qlora (the
+    backbone's Linear layers in 4-bit NF4 + LoRA adapters).
+    layers: which hidden states feed the head: last, an index (0 = the CNN / embedding
+    output, 1..L the transformer layers; negative counts from the end) or weighted
+    (SUPERB: softmax-normalised learnable weights over every hidden state).
+    projection: width of the linear frame projection before mean pooling (null: none).
+    chunk_seconds: clips longer than this are encoded in chunks (Whisper's limit is 30 s)
+    and their frames pooled together. max_seconds: training crop of waveform inputs.
+    """
     backbone: str
+    regime: Regime = "full"
+    layers: str = "last"
+    projection: Optional[int] = 256
     head_hidden: int = 256
     domain_hidden: int = 64
     freeze_feature_encoder: bool = True
-    quantize: Literal["none", "nf4"] = "none"
     lora: Optional[LoraParams] = None
     gradient_checkpointing: bool = False
     max_seconds: float = 6.0
+    chunk_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.backbone:
-            raise ValueError("backbone must name a hub id, a directory or random:<preset>")
+            raise ValueError("backbone must name a hub id, a directory or random:<family>-<size>")
         _check_min(self, ("head_hidden", "domain_hidden"))
-        if self.max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if self.projection is not None and self.projection < 1:
+            raise ValueError(f"projection must be >= 1 or null (none), got {self.projection}")
+        if self.max_seconds <= 0 or self.chunk_seconds <= 0:
+            raise ValueError("max_seconds and chunk_seconds must be > 0")
+        if self.layers not in ("last", "weighted"):
+            try:
+                int(self.layers)
+            except ValueError:
+                raise ValueError(f"layers must be last, weighted or a hidden-state index, got {self.layers!r}") \
+                    from None
+        if self.regime in ("lora", "qlora") and self.lora is None:
+            raise ValueError(f"regime {self.regime} needs a lora: section (r, alpha, dropout, target_modules)")
+        if self.regime in ("frozen", "full") and self.lora is not None:
+            raise ValueError(f"regime {self.regime} trains no adapters; remove lora: or set regime: lora / qlora")
+        if self.gradient_checkpointing and self.regime == "frozen":
+            raise ValueError("gradient_checkpointing does not apply to regime frozen (no backbone gradients)")
+
+    @property
+    def store_key(self) -> str:
+        """Name of the embedding store of this encoder: what the cached hidden-state means depend on."""
+        return encoder_store_key(self.backbone, self.chunk_seconds)
+
+    @property
+    def layer_index(self) -> Optional[int]:
+        """The hidden-state index of `layers: <int>`, None for last / weighted."""
+        return None if self.layers in ("last", "weighted") else int(self.layers)
 
 
 @dataclass(frozen=True)
@@ -433,17 +486,22 @@ class ModelParams:
     study: str
     arch: Arch  # registry key, see ser.models
     objective: Literal["ce", "dann"]
-    input: Literal["mels", "waves", "egemaps", "compare"]
+    input: Literal["mels", "waves", "embeddings", "egemaps", "compare"]
     epochs: int
     batch_size: int
     optim: OptimParams
     crnn: Optional[CrnnParams] = None
-    wav2vec2: Optional[Wav2Vec2Params] = None
+    encoder: Optional[EncoderParams] = None
     balance: Literal["none", "loss", "sampler"] = "loss"
     spec_augment: Optional[SpecAugmentParams] = None
     patience: Optional[int] = None
     # arch linear: epochs, batch_size and optim are required but unused (one fit per C).
     classical: Optional[ClassicalParams] = None
+
+    @property
+    def store_key(self) -> Optional[str]:
+        """The sub-store of an `embeddings` input (one per encoder), None for the other inputs."""
+        return self.encoder.store_key if self.input == "embeddings" and self.encoder is not None else None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -459,6 +517,10 @@ class ModelParams:
         if self.arch == "linear" and self.objective != "ce":
             raise ValueError(f"objective {self.objective!r} does not apply to arch 'linear' (a linear classifier "
                              "on fixed features has no encoder to adapt); use objective: ce")
+        if self.input == "embeddings" and (self.arch != "encoder" or self.encoder is None
+                                           or self.encoder.regime != "frozen"):
+            raise ValueError("input 'embeddings' (the cached hidden-state means of a frozen encoder) needs arch "
+                             "encoder with encoder.regime: frozen; other regimes train on input: waves")
         if self.arch == "linear" and self.classical is None:
             raise ValueError("arch 'linear' needs a 'classical:' section (classifier, C, standardise)")
 
@@ -541,9 +603,10 @@ class Params:
             if model.study not in self.studies:
                 raise ValueError(f"models.{mname}.study: unknown study {model.study!r} "
                                  f"(known: {sorted(self.studies)})")
-            needs = {"crnn": ("mels", "crnn"), "wav2vec2": ("waves", "wav2vec2")}.get(model.arch)
-            if needs and model.input != needs[0]:
-                raise ValueError(f"models.{mname}: arch {model.arch!r} reads {needs[0]}; set input: {needs[0]}")
+            needs = {"crnn": (("mels",), "crnn"), "encoder": (("waves", "embeddings"), "encoder")}.get(model.arch)
+            if needs and model.input not in needs[0]:
+                raise ValueError(f"models.{mname}: arch {model.arch!r} reads {' or '.join(needs[0])}; "
+                                 f"set input: {needs[0][0]}")
             if needs and getattr(model, needs[1]) is None:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} needs a '{needs[1]}:' section")
             if model.input in ("egemaps", "compare") and model.input not in self.features.opensmile_sets:
@@ -597,8 +660,11 @@ class Params:
     def store_plan(self) -> dict[str, list[str]]:
         """The feature stores the models read: {kind: [study, ...]} for mels, waves and each
         openSMILE set (an empty list: no model reads that kind)."""
-        kinds = ("mels", "waves", *self.features.opensmile_sets)
-        return {kind: sorted({m.study for m in self.models.values() if m.input == kind}) for kind in kinds}
+        kinds = ("mels", "waves", "embeddings", *self.features.opensmile_sets)
+        plan = {kind: sorted({m.study for m in self.models.values() if m.input == kind}) for kind in kinds}
+        # embeddings are computed from the waveform store
+        plan["waves"] = sorted(set(plan["waves"]) | set(plan["embeddings"]))
+        return plan
 
     def study(self, name: str) -> StudyParams:
         if name not in self.studies:
@@ -705,7 +771,25 @@ def parse_params(data: dict[str, Any]) -> Params:
                 if isinstance(sp, dict) and "fold" in sp:
                     raise ParamsError(f"unknown key splits.{sname}.{cname}.fold: the fold is no longer chosen "
                                       "in the split; the top-level `folds: [1, 2, ...]` lists the folds run")
+        for mname, model in (data.get("models") or {}).items():
+            if isinstance(model, dict):
+                _check_model_renames(mname, model)
     return _build(Params, data, "")
+
+
+def _check_model_renames(mname: str, model: dict[str, Any]) -> None:
+    """Keys of the wav2vec2-only model schema, with what replaced them."""
+    where = f"models.{mname}"
+    if model.get("arch") == "wav2vec2":
+        raise ParamsError(f"{where}.arch: 'wav2vec2' is now `arch: encoder` (any wav2vec2, HuBERT, WavLM, "
+                          "data2vec-audio or Whisper encoder; the backbone's config names the family)")
+    if "wav2vec2" in model:
+        raise ParamsError(f"unknown key {where}.wav2vec2: the section is now `encoder:` (same backbone spec; "
+                          "random presets are named random:<family>-<size>, e.g. random:wav2vec2-tiny)")
+    enc = model.get("encoder")
+    if isinstance(enc, dict) and "quantize" in enc:
+        raise ParamsError(f"unknown key {where}.encoder.quantize: choose the regime instead, "
+                          "`regime: qlora` (4-bit NF4 + LoRA), `lora`, `full` or `frozen`")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ser.config import Params
+from ser.config import Params, encoder_store_key
 from ser.data import FeatureDataset, make_loader, max_samples_for
 from ser.stats import Predictions, metrics_from_confusion, write_predictions_csv
 from ser.stores import FeatureStore, fold_root, read_index
@@ -130,7 +130,9 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     model, meta = load_checkpoint(model_dir, device=str(target), cache_dir=model_dir / BACKBONE_CACHE)
     model.eval()
     mp = meta["model_params"]
-    store_root = fold_root(features_root, mp["input"], mp["study"], int(meta.get("fold", 1)))
+    key = (encoder_store_key(mp["encoder"]["backbone"], mp["encoder"]["chunk_seconds"])
+           if mp["input"] == "embeddings" else None)
+    store_root = fold_root(features_root, mp["input"], mp["study"], int(meta.get("fold", 1)), key)
     store = FeatureStore(store_root, split, corpus=corpus)
     if store.meta != meta["features"]:
         raise ValueError(f"{store_root}/meta.json differs from the feature meta {model_dir} was trained on; "
@@ -138,7 +140,7 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
     if len(store) == 0:
         raise ValueError(f"{store_root}/{split}.csv has no rows" + (f" for corpus {corpus!r}" if corpus else ""))
     labels = meta["labels"]
-    max_seconds = (mp.get("wav2vec2") or {}).get("max_seconds")
+    max_seconds = (mp.get("encoder") or {}).get("max_seconds")
     dataset = FeatureDataset(store, labels, max_samples=max_samples_for(store, max_seconds), crop="center")
     loader = make_loader(dataset, batch_size or mp["batch_size"])
     log.info("evaluating %s on %s/%s%s (%d utterances) on %s", model_dir, store_root, split,
@@ -292,7 +294,7 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
         raise FileNotFoundError(f"{model_dir / META} is missing: train {name!r} first (`dvc repro`)")
     run = json.loads((model_dir / META).read_text())
     fold, seed = int(run.get("fold", 1)), int(run.get("seed", 0))
-    store_root = fold_root(features_root, mp.input, mp.study, fold)
+    store_root = fold_root(features_root, mp.input, mp.study, fold, mp.store_key)
     fingerprint = model_fingerprint(model_dir)
     records: dict[str, dict[str, Any]] = {}
     for scope in model_scopes(params, name):

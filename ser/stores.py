@@ -226,6 +226,8 @@ __all__ = ["IndexRow", "FeatureStore", "StoreError", "write_split", "write_index
            "INDEX_FIELDS", "CLIPS", "speaker_key", "store_fingerprint", "fold_root", "write_store"]
 
 
-def fold_root(features_root: str | Path, kind: str, study: str, fold: int) -> Path:
-    """data/features/<kind>/<study>/f<fold>: the store folder one run reads."""
-    return Path(features_root) / kind / study / f"f{fold}"
+def fold_root(features_root: str | Path, kind: str, study: str, fold: int, key: Optional[str] = None) -> Path:
+    """data/features/<kind>/<study>[/<key>]/f<fold>: the store folder one run reads (`key`: the
+    encoder's sub-store of an embeddings store, see EncoderParams.store_key)."""
+    root = Path(features_root) / kind / study
+    return (root / key if key else root) / f"f{fold}"

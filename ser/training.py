@@ -61,7 +61,7 @@ __all__ = ["train_model", "CrossEntropy", "DomainAdversarial", "make_objective",
            "code_fingerprint", "class_weights", "make_accelerator", "TrainingInterrupted"]
 
 STATE_FILE = "state.pt"
-# Random wav2vec2 presets are materialised inside the model directory, so that
+# Random encoder presets are materialised inside the model directory, so that
 # models/<name> alone is enough to rebuild the model (ser.evaluation does).
 BACKBONE_CACHE = "backbone"
 BEST_DIR = "best"  # inside resume_dir: the best epoch so far, copied to out_dir at the end
@@ -193,7 +193,7 @@ def make_accelerator(train: TrainParams):
 
 def _seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
-    set_seed(seed)  # python, numpy (wav2vec2 masking draws from it), torch CPU and CUDA
+    set_seed(seed)  # python, numpy (the encoders' time masking draws from it), torch CPU and CUDA
 
 
 def _set_determinism(train: TrainParams) -> None:
@@ -239,10 +239,10 @@ def _model_params(params: Params, name: str) -> ModelParams:
     if name not in params.models:
         raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
     mp = params.models[name]
-    if mp.input == "waves" and mp.wav2vec2 is None:
-        raise ValueError(f"models.{name}: input 'waves' needs a `wav2vec2` section")
-    if mp.input == "mels" and mp.arch == "wav2vec2":
-        raise ValueError(f"models.{name}: arch 'wav2vec2' reads waveforms; set input: waves")
+    if mp.input in ("waves", "embeddings") and mp.encoder is None:
+        raise ValueError(f"models.{name}: input {mp.input!r} needs an `encoder` section")
+    if mp.input == "mels" and mp.arch == "encoder":
+        raise ValueError(f"models.{name}: arch 'encoder' reads waveforms or embeddings; set input: waves")
     return mp
 
 
@@ -251,7 +251,7 @@ class _Data:
 
     def __init__(self, params: Params, mp: ModelParams, store_root: Path) -> None:
         labels = list(params.study(mp.study).labels)
-        max_seconds = mp.wav2vec2.max_seconds if mp.wav2vec2 else None
+        max_seconds = mp.encoder.max_seconds if mp.encoder and mp.input == "waves" else None
         train_store = FeatureStore(store_root, "train")
         val_store = FeatureStore(store_root, "val")
         self.meta = train_store.meta
@@ -431,7 +431,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
         return train_classical(params, name, features_root, out_dir, live_dir, timing_path=timing_path)
     labels = list(params.study(mp.study).labels)
     dann = mp.objective == "dann"
-    store_root = fold_root(features_root, mp.input, mp.study, params.fold)
+    store_root = fold_root(features_root, mp.input, mp.study, params.fold, mp.store_key)
     data = _Data(params, mp, store_root)
     fp = fingerprint(params, name, data.meta)
 

@@ -1,4 +1,5 @@
-"""Model registry: the CRNN of the cross-corpus study and wav2vec2 (full, LoRA, QLoRA).
+"""Model registry: the CRNN of the cross-corpus study and speech foundation-model encoders
+(wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper; frozen probe, full, LoRA, QLoRA).
 
 Every model is an `SERModel`: `embed` maps an input batch to pooled features
 [B, feature_dim], `classify` maps features to emotion logits, and the optional
@@ -92,33 +93,39 @@ class SERModel(nn.Module):
 
 
 def _build_crnn(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n_mels: int,
-                cache_dir: Optional[Path]) -> SERModel:
+                cache_dir: Optional[Path], preprocessor: Optional[dict] = None) -> SERModel:
     from ser.models.crnn import CRNN
     return CRNN(mp.crnn, n_classes, n_mels=n_mels, with_domain_head=with_domain_head)
 
 
-def _build_wav2vec2(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n_mels: int,
-                    cache_dir: Optional[Path]) -> SERModel:
+def _build_encoder(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n_mels: int,
+                   cache_dir: Optional[Path], preprocessor: Optional[dict] = None) -> SERModel:
     # Imported lazily: transformers / peft / bitsandbytes take seconds to import
     # and the CRNN stages do not need them.
-    from ser.models.wav2vec2 import Wav2Vec2SER
-    return Wav2Vec2SER(mp.wav2vec2, n_classes, with_domain_head=with_domain_head, cache_dir=cache_dir)
+    from ser.models.encoders import EncoderSER, ProbeSER
+    if mp.input == "embeddings":  # a frozen encoder's probe on cached hidden-state means
+        return ProbeSER(mp.encoder, n_classes, with_domain_head=with_domain_head, cache_dir=cache_dir)
+    return EncoderSER(mp.encoder, n_classes, with_domain_head=with_domain_head, cache_dir=cache_dir,
+                      preprocessor=preprocessor)
 
 
 # arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
 # openSMILE baseline) is no torch model: ser.classical fits, saves and loads it.
 MODELS: dict[str, tuple[Callable[..., SERModel], str]] = {
     "crnn": (_build_crnn, "crnn"),
-    "wav2vec2": (_build_wav2vec2, "wav2vec2"),
+    "encoder": (_build_encoder, "encoder"),
 }
 
 
 def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = False, n_mels: int = 128,
-                cache_dir: Optional[Path] = None, name: Optional[str] = None) -> SERModel:
+                cache_dir: Optional[Path] = None, name: Optional[str] = None,
+                preprocessor: Optional[dict] = None) -> SERModel:
     """Build `mp.arch` on the CPU for `n_classes` emotions.
 
     n_mels: mel bands of the input (CRNN only). cache_dir: where `random:<preset>`
-    wav2vec2 backbones are materialised (default: $SER_CACHE_DIR or ~/.cache/ser).
+    encoder backbones are materialised (default: $SER_CACHE_DIR or ~/.cache/ser).
+    preprocessor: the feature-extractor config a checkpoint was trained with (encoders; default:
+    the backbone's own).
     name: the model's key under `models:` in params.yaml, for error messages.
     """
     if mp.arch == "linear":
@@ -131,7 +138,8 @@ def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = Fal
                          f"in params.yaml (see the demo profile for an example)")
     if n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-    model = builder(mp, n_classes, with_domain_head=with_domain_head, n_mels=n_mels, cache_dir=cache_dir)
+    model = builder(mp, n_classes, with_domain_head=with_domain_head, n_mels=n_mels, cache_dir=cache_dir,
+                    preprocessor=preprocessor)
     model.params = mp
     model.build_kwargs = {"n_classes": n_classes, "with_domain_head": with_domain_head, "n_mels": n_mels}
     return model
