@@ -666,6 +666,18 @@ class Params:
         plan["waves"] = sorted(set(plan["waves"]) | set(plan["embeddings"]))
         return plan
 
+    def probe_encoders(self) -> dict[str, list[EncoderParams]]:
+        """{study: the encoders whose cached embeddings some model reads}, one per store key."""
+        out: dict[str, dict[str, EncoderParams]] = {}
+        for m in self.models.values():
+            if m.input == "embeddings" and m.encoder is not None:
+                out.setdefault(m.study, {}).setdefault(m.encoder.store_key, m.encoder)
+        return {study: list(encs.values()) for study, encs in sorted(out.items())}
+
+    def embedding_plan(self) -> dict[str, dict[str, str]]:
+        """{study: {store key: backbone}}: what precompute-embeddings builds (check-params writes it)."""
+        return {study: {e.store_key: e.backbone for e in encs} for study, encs in self.probe_encoders().items()}
+
     def study(self, name: str) -> StudyParams:
         if name not in self.studies:
             raise KeyError(f"unknown study {name!r}; known: {sorted(self.studies)}")

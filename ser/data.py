@@ -87,19 +87,26 @@ class FeatureDataset(Dataset):
             else:
                 start = excess // 2
             x = x[..., start:start + self.max_samples]
+        item = {"x": x, "y": int(self.labels[i]), "domain": int(self.domains[i]), "index": i}
+        if self.store.kind == "embeddings":  # one fixed-size [hidden states, hidden size] vector per clip
+            return {**item, "length": 1, "vector": True}
         length = int(self.store.index[i].length) if x.ndim == 2 else int(x.shape[-1])
-        return {"x": x, "y": int(self.labels[i]), "domain": int(self.domains[i]), "index": i,
-                "length": min(length, int(x.shape[-1]))}
+        return {**item, "length": min(length, int(x.shape[-1]))}
 
 
 def collate_batch(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Mels -> x [B, 1, n_mels, frames]; waves -> right-padded x [B, T_max]; both with lengths [B].
+    """Mels -> x [B, 1, n_mels, frames]; waves -> right-padded x [B, T_max]; both with lengths [B];
+    embeddings -> x [B, hidden states, hidden size] (lengths 1).
 
     Mel lengths are the items' valid frame counts (`length`; all frames when
     an item has none), wave lengths their sample counts; models pool over them.
     """
     batch = {k: torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("y", "domain", "index")}
     first = items[0]["x"]
+    if items[0].get("vector"):  # cached encoder embeddings: x [B, hidden states, hidden size]
+        batch["x"] = torch.from_numpy(np.stack([it["x"] for it in items]).astype(np.float32))
+        batch["lengths"] = torch.ones(len(items), dtype=torch.long)
+        return batch
     if first.ndim == 2:
         batch["x"] = torch.from_numpy(np.stack([it["x"] for it in items]).astype(np.float32)).unsqueeze(1)
         batch["lengths"] = torch.tensor([it.get("length", it["x"].shape[-1]) for it in items], dtype=torch.long)

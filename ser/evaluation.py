@@ -225,6 +225,42 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], labels: Seque
     log.info("wrote %s", path)
 
 
+LAYER_WEIGHTS = "layer_weights"  # <metrics dir>/layer_weights.json and <plots dir>/layer_weights.png
+
+
+def layer_weights_of(model_dir: Path) -> Optional[list[float]]:
+    """The softmax-normalised layer weights of a `layers: weighted` encoder checkpoint (None otherwise):
+    which hidden states (0 = CNN / embedding output) the emotion head reads."""
+    from safetensors import safe_open
+
+    from ser.checkpoint import WEIGHTS
+    path = Path(model_dir) / WEIGHTS
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        if "layer_pool.weights" not in fh.keys():
+            return None
+        return torch.softmax(fh.get_tensor("layer_pool.weights").float(), 0).tolist()
+
+
+def plot_layer_weights(path: Path, mean: Sequence[float], title: str, std: Optional[Sequence[float]] = None) -> None:
+    """Bar chart of the layer weights per hidden state (error bars: std over runs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(mean) + 2), 3.2), constrained_layout=True)
+    ax.bar(range(len(mean)), mean, yerr=std, color="tab:blue", capsize=2)
+    ax.axhline(1 / len(mean), color="grey", lw=0.8, ls="--", label="uniform")
+    ax.set(xlabel="hidden state (0 = CNN / embedding output)", ylabel="softmax weight", title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    log.info("wrote %s", path)
+
+
 # --------------------------------------------------------------------------- stage entry points
 @dataclass(frozen=True)
 class Scope:
@@ -325,6 +361,15 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
         log.info("%s on %s: accuracy %.3f, UAR %.3f (n=%d)%s", name, scope.test_set, metrics["accuracy"],
                  metrics["uar"], metrics["n"], warn)
         records[scope.name] = record
+    weights = layer_weights_of(model_dir)
+    if weights is not None:
+        top = int(np.argmax(weights))
+        write_metrics_json(metrics_dir / f"{LAYER_WEIGHTS}.json", {
+            "model": name, "fold": fold, "seed": seed, "model_fingerprint": fingerprint,
+            "layer_weights": weights, "top_layer": top})
+        plot_layer_weights(plots_dir / f"{LAYER_WEIGHTS}.png", weights,
+                           f"{name} (fold {fold}, seed {seed}): layer weights, top {top}")
+        log.info("%s: layer weights %s (top: hidden state %d)", name, [round(w, 3) for w in weights], top)
     if not any("skipped" not in r for r in records.values()):
         raise ValueError(f"model {name!r} has no test data in any of its test sets ({store_root}); "
                          f"list test speakers under splits.{mp.study}")

@@ -34,7 +34,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ser.config import Params
-from ser.evaluation import MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes, write_metrics_json
+from ser.evaluation import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
+                            plot_layer_weights, write_metrics_json)
 from ser.runs import is_not_run, parse_run_name, run_name
 from ser.stats import Predictions, aggregate, compare_models, concat, pooled, read_predictions_csv
 
@@ -467,6 +468,41 @@ def prune_stale_outputs(params: Params, dirs: Sequence[Path]) -> list[Path]:
     return removed
 
 
+def aggregate_layer_weights(params: Params, metrics_dir: Path) -> dict[str, dict[str, Any]]:
+    """{model: mean and std over runs of its learned layer weights, the top hidden state, the run count}
+    for every `layers: weighted` encoder model (from each run's layer_weights.json)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in params.models:
+        rows = []
+        for fold in params.folds:
+            for seed in params.seeds:
+                record = _read_json(Path(metrics_dir) / name / run_name(fold, seed) / f"{LAYER_WEIGHTS}.json")
+                if record and record.get("layer_weights"):
+                    rows.append(record["layer_weights"])
+        if rows:
+            arr = np.asarray(rows, dtype=float)
+            mean = arr.mean(0)
+            out[name] = {"mean": mean.round(6).tolist(),
+                         "std": (arr.std(0, ddof=1) if len(rows) > 1 else np.zeros_like(mean)).round(6).tolist(),
+                         "top_layer": int(mean.argmax()), "runs": len(rows)}
+    return out
+
+
+def _layer_weight_lines(weights: dict[str, dict[str, Any]], figures_dir: Optional[Path]) -> list[str]:
+    if not weights:
+        return []
+    lines = ["## Layer weights", "",
+             "Softmax weights of the weighted layer sum (hidden state 0 = CNN / embedding output), mean over runs: "
+             "which layers the emotion head reads.", "",
+             "| model | runs | top hidden state | weights |", "|---|---|---|---|"]
+    for name, entry in weights.items():
+        lines.append(f"| {name} | {entry['runs']} | {entry['top_layer']} | "
+                     + " ".join(f"{w:.2f}" for w in entry["mean"]) + " |")
+    if figures_dir is not None:
+        lines += ["", *(f"![{n} layer weights]({Path(figures_dir).name}/{n}_layer_weights.png)" for n in weights)]
+    return [*lines, ""]
+
+
 def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path,
                   live_dir: Optional[Path] = None, plots_dir: Optional[Path] = None,
                   comparisons_out: Optional[Path] = None, aggregate_out: Optional[Path] = None,
@@ -476,8 +512,9 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
     plots_dir = Path(plots_dir) if plots_dir is not None else Path("plots")
     runs = collect_runs(params, metrics_dir, models_dir, plots_dir)
     aggregates = aggregate_all(params, runs)
+    weights = aggregate_layer_weights(params, metrics_dir)
     if aggregate_out is not None:
-        write_metrics_json(Path(aggregate_out), {"models": aggregates})
+        write_metrics_json(Path(aggregate_out), {"models": aggregates, "layer_weights": weights})
     level = round(100 * params.evaluation.ci)
     text_lines = [
         "# Results", "",
@@ -502,9 +539,17 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
                 stale.unlink()
         for sname, entry in matrix.items():
             plot_corpus_matrix(figures_dir / f"{sname}_matrix.png", sname, entry)
+        for stale in figures_dir.glob(f"*_{LAYER_WEIGHTS}.png"):
+            if stale.name[: -len(f"_{LAYER_WEIGHTS}.png")] not in weights:
+                stale.unlink()
+        for name, entry in weights.items():
+            plot_layer_weights(figures_dir / f"{name}_{LAYER_WEIGHTS}.png", entry["mean"],
+                               f"{name}: layer weights over {entry['runs']} run(s)",
+                               entry["std"] if entry["runs"] > 1 else None)
     if matrix_out is not None:
         write_metrics_json(Path(matrix_out), {"studies": matrix})
     text_lines += _matrix_lines(matrix, figures_dir)
+    text_lines += _layer_weight_lines(weights, figures_dir)
     text = "\n".join(text_lines)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
+from ser.config import load_params
 from ser.logutil import setup_logging
 from ser.runs import write_bind
 from ser.stageutil import ensure_writable, run_stage
@@ -17,15 +18,18 @@ from ser.stageutil import ensure_writable, run_stage
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", required=True)
     ap.add_argument("--input", required=True, help="the model's input kind (its store)")
     ap.add_argument("--study", required=True)
-    ap.add_argument("--store", type=Path, required=True, help="data/features/<input>/<study>")
+    ap.add_argument("--store", type=Path, required=True, help="data/features/<input>/<study> (embeddings: the "
+                                                             "model's encoder sub-store inside it)")
     ap.add_argument("--out", type=Path, required=True, help="data/bind/<model>.json")
     args = ap.parse_args(argv)
     setup_logging()
     ensure_writable(files=[args.out])
-    write_bind(args.model, args.input, args.study, args.store, args.out)
+    key = load_params(args.params).models[args.model].store_key
+    write_bind(args.model, args.input, args.study, args.store / key if key else args.store, args.out)
 
 
 if __name__ == "__main__":

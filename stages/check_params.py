@@ -9,6 +9,8 @@ not re-run anything downstream by itself.
 It also writes the store plan (--plan): which feature stores the models need,
 {kind: [study, ...]}. The precompute stages build only those, and re-run only
 when the plan changes (a model with a new input), not on every model edit.
+The embedding plan (--embedding-plan) lists the frozen encoders whose embeddings
+the probes read, {study: {store key: backbone}}, for precompute-embeddings.
 """
 from __future__ import annotations
 
@@ -28,13 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True, help="data/reports/params_check.json")
     ap.add_argument("--plan", type=Path, help="data/reports/store_plan.json: the stores the models need")
+    ap.add_argument("--embedding-plan", type=Path,
+                    help="data/reports/embedding_plan.json: {study: {store key: backbone}} of the probes' encoders")
     args = ap.parse_args(argv)
     setup_logging()
-    ensure_writable(files=[args.out, *([args.plan] if args.plan else [])])
+    ensure_writable(files=[args.out, *(p for p in (args.plan, args.embedding_plan) if p)])
     params = load_params(args.params)  # raises ParamsError naming the key
     write_json_atomic(args.out, {"params": str(args.params), "valid": True})
     if args.plan:
         write_json_atomic(args.plan, params.store_plan())
+    if args.embedding_plan:
+        write_json_atomic(args.embedding_plan, params.embedding_plan())
 
 
 if __name__ == "__main__":
