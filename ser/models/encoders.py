@@ -53,6 +53,7 @@ from ser.config import EncoderParams, LoraParams
 from ser.errors import SerError
 from ser.models import SERModel
 from ser.models.grl import DomainHead
+from ser.models.quant_cache import load_4bit
 
 __all__ = ["EncoderSER", "ProbeSER", "PRESETS", "FAMILIES", "BackboneNotFound", "random_backbone_dir",
            "load_backbone", "encoder_config", "default_cache_dir", "Frontend", "LayerPool", "encoder_from_probe"]
@@ -298,12 +299,14 @@ def _compute_dtype() -> torch.dtype:
 def load_backbone(p: EncoderParams, cache_dir: Optional[Path] = None) -> tuple[nn.Module, dict[str, Any]]:
     """(the encoder module named by `p.backbone`, 4-bit under regime qlora; its feature-extractor config)."""
     config = encoder_config(p.backbone, cache_dir)  # fails fast (naming the model) before any weights
-    source, _hub = resolve_source(p.backbone, cache_dir)
+    source, hub = resolve_source(p.backbone, cache_dir)
     _config_cls, model_cls = _classes(config.model_type)
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if p.regime == "qlora":
-        kwargs.update(quantization_config=_bnb_config(), device_map={"": "cpu"})
-    model = model_cls.from_pretrained(source, **kwargs)
+    if p.regime == "qlora":  # from a pre-quantized 4-bit copy: the fp32 weights are read once per machine
+        model = load_4bit(model_cls, source, p.backbone, _bnb_config(),
+                          Path(cache_dir) / "quantized" if cache_dir is not None else None,
+                          getattr(config, "_commit_hash", None) if hub else None)
+    else:
+        model = model_cls.from_pretrained(source, dtype=torch.float32)
     if config.model_type == "whisper":  # the encoder of WhisperForAudioClassification
         encoder = model.encoder
         encoder.config._commit_hash = getattr(model.config, "_commit_hash", None)
