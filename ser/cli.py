@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--window", type=float, default=None,
                    help="window length in seconds (default: the clip length the model was trained on: "
-                        "3 s for the log-mel models, wav2vec2.max_seconds for waveform models)")
+                        "3 s for the log-mel models, encoder.max_seconds for the encoder models)")
     p.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: window / 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")

@@ -32,7 +32,7 @@ tail is covered by a full window); the file's probabilities are the mean of its
 windows'. A recording no longer than the window is one window: exactly the
 input evaluation gives the same clip, so predictions match `ser.evaluation`.
 Defaults: the window a model was trained on (mels: frames x hop = 3 s;
-wav2vec2: `max_seconds`), hop = half a window.
+encoder models: `encoder.max_seconds`), hop = half a window.
 
 Files that cannot be decoded, or are empty, silent or shorter than the stored
 `min_duration_s`, get an error result (with the skip reason the precompute
@@ -244,10 +244,10 @@ class Predictor:
                              "precompute stages (`dvc repro`)")
 
     def trained_window_s(self) -> float:
-        """The clip length the model was trained on (mels: frames x hop; wav2vec2: max_seconds)."""
+        """The clip length the model was trained on (mels: frames x hop; encoders: encoder.max_seconds)."""
         if self.input == "mels":
             return self.fp.frames * self.fp.hop_length / self.fp.sample_rate
-        return float(self.meta["model_params"]["wav2vec2"]["max_seconds"])
+        return float(self.meta["model_params"]["encoder"]["max_seconds"])
 
     # ------------------------------------------------------------------ inference
     def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -9,17 +9,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ser.config import CrnnParams, LoraParams, ModelParams, OptimParams, Wav2Vec2Params
+from ser.config import CrnnParams, EncoderParams, LoraParams, ModelParams, OptimParams
 from ser.models import SERModel, build_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 FEATURES = {"kind": "waves", "sample_rate": 16000}
 KINDS = {
     "crnn": dict(arch="crnn", input="mels", crnn=CrnnParams(channels=(8, 16, 32), lstm_hidden=16, fc_hidden=16)),
-    "wav2vec2_full": dict(arch="wav2vec2", wav2vec2=Wav2Vec2Params(backbone="random:tiny")),
-    "lora": dict(arch="wav2vec2", wav2vec2=Wav2Vec2Params(backbone="random:tiny", lora=LoraParams(r=4, alpha=8))),
-    "qlora": dict(arch="wav2vec2", wav2vec2=Wav2Vec2Params(backbone="random:tiny", quantize="nf4",
-                                                           lora=LoraParams(r=4, alpha=8, layers=(1,)))),
+    "encoder_full": dict(arch="encoder", encoder=EncoderParams(backbone="random:wav2vec2-tiny")),
+    "lora": dict(arch="encoder", encoder=EncoderParams(backbone="random:wav2vec2-tiny", regime="lora",
+                                                       lora=LoraParams(r=4, alpha=8))),
+    "qlora": dict(arch="encoder", encoder=EncoderParams(backbone="random:wav2vec2-tiny", regime="qlora",
+                                                        lora=LoraParams(r=4, alpha=8, layers=(1,)))),
 }
 
 
@@ -81,11 +82,15 @@ def test_round_trip_predictions_identical(kind, cache, tmp_path):
 
     stored = load_file(str(out / "model.safetensors"))
     if kind in ("lora", "qlora"):   # only adapters and heads; the base is rebuilt from the spec
-        assert meta["state"] == "partial" and meta["backbone"]["spec"] == "random:tiny"
+        assert meta["state"] == "partial" and meta["backbone"]["spec"] == "random:wav2vec2-tiny"
         assert set(stored) == {n for n, p in model.named_parameters() if p.requires_grad}
-        assert all("lora_" in n or n.startswith(("classifier.", "domain_head.")) for n in stored)
+        assert all("lora_" in n or n.startswith(("projection.", "classifier.", "domain_head.")) for n in stored)
     else:
         assert meta["state"] == "full" and set(stored) == set(model.state_dict())
+    if kind != "crnn":
+        backbone = meta["backbone"]
+        assert (backbone["family"], backbone["regime"]) == ("wav2vec2", KINDS[kind]["encoder"].regime)
+        assert backbone["preprocessor"] == loaded.preprocessor   # the input normalisation training fed
     if kind == "qlora":
         import bitsandbytes as bnb
         assert meta["backbone"]["quantized"]
@@ -134,7 +139,7 @@ def test_lora_checkpoint_refuses_a_different_base(tmp_path):
     model = trained("lora", cache)
     save_checkpoint(model, tmp_path / "lora", {"labels": LABELS})
     # the cached random base changes under the checkpoint (as a new hub revision would)
-    weights = cache / "tiny" / "model.safetensors"
+    weights = cache / "wav2vec2-tiny" / "model.safetensors"
     base = load_file(str(weights))
     base["encoder.layer_norm.weight"] = base["encoder.layer_norm.weight"] * 1.5
     save_file(base, str(weights), metadata={"format": "pt"})

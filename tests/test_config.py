@@ -1,5 +1,6 @@
 """Strict params loading: every profile loads; bad files fail naming the key."""
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -198,11 +199,23 @@ def _set(path: str, value):
     (_set("models.baseline.crnn.channels", [32, 0]), r"models\.baseline\.crnn: channels must be"),
     (_set("models.baseline.crnn.channels", []), r"models\.baseline\.crnn: channels must be"),
     (_set("models.baseline.crnn.lstm_hidden", 0), r"models\.baseline\.crnn: lstm_hidden must be >= 1"),
-    (_set("models.baseline.arch", "cnn"), r"models\.baseline\.arch: 'cnn' is not one of \['crnn', 'wav2vec2'"),
-    (_set("models.qlora.wav2vec2.lora.dropout", 1.0), r"models\.qlora\.wav2vec2\.lora: lora\.dropout must be in"),
-    (_set("models.qlora.wav2vec2.lora.target_modules", []), r"models\.qlora\.wav2vec2\.lora: .*target_modules"),
-    (_set("models.finetune.wav2vec2.head_hidden", 0), r"models\.finetune\.wav2vec2: head_hidden must be >= 1"),
-    (_set("models.finetune.wav2vec2.max_seconds", 0), r"models\.finetune\.wav2vec2: max_seconds must be > 0"),
+    (_set("models.baseline.arch", "cnn"), r"models\.baseline\.arch: 'cnn' is not one of \['crnn', 'encoder'"),
+    (_set("models.qlora.encoder.lora.dropout", 1.0), r"models\.qlora\.encoder\.lora: lora\.dropout must be in"),
+    (_set("models.qlora.encoder.lora.target_modules", []), r"models\.qlora\.encoder\.lora: .*target_modules"),
+    (_set("models.finetune.encoder.head_hidden", 0), r"models\.finetune\.encoder: head_hidden must be >= 1"),
+    (_set("models.finetune.encoder.max_seconds", 0),
+     r"models\.finetune\.encoder: max_seconds and chunk_seconds must be > 0"),
+    (_set("models.finetune.encoder.chunk_seconds", 0),
+     r"models\.finetune\.encoder: max_seconds and chunk_seconds must be > 0"),
+    # regimes: a lora: section goes with regime lora / qlora and only with them; embeddings need frozen
+    (_set("models.finetune.encoder.lora", {"r": 4}), r"models\.finetune\.encoder: regime full trains no adapters"),
+    (lambda d: d["models"]["qlora"]["encoder"].pop("lora"),
+     r"models\.qlora\.encoder: regime qlora needs a lora: section"),
+    (_set("models.qlora.encoder.regime", "nf4"),
+     r"models\.qlora\.encoder\.regime: 'nf4' is not one of \['frozen', 'full', 'lora', 'qlora'\]"),
+    (_set("models.finetune.encoder.layers", "first"), r"models\.finetune\.encoder: layers must be last, weighted"),
+    (_set("models.finetune.input", "embeddings"),
+     r"models\.finetune: input 'embeddings' .* needs arch encoder with encoder\.regime: frozen"),
     (_set("models.finetune.optim.grad_clip", 0), r"models\.finetune\.optim: grad_clip must be > 0"),
     (_set("models.finetune.optim.weight_decay", -0.01), r"models\.finetune\.optim: weight_decay must be >= 0"),
     (_set("models.baseline.balance", "weighted"), r"models\.baseline\.balance: 'weighted' is not one of"),
@@ -242,7 +255,7 @@ def test_arch_choices_follow_the_model_registry():
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m["baseline"].update(input="waves", spec_augment=None), r"models.baseline: arch 'crnn' reads mels"),
     (lambda m: m["baseline"].pop("crnn"), r"models.baseline: arch 'crnn' needs a 'crnn:' section"),
-    (lambda m: m["qlora"].update(input="mels"), r"models.qlora: arch 'wav2vec2' reads waves"),
+    (lambda m: m["qlora"].update(input="mels"), r"models.qlora: arch 'encoder' reads waves"),
 ])
 def test_arch_input_and_section_checked_at_load(edit, match):
     data = yaml.safe_load(PARAMS.read_text())
@@ -254,10 +267,58 @@ def test_arch_input_and_section_checked_at_load(edit, match):
 def test_store_plan_lists_the_stores_the_models_read():
     params = load_params(ROOT / "params.yaml")
     plan = params.store_plan()
-    assert set(plan) == {"mels", "waves", *params.features.opensmile_sets}
+    assert set(plan) == {"mels", "waves", "embeddings", *params.features.opensmile_sets}
     for kind, studies in plan.items():
-        assert studies == sorted({m.study for m in params.models.values() if m.input == kind})
+        readers = {m.study for m in params.models.values() if m.input == kind}
+        if kind == "waves":  # the embeddings stores are computed from the waveform store
+            readers |= {m.study for m in params.models.values() if m.input == "embeddings"}
+        assert studies == sorted(readers)
     assert "multi_corpus" not in plan["mels"]  # no mel model in the multi-corpus study: its store is not built
     data = _default()
     data["models"] = {"baseline": data["models"]["baseline"]}
-    assert parse_params(data).store_plan() == {"mels": ["cross_corpus"], "waves": [], "egemaps": []}
+    assert parse_params(data).store_plan() == {"mels": ["cross_corpus"], "waves": [], "embeddings": [],
+                                               "egemaps": []}
+
+
+# --------------------------------------------------------------------------- the wav2vec2-only schema
+OLD_W2V_MODEL = {"study": "cross_corpus", "arch": "wav2vec2", "objective": "ce", "input": "waves", "epochs": 1,
+                 "batch_size": 2, "optim": {},
+                 "wav2vec2": {"backbone": "random:tiny", "quantize": "nf4", "lora": {"r": 4}}}
+
+
+@pytest.mark.parametrize("edit, match", [
+    # a whole model of the old schema: the arch is named first
+    (lambda m: None, r"models\.old\.arch: 'wav2vec2' is now `arch: encoder`"),
+    (lambda m: m.update(arch="encoder"),
+     r"unknown key models\.old\.wav2vec2: the section is now `encoder:`.*random:wav2vec2-tiny"),
+    (lambda m: m.update(arch="encoder", encoder=m.pop("wav2vec2")),
+     r"unknown key models\.old\.encoder\.quantize: choose the regime instead, `regime: qlora`"),
+    # only the arch left over: an encoder: section already in place
+    (lambda m: m.update(encoder={"backbone": "random:wav2vec2-tiny"}) or m.pop("wav2vec2"),
+     r"models\.old\.arch: 'wav2vec2' is now `arch: encoder`"),
+])
+def test_old_encoder_keys_name_their_replacement(edit, match, tmp_path):
+    data = _default()
+    model = copy.deepcopy(OLD_W2V_MODEL)
+    edit(model)
+    data["models"]["old"] = model
+    with pytest.raises(ParamsError, match=match):
+        parse_params(data)
+    path = tmp_path / "params.yaml"   # the file path prefixes the same message
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError, match=re.escape(str(path)) + ": .*" + match):
+        load_params(path)
+
+
+def test_migrated_old_model_loads():
+    """The model of the old schema, with the renames its errors name applied, loads."""
+    data = _default()
+    model = copy.deepcopy(OLD_W2V_MODEL)
+    enc = model.pop("wav2vec2")
+    enc.pop("quantize")
+    model.update(arch="encoder", encoder={**enc, "backbone": "random:wav2vec2-tiny", "regime": "qlora"})
+    data["models"]["old"] = model
+    mp = parse_params(data).models["old"]
+    assert (mp.arch, mp.encoder.backbone, mp.encoder.regime, mp.encoder.lora.r) == \
+        ("encoder", "random:wav2vec2-tiny", "qlora", 4)
+    assert (mp.encoder.layers, mp.encoder.projection) == ("last", 256)   # the defaults

@@ -1,4 +1,4 @@
-"""Model registry, CRNN, gradient reversal, wav2vec2 (full / LoRA / QLoRA) on tiny random models."""
+"""Model registry, CRNN, gradient reversal, encoders (wav2vec2 full / LoRA / QLoRA) on tiny random models."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ser.config import CrnnParams, LoraParams, ModelParams, OptimParams, Wav2Vec2Params
+from ser.config import CrnnParams, EncoderParams, LoraParams, ModelParams, OptimParams
 from ser.models import MODELS, SERModel, build_model
 from ser.models.grl import DomainHead, dann_alpha, grad_reverse
 
@@ -25,7 +25,7 @@ def params(arch: str, optim: OptimParams | None = None, **sections) -> ModelPara
 
 def w2v(cache: Path, n_classes: int = 4, domain: bool = False, optim: OptimParams | None = None,
         **kw) -> SERModel:
-    return build_model(params("wav2vec2", optim, wav2vec2=Wav2Vec2Params(backbone="random:tiny", **kw)),
+    return build_model(params("encoder", optim, encoder=EncoderParams(backbone="random:wav2vec2-tiny", **kw)),
                        n_classes, with_domain_head=domain, cache_dir=cache)
 
 
@@ -50,13 +50,13 @@ def adam_steps(model: SERModel, x, lengths, n_steps: int = 2, optim: OptimParams
 
 # --------------------------------------------------------------------------- registry
 def test_registry_errors():
-    assert sorted(MODELS) == ["crnn", "wav2vec2"]
-    with pytest.raises(KeyError, match=r"unknown model 'transformer'; known: \['crnn', 'wav2vec2'\]"):
+    assert sorted(MODELS) == ["crnn", "encoder"]
+    with pytest.raises(KeyError, match=r"unknown model 'transformer'; known: \['crnn', 'encoder'\]"):
         build_model(params("transformer"), 4)
     with pytest.raises(ValueError, match=r"models\.baseline\.crnn"):
         build_model(params("crnn"), 4, name="baseline")
-    with pytest.raises(ValueError, match=r"models\.qlora\.wav2vec2"):
-        build_model(params("wav2vec2", crnn=CrnnParams()), 4, name="qlora")
+    with pytest.raises(ValueError, match=r"models\.qlora\.encoder"):
+        build_model(params("encoder", crnn=CrnnParams()), 4, name="qlora")
 
 
 # --------------------------------------------------------------------------- CRNN
@@ -120,7 +120,7 @@ def test_domain_head_shape():
     assert DomainHead(16, 8, 2, 0.1)(torch.randn(5, 16)).shape == (5, 2)
 
 
-# --------------------------------------------------------------------------- wav2vec2
+# --------------------------------------------------------------------------- encoders (wav2vec2)
 def test_wav2vec2_masked_pooling_ignores_padding(cache):
     torch.manual_seed(0)
     model = w2v(cache, domain=True).eval()
@@ -130,7 +130,9 @@ def test_wav2vec2_masked_pooling_ignores_padding(cache):
         alone = model.embed(clip[None])
         padded = model.embed(batch, torch.tensor([9000, 16000]))
         unmasked = model.embed(batch)
-    assert padded.shape == (2, 32) and model(batch, torch.tensor([9000, 16000])).shape == (2, 4)
+    # pooled features: the default 256-wide frame projection of the 32-wide hidden states
+    assert padded.shape == (2, 256) and model.feature_dim == 256
+    assert model(batch, torch.tensor([9000, 16000])).shape == (2, 4)
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(unmasked[0], alone[0], atol=1e-3)   # padding would change it
     # the waveform is normalised inside embed: scale and offset do not matter
@@ -140,19 +142,22 @@ def test_wav2vec2_masked_pooling_ignores_padding(cache):
 
 def test_random_preset_is_deterministic_and_keeps_rng(tmp_path, cache):
     from safetensors.torch import load_file
-    from ser.models.wav2vec2 import random_backbone_dir
+    from ser.models.encoders import random_backbone_dir
     torch.manual_seed(123)
-    a = random_backbone_dir("tiny", tmp_path / "a")
+    a = random_backbone_dir("wav2vec2-tiny", tmp_path / "a")
     after = torch.rand(3)
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(3))           # the caller's RNG stream is untouched
     torch.manual_seed(999)                             # another global seed: the same weights
-    b = random_backbone_dir("tiny", tmp_path / "b")
+    b = random_backbone_dir("wav2vec2-tiny", tmp_path / "b")
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert random_backbone_dir("tiny", tmp_path / "a") == a  # reused, not rebuilt
-    with pytest.raises(KeyError, match="unknown random wav2vec2 preset 'huge'"):
-        build_model(params("wav2vec2", wav2vec2=Wav2Vec2Params(backbone="random:huge")), 4, cache_dir=cache)
+    assert random_backbone_dir("wav2vec2-tiny", tmp_path / "a") == a  # reused, not rebuilt
+    with pytest.raises(KeyError, match="unknown random encoder preset 'huge'"):
+        build_model(params("encoder", encoder=EncoderParams(backbone="random:huge")), 4, cache_dir=cache)
+    # the presets of the wav2vec2-only schema were renamed: the error lists the new names
+    with pytest.raises(KeyError, match=r"unknown random encoder preset 'tiny'; known: \[.*'wav2vec2-tiny'"):
+        build_model(params("encoder", encoder=EncoderParams(backbone="random:tiny")), 4, cache_dir=cache)
 
 
 def test_freeze_feature_encoder_full_finetune(cache):
@@ -172,18 +177,18 @@ def test_freeze_feature_encoder_full_finetune(cache):
 def test_qlora_step_trains_only_adapters_and_heads(cache):
     import bitsandbytes as bnb
     torch.manual_seed(0)
-    model = w2v(cache, quantize="nf4", lora=LoraParams(r=4, alpha=8, dropout=0.0))
+    model = w2v(cache, regime="qlora", lora=LoraParams(r=4, alpha=8, dropout=0.0))
     linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 2 * 6                      # q, k, v, out, 2 feed-forward per layer
-    assert type(model.wav2vec2.feature_projection.projection) is torch.nn.Linear   # kept full precision
+    assert type(model.base_model.feature_projection.projection) is torch.nn.Linear   # kept full precision
     base4 = {id(m.weight): m.weight.detach().clone() for m in linear4}
     before = snapshot(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("classifier.") for n in trainable)
+    assert trainable and all("lora_" in n or n.startswith(("projection.", "classifier.")) for n in trainable)
     assert any(".q_proj.lora_A" in n for n in trainable) and any(".v_proj.lora_B" in n for n in trainable)
     assert not any(".k_proj.lora" in n for n in trainable)
 
-    assert not model.wav2vec2.feature_extractor._requires_grad   # no backward through the frozen convs
+    assert not model.base_model.feature_extractor._requires_grad   # no backward through the frozen convs
     with torch.no_grad():                             # an eval pass first: must not re-pack the 4-bit weights
         model.eval()(torch.randn(1, 8000))
     adam_steps(model, torch.randn(2, 16000), torch.tensor([16000, 11000]))
@@ -200,8 +205,8 @@ def test_lora_layers_and_logical_parameter_counts(cache):
     torch.manual_seed(0)
     lora = LoraParams(r=4, alpha=8, target_modules=("q_proj", "v_proj"), layers=(1,))
     plain = w2v(cache)
-    lora_fp = w2v(cache, lora=lora)
-    qlora = w2v(cache, quantize="nf4", lora=lora)
+    lora_fp = w2v(cache, regime="lora", lora=lora)
+    qlora = w2v(cache, regime="qlora", lora=lora)
     adapters = sorted(n for n, p in lora_fp.named_parameters() if "lora_" in n)
     assert adapters and all(".layers.1." in n for n in adapters)
     n_lora = 2 * (4 * 32 + 32 * 4)                    # q and v of one layer, r = 4, hidden 32
@@ -210,9 +215,10 @@ def test_lora_layers_and_logical_parameter_counts(cache):
     for model in (lora_fp, qlora):
         total, trainable = model.count_parameters()
         assert total == total_plain + n_lora          # 4-bit weights counted by logical size
-        assert trainable == n_lora + (32 * 256 + 256 + 256 * 4 + 4)
+        # the head: projection 32 -> 256, classifier 256 -> 256 -> 4
+        assert trainable == n_lora + (32 * 256 + 256) + (256 * 256 + 256 + 256 * 4 + 4)
     with pytest.raises(ValueError, match=r"lora.layers: \[5\] out of range"):
-        w2v(cache, lora=LoraParams(layers=(5,)))
+        w2v(cache, regime="lora", lora=LoraParams(layers=(5,)))
 
 
 def test_param_groups_learning_rates_and_decay(cache):
@@ -227,7 +233,8 @@ def test_param_groups_learning_rates_and_decay(cache):
     assert all(p.ndim == 1 for g in ("encoder_no_decay", "heads_no_decay") for p in groups[g]["params"])
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
-    heads = {id(p) for m in (model.classifier, model.domain_head) for p in m.parameters()}
+    assert not list(model.layer_pool.parameters())   # layers: last has no layer weights
+    heads = {id(p) for m in (model.projection, model.classifier, model.domain_head) for p in m.parameters()}
     assert {id(p) for g in ("heads", "heads_no_decay") for p in groups[g]["params"]} == heads
     # no lr_encoder: one learning rate for everything
     same = model.param_groups(OptimParams(lr=2e-3))
@@ -236,9 +243,10 @@ def test_param_groups_learning_rates_and_decay(cache):
 
 def test_gradient_checkpointing_keeps_lora_gradients(cache):
     torch.manual_seed(0)
-    model = w2v(cache, quantize="nf4", lora=LoraParams(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
-    assert model.wav2vec2.is_activation_checkpointing if hasattr(model.wav2vec2, "is_activation_checkpointing") \
-        else model.wav2vec2.is_gradient_checkpointing
+    model = w2v(cache, regime="qlora", lora=LoraParams(r=4, alpha=8, dropout=0.0), gradient_checkpointing=True)
+    base = model.base_model
+    assert base.is_activation_checkpointing if hasattr(base, "is_activation_checkpointing") \
+        else base.is_gradient_checkpointing
     adam_steps(model, torch.randn(2, 16000), torch.tensor([16000, 8000]), n_steps=1)
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
@@ -247,10 +255,10 @@ def test_gradient_checkpointing_keeps_lora_gradients(cache):
 def test_offline_missing_backbone_fails_fast(tmp_path):
     script = textwrap.dedent("""
         import time
-        from ser.config import ModelParams, OptimParams, Wav2Vec2Params
+        from ser.config import EncoderParams, ModelParams, OptimParams
         from ser.models import build_model
-        mp = ModelParams(study="s", arch="wav2vec2", objective="ce", input="waves", epochs=1, batch_size=1,
-                         optim=OptimParams(), wav2vec2=Wav2Vec2Params(backbone="no-such-org/no-such-wav2vec2"))
+        mp = ModelParams(study="s", arch="encoder", objective="ce", input="waves", epochs=1, batch_size=1,
+                         optim=OptimParams(), encoder=EncoderParams(backbone="no-such-org/no-such-wav2vec2"))
         t = time.monotonic()
         try:
             build_model(mp, 4)
@@ -271,4 +279,4 @@ def test_offline_missing_backbone_fails_fast(tmp_path):
 
 def test_missing_local_backbone_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_model(params("wav2vec2", wav2vec2=Wav2Vec2Params(backbone=str(tmp_path / "nope"))), 4)
+        build_model(params("encoder", encoder=EncoderParams(backbone=str(tmp_path / "nope"))), 4)

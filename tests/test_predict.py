@@ -3,7 +3,7 @@
 A tiny study is built the way the pipeline builds it: synthetic tone clips
 written to tmp_path in several formats, sample rates and channel counts, a
 manifest, the real precompute stages (16 mel bins, 40 frames = 0.4 s), then a
-tiny CRNN, a tiny random wav2vec2 and a tiny QLoRA wav2vec2 trained with the
+tiny CRNN, a tiny random wav2vec2 encoder and a tiny QLoRA one trained with the
 real trainer. Predictions from the audio files must equal what evaluation gives
 from the stores for the same clips.
 """
@@ -25,8 +25,8 @@ import torch
 
 from ser.checkpoint import load_checkpoint
 from ser.cli import main
-from ser.config import (CrnnParams, FeatureParams, LoraParams, ModelParams, OptimParams, TrainParams,
-                        Wav2Vec2Params, load_params)
+from ser.config import (CrnnParams, EncoderParams, FeatureParams, LoraParams, ModelParams, OptimParams,
+                        TrainParams, load_params)
 from ser.data import FeatureDataset, collate_batch
 from ser.evaluation import evaluate_model
 from ser.features import precompute_mels, precompute_waves
@@ -81,16 +81,15 @@ def build_corpus(root: Path) -> list[Utterance]:
 
 
 CRNN = CrnnParams(channels=(4, 8, 8), lstm_hidden=8, fc_hidden=16, dropout=0.1, domain_hidden=8)
-W2V = dict(backbone="random:tiny", head_hidden=16, domain_hidden=8, max_seconds=0.4)
+W2V = dict(backbone="random:wav2vec2-tiny", head_hidden=16, domain_hidden=8, max_seconds=0.4)
 MODELS = {
     "crnn": ModelParams(study="cross_corpus", arch="crnn", objective="ce", input="mels", epochs=20, batch_size=8,
                         optim=OptimParams(lr=1e-2), crnn=CRNN),
-    "w2v": ModelParams(study="cross_corpus", arch="wav2vec2", objective="ce", input="waves", epochs=1, batch_size=8,
-                       optim=OptimParams(optimizer="adamw", lr=1e-3), wav2vec2=Wav2Vec2Params(**W2V)),
-    "qlora": ModelParams(study="cross_corpus", arch="wav2vec2", objective="ce", input="waves", epochs=1,
+    "w2v": ModelParams(study="cross_corpus", arch="encoder", objective="ce", input="waves", epochs=1, batch_size=8,
+                       optim=OptimParams(optimizer="adamw", lr=1e-3), encoder=EncoderParams(**W2V)),
+    "qlora": ModelParams(study="cross_corpus", arch="encoder", objective="ce", input="waves", epochs=1,
                          batch_size=8, optim=OptimParams(optimizer="adamw", lr=1e-3),
-                         wav2vec2=Wav2Vec2Params(**W2V, quantize="nf4",
-                                                 lora=LoraParams(r=4, alpha=8, dropout=0.0))),
+                         encoder=EncoderParams(**W2V, regime="qlora", lora=LoraParams(r=4, alpha=8, dropout=0.0))),
 }
 
 

@@ -2,7 +2,7 @@
 resume == uninterrupted, fingerprints (params and code), reproducible artifacts, fail-fast params.
 
 Tiny stores (16 mel bands x 20 frames; 0.25-0.5 s waveforms) in tmp_path, a
-(4, 8, 8)-channel CRNN and the random "tiny" wav2vec2 preset.
+(4, 8, 8)-channel CRNN and the random wav2vec2 encoder preset (random:wav2vec2-tiny).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from ser.checkpoint import load_checkpoint
 import ser.training
-from ser.config import (CrnnParams, ModelParams, OptimParams, ParamsError, SpecAugmentParams, TrainParams,
-                        Wav2Vec2Params, load_params, parse_params)
+from ser.config import (CrnnParams, EncoderParams, ModelParams, OptimParams, ParamsError, SpecAugmentParams,
+                        TrainParams, load_params, parse_params)
 from ser.evaluation import evaluate_model
 from ser.stores import IndexRow, StoreError, fold_root, write_meta, write_store
 from ser.training import TrainingInterrupted, class_weights, code_fingerprint, train_model
@@ -87,12 +87,12 @@ MODELS = {
                            batch_size=8, optim=OptimParams(lr=1e-2), crnn=CRNN),
     "crnn_dann": ModelParams(study="cross_corpus", arch="crnn", objective="dann", input="mels", epochs=2,
                              batch_size=8, optim=OptimParams(lr=1e-2), crnn=CRNN),
-    "w2v_dann": ModelParams(study="cross_corpus", arch="wav2vec2", objective="dann", input="waves", epochs=2,
+    "w2v_dann": ModelParams(study="cross_corpus", arch="encoder", objective="dann", input="waves", epochs=2,
                             batch_size=8,
                             optim=OptimParams(optimizer="adamw", lr=1e-3, lr_encoder=5e-4, weight_decay=0.01,
                                               grad_clip=1.0, scheduler="plateau", plateau_patience=0),
-                            wav2vec2=Wav2Vec2Params(backbone="random:tiny", head_hidden=16, domain_hidden=8,
-                                                    max_seconds=0.4)),
+                            encoder=EncoderParams(backbone="random:wav2vec2-tiny", head_hidden=16, domain_hidden=8,
+                                                  max_seconds=0.4)),
 }
 
 
