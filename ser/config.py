@@ -23,7 +23,7 @@ from ser.errors import SerError
 __all__ = [
     "ParamsError", "Params", "load_params", "parse_params",
     "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams",
-    "OptimParams", "CrnnParams", "LoraParams", "Wav2Vec2Params", "SpecAugmentParams", "ModelParams",
+    "OptimParams", "CrnnParams", "LoraParams", "EncoderParams", "REGIMES", "encoder_store_key", "SpecAugmentParams", "ModelParams",
     "ClassicalParams", "TrainParams", "ARCHS",
     "EvalParams",
 ]
@@ -409,8 +409,9 @@ class EncoderParams:
         _check_min(self, ("head_hidden", "domain_hidden"))
         if self.projection is not None and self.projection < 1:
             raise ValueError(f"projection must be >= 1 or null (none), got {self.projection}")
-        if self.max_seconds <= 0 or self.chunk_seconds <= 0:
-            raise ValueError("max_seconds and chunk_seconds must be > 0")
+        for name in ("max_seconds", "chunk_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.layers not in ("last", "weighted"):
             try:
                 int(self.layers)

@@ -189,6 +189,8 @@ class Predictor:
         self.feature_meta: dict[str, Any] = self.meta["features"]
         self.input: str = self.meta["model_params"]["input"]
         self._check_feature_meta()
+        if self.input == "embeddings":
+            self._probe_to_encoder()
         self.fp = feature_params_from_meta(self.feature_meta)
         self.sample_rate = int(self.feature_meta["sample_rate"])
         if self.input == "mels" and self.fp.mel_norm == "speaker":
@@ -209,6 +211,18 @@ class Predictor:
         log.info("%s: %s model on %s, labels %s, %s input, window %.2f s, hop %.2f s", self.model_dir,
                  self.meta["model_params"]["arch"], self.device, self.labels, self.input, self.window_s,
                  self.hop_s)
+
+    def _probe_to_encoder(self) -> None:
+        """A probe trained on cached embeddings: run its encoder (frozen, with the preprocessor config the
+        embeddings were computed with) and the same head on the audio, i.e. the function it was trained as."""
+        from ser.models.encoders import encoder_from_probe
+        stored = self.feature_meta.get("encoder") or {}
+        model = encoder_from_probe(self.model, preprocessor=stored.get("preprocessor"))
+        if stored.get("revision") != model.revision:
+            raise ValueError(f"{self.model_dir}: its embeddings were computed with {stored.get('spec')!r} at "
+                             f"revision {stored.get('revision')!r}, but that backbone now resolves to revision "
+                             f"{model.revision!r}; restore that revision or retrain")
+        self.model = model.to(self.device).eval()
 
     def _init_linear(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
         """A classical (ser.classical) model: whole-file openSMILE functionals, no windows."""
@@ -247,6 +261,8 @@ class Predictor:
         """The clip length the model was trained on (mels: frames x hop; encoders: encoder.max_seconds)."""
         if self.input == "mels":
             return self.fp.frames * self.fp.hop_length / self.fp.sample_rate
+        if self.input == "embeddings":  # whole clips (chunked beyond chunk_seconds)
+            return float(self.meta["model_params"]["encoder"]["chunk_seconds"])
         return float(self.meta["model_params"]["encoder"]["max_seconds"])
 
     # ------------------------------------------------------------------ inference

@@ -2,7 +2,7 @@
 
 data/manifests/<study>/f<k>.csv -> <out-dir>/<study>/{meta.json,clips.npy,clips.csv,f<k>/} + report JSON
 (every clip once; one index folder per fold, see ser.stores).
---kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the wav2vec2 models;
+--kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the encoder models;
 --kind egemaps / compare: openSMILE functionals for the classical baseline.
 """
 import argparse

@@ -204,9 +204,9 @@ def _set(path: str, value):
     (_set("models.qlora.encoder.lora.target_modules", []), r"models\.qlora\.encoder\.lora: .*target_modules"),
     (_set("models.finetune.encoder.head_hidden", 0), r"models\.finetune\.encoder: head_hidden must be >= 1"),
     (_set("models.finetune.encoder.max_seconds", 0),
-     r"models\.finetune\.encoder: max_seconds and chunk_seconds must be > 0"),
+     r"models\.finetune\.encoder: max_seconds must be > 0"),
     (_set("models.finetune.encoder.chunk_seconds", 0),
-     r"models\.finetune\.encoder: max_seconds and chunk_seconds must be > 0"),
+     r"models\.finetune\.encoder: chunk_seconds must be > 0"),
     # regimes: a lora: section goes with regime lora / qlora and only with them; embeddings need frozen
     (_set("models.finetune.encoder.lora", {"r": 4}), r"models\.finetune\.encoder: regime full trains no adapters"),
     (lambda d: d["models"]["qlora"]["encoder"].pop("lora"),

@@ -28,6 +28,7 @@ from ser.cli import main
 from ser.config import (CrnnParams, EncoderParams, FeatureParams, LoraParams, ModelParams, OptimParams,
                         TrainParams, load_params)
 from ser.data import FeatureDataset, collate_batch
+from ser.embeddings import precompute_embeddings
 from ser.evaluation import evaluate_model
 from ser.features import precompute_mels, precompute_waves
 from ser.manifest import Utterance, manifest_path, write_manifest
@@ -90,6 +91,11 @@ MODELS = {
     "qlora": ModelParams(study="cross_corpus", arch="encoder", objective="ce", input="waves", epochs=1,
                          batch_size=8, optim=OptimParams(optimizer="adamw", lr=1e-3),
                          encoder=EncoderParams(**W2V, regime="qlora", lora=LoraParams(r=4, alpha=8, dropout=0.0))),
+    # a frozen-encoder probe on cached embeddings (precompute-embeddings); predict runs its encoder
+    "probe": ModelParams(study="cross_corpus", arch="encoder", objective="ce", input="embeddings", epochs=3,
+                         batch_size=8, optim=OptimParams(optimizer="adamw", lr=1e-2),
+                         encoder=EncoderParams(backbone="random:wavlm-tiny", regime="frozen", layers="weighted",
+                                               projection=8, head_hidden=8)),
 }
 
 
@@ -114,6 +120,8 @@ def study(tmp_path_factory, one_thread):
         report = build(manifests, "cross_corpus", features / kind / "cross_corpus", FP, workers=1, labels=LABELS,
                        target="ravdess")
         assert not report["skipped"], report["skipped_files"]
+    precompute_embeddings(features / "waves" / "cross_corpus", features / "embeddings" / "cross_corpus",
+                          [MODELS["probe"].encoder], device="cpu")
     params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, features=FP, folds=(1,),
                                  seeds=(5,), train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
                                                                bucket_by_length=True, deterministic=True)
@@ -218,6 +226,27 @@ def test_predictions_equal_evaluation_on_the_same_audio(study, name, kind):
     assert [LABELS[int(np.argmax(p))] for p in got] == [LABELS[k] for k in y_pred]
     if kind == "mels":  # the CRNN learned the tones: predictions are meaningful, not just consistent
         assert np.mean(np.argmax(got, 1) == FeatureDataset(store, LABELS).labels) >= 0.75
+
+
+def test_probe_predicts_on_audio_what_it_gives_on_its_cached_embeddings(study):
+    """A probe trained on cached embeddings runs its encoder + the same head on files: the probabilities
+    equal the probe's on the stored embeddings of the same clips, and evaluation's labels."""
+    predictor = Predictor(study["models"] / "probe", device="cpu")
+    assert predictor.input == "embeddings" and predictor.window_s == pytest.approx(30.0)
+    assert type(predictor.model).__name__ == "EncoderSER"
+    key = MODELS["probe"].store_key
+    store = FeatureStore(study["features"] / "embeddings" / "cross_corpus" / key / "f1", "test")
+    batch = collate_batch([FeatureDataset(store, LABELS)[i] for i in range(len(store))])
+    by_id = {f"iemocap/test_{i}": p for i, p in enumerate(study["test_paths"])}
+    results = predictor.predict_files([by_id[row.utt_id] for row in store.index])
+    assert all(r.ok and len(r.windows) == 1 for r in results), [r.error for r in results]
+    probe, _ = load_checkpoint(study["models"] / "probe")
+    with torch.no_grad():
+        expected = torch.softmax(probe(batch["x"]), -1).numpy()
+    got = np.array([r.probabilities for r in results])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    _, _, y_pred = evaluate_model(study["models"] / "probe", study["features"], "test", device="cpu")
+    assert [LABELS[int(np.argmax(p))] for p in got] == [LABELS[k] for k in y_pred]
 
 
 @pytest.fixture(scope="module")
