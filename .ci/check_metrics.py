@@ -57,6 +57,25 @@ for model, mp in params["models"].items():
                 ci = agg["pooled"].get("uar_ci95") or [math.nan, math.nan]
                 print(f"{model}/{scope}: UAR {agg['mean_over_runs']['uar']:.3f} over {agg['n_runs']} run(s); pooled "
                       f"{agg['pooled']['uar']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+# Weighted-layer encoders: every run's learned layer weights (a distribution over hidden states) and their mean.
+layer_weights = json.loads(aggregate_path.read_text()).get("layer_weights", {}) if aggregate_path.is_file() else {}
+for model, mp in params["models"].items():
+    if (mp.get("encoder") or {}).get("layers") != "weighted":
+        continue
+    for fold in params["folds"]:
+        for seed in params["seeds"]:
+            run = Path("metrics/models") / model / f"f{fold}-s{seed}"
+            if (run / "not_run.json").is_file():
+                continue
+            path = run / "layer_weights.json"
+            weights = json.loads(path.read_text()).get("layer_weights") if path.is_file() else None
+            if not weights or not all(finite(w) and w >= 0 for w in weights) or abs(sum(weights) - 1) > 1e-4:
+                bad.append(f"{path}: layer weights {weights!r} are not a distribution over hidden states")
+    if model not in layer_weights:
+        bad.append(f"{aggregate_path}: no layer_weights for {model}")
+    else:
+        print(f"{model}: layer weights {[round(w, 3) for w in layer_weights[model]['mean']]} "
+              f"(top hidden state {layer_weights[model]['top_layer']})")
 for path in ("metrics/summary.md", "metrics/comparisons.json", "metrics/corpus_matrix.json"):
     if not Path(path).is_file():
         bad.append(f"{path}: missing")

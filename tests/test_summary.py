@@ -192,3 +192,26 @@ def test_corpus_matrix_table_heatmap_and_the_adapted_cell(tmp_path):
     assert (tmp_path / "figures" / "corpus_matrix_matrix.png").stat().st_size > 1000
     assert "## Corpus matrix: corpus_matrix" in text
     assert "| mx | iemocap | 100.0 | 25.0 |" in text and "| adapted (DANN) | iemocap (cross_corpus) |  | 75.0 |" in text
+
+
+def test_layer_weights_are_averaged_over_runs_plotted_and_tabulated(tmp_path):
+    from ser.summary import aggregate_layer_weights
+    params = params_for({"probe": {}, "plain": {}})
+    ids, spk, y = clips("iemocap", 8, 4)
+    runs = {1: [0.1, 0.2, 0.7], 2: [0.3, 0.2, 0.5]}
+    for fold, weights in runs.items():
+        for model in ("probe", "plain"):
+            write_run(tmp_path, model, fold, 0, {"in_domain": (ids, spk, y, y), "target": (ids, spk, y, y)})
+        write_metrics_json(tmp_path / "metrics" / "probe" / run_name(fold, 0) / "layer_weights.json",
+                           {"layer_weights": weights})
+    agg = aggregate_layer_weights(params, tmp_path / "metrics")
+    assert set(agg) == {"probe"} and agg["probe"]["runs"] == 2 and agg["probe"]["top_layer"] == 2
+    np.testing.assert_allclose(agg["probe"]["mean"], [0.2, 0.2, 0.6])
+    np.testing.assert_allclose(agg["probe"]["std"], [np.std([0.1, 0.3], ddof=1), 0.0, np.std([0.7, 0.5], ddof=1)], atol=1e-6)
+    text = write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
+                         plots_dir=tmp_path / "plots", aggregate_out=tmp_path / "aggregate.json",
+                         figures_dir=tmp_path / "figures")
+    assert "## Layer weights" in text and "| probe | 2 | 2 | 0.20 0.20 0.60 |" in text
+    assert json.loads((tmp_path / "aggregate.json").read_text())["layer_weights"]["probe"]["top_layer"] == 2
+    assert (tmp_path / "figures" / "probe_layer_weights.png").is_file()
+    assert not (tmp_path / "figures" / "plain_layer_weights.png").exists()
