@@ -137,6 +137,10 @@ def precompute_embeddings(waves_root: str | Path, out_root: str | Path, encoders
         dest = out_root / key
         model = frozen_encoder(ep, cache_dir)
         desc = model.describe_backbone()
+        if int(waves_meta.get("sample_rate", 0)) != model.frontend.sampling_rate:
+            raise StoreError(f"{meta_path}: waveforms at {waves_meta.get('sample_rate')} Hz, but {ep.backbone} "
+                             f"expects {model.frontend.sampling_rate} Hz (its preprocessor config); set "
+                             f"features.sample_rate: {model.frontend.sampling_rate}")
         stamp = _stamp(ep, desc, waves_meta)
         old = dest / "meta.json"
         if old.is_file() and json.loads(old.read_text()).get("stamp") == stamp:

@@ -451,6 +451,11 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     with accelerator.main_process_first():  # the main process writes the random-backbone cache
         model = build_model(mp, len(labels), with_domain_head=dann, n_mels=n_mels,
                             cache_dir=out_dir / BACKBONE_CACHE, name=name)
+    frontend = getattr(model, "frontend", None)
+    if frontend is not None and int(data.meta.get("sample_rate", 0)) != frontend.sampling_rate:
+        raise ValueError(f"{store_root}/meta.json: waveforms at {data.meta.get('sample_rate')} Hz, but "
+                         f"{mp.encoder.backbone} expects {frontend.sampling_rate} Hz (its preprocessor config); "
+                         f"set features.sample_rate: {frontend.sampling_rate}")
     total, trainable = model.count_parameters()
     log.info("model %s (%s, %s objective): %d parameters, %d trainable, on %s, mixed precision %s",
              name, mp.arch, mp.objective, total, trainable, accelerator.device, accelerator.mixed_precision)

@@ -268,3 +268,19 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache):
     meta = json.loads((waves / "meta.json").read_text())
     (waves / "meta.json").write_text(json.dumps({**meta, "content_sha256": "w2"}))
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
+
+
+def test_unsupported_family_and_sample_rate_mismatch_fail_clearly(tmp_path, cache):
+    from transformers import BertConfig
+
+    from ser.embeddings import precompute_embeddings
+    from ser.stores import IndexRow, StoreError, write_store
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
+        tmp_path / "bert")
+    with pytest.raises(ValueError, match="encoder family 'bert' is not supported"):
+        build_model(model_params(EncoderParams(backbone=str(tmp_path / "bert"))), 2, cache_dir=cache)
+    rows = [IndexRow("c/0", "c", "s", "a", 0, 0, 4000)]
+    write_store(tmp_path / "waves", {"test": (np.zeros(4000, np.float32), rows)},
+                {"kind": "waves", "labels": ["a"], "sample_rate": 8000, "content_sha256": "x"})
+    with pytest.raises(StoreError, match="8000 Hz.*expects 16000 Hz"):
+        precompute_embeddings(tmp_path / "waves", tmp_path / "emb", [enc("hubert", regime="frozen")], cache_dir=cache)
