@@ -322,7 +322,9 @@ def _release_checkpoint_mapping(model: nn.Module) -> None:
     transformers keeps the tensors it does not quantize (conv encoder, norms, biases, feature
     projection) as views into the safetensors memory map; while any view lives, every fp32 page
     read while quantizing stays resident (~1.2 GB for XLSR-53 beside ~0.2 GB of 4-bit weights;
-    bench/qlora_memory.py). Copying those tensors (~50 MB) unmaps the file.
+    bench/qlora_memory.py). Copying those tensors (~50 MB) unmaps the file. (Loaded from the
+    pre-quantized copy, ser.models.quant_cache, the packed 4-bit weights stay copy-on-write views
+    of that file, whose pages are those weights; the fp32 file is never read.)
     """
     import bitsandbytes as bnb
 
