@@ -497,7 +497,7 @@ def _layer_weight_lines(weights: dict[str, dict[str, Any]], figures_dir: Optiona
              "| model | runs | top hidden state | weights |", "|---|---|---|---|"]
     for name, entry in weights.items():
         lines.append(f"| {name} | {entry['runs']} | {entry['top_layer']} | "
-                     + " ".join(f"{w:.2f}" for w in entry["mean"]) + " |")
+                     + " ".join(f"{w:.3f}" for w in entry["mean"]) + " |")
     if figures_dir is not None:
         lines += ["", *(f"![{n} layer weights]({Path(figures_dir).name}/{n}_layer_weights.png)" for n in weights)]
     return [*lines, ""]

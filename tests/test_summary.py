@@ -211,7 +211,7 @@ def test_layer_weights_are_averaged_over_runs_plotted_and_tabulated(tmp_path):
     text = write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
                          plots_dir=tmp_path / "plots", aggregate_out=tmp_path / "aggregate.json",
                          figures_dir=tmp_path / "figures")
-    assert "## Layer weights" in text and "| probe | 2 | 2 | 0.20 0.20 0.60 |" in text
+    assert "## Layer weights" in text and "| probe | 2 | 2 | 0.200 0.200 0.600 |" in text
     assert json.loads((tmp_path / "aggregate.json").read_text())["layer_weights"]["probe"]["top_layer"] == 2
     assert (tmp_path / "figures" / "probe_layer_weights.png").is_file()
     assert not (tmp_path / "figures" / "plain_layer_weights.png").exists()
