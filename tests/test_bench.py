@@ -48,26 +48,34 @@ def test_peak_rss_tracks_an_allocation_after_reset():
 
 def test_configurations_follow_the_paper_profile():
     profile = REPO / "profiles" / "paper.yaml"
-    full = qlora_memory.model_params_for("full", False, profile, "tiny")
-    lora = qlora_memory.model_params_for("lora", True, profile, "tiny")
-    qlora = qlora_memory.model_params_for("qlora", True, profile, "tiny")
-    assert full.wav2vec2.backbone == lora.wav2vec2.backbone == "random:tiny"
-    assert full.wav2vec2.quantize == "none" and full.wav2vec2.lora is None
-    assert lora.wav2vec2.quantize == "none" and lora.wav2vec2.lora == qlora.wav2vec2.lora is not None
-    assert qlora.wav2vec2.quantize == "nf4" and qlora.wav2vec2.gradient_checkpointing
-    assert not full.wav2vec2.gradient_checkpointing
+    full = qlora_memory.model_params_for("full", False, profile, "wav2vec2-tiny")
+    lora = qlora_memory.model_params_for("lora", True, profile, "random:wav2vec2-tiny")
+    qlora = qlora_memory.model_params_for("qlora", True, profile, "wav2vec2-tiny")
+    assert full.encoder.backbone == lora.encoder.backbone == qlora.encoder.backbone == "random:wav2vec2-tiny"
+    assert full.arch == qlora.arch == "encoder"
+    assert full.encoder.regime == "full" and full.encoder.lora is None
+    assert lora.encoder.regime == "lora" and lora.encoder.lora == qlora.encoder.lora is not None
+    assert qlora.encoder.regime == "qlora" and qlora.encoder.gradient_checkpointing
+    assert not full.encoder.gradient_checkpointing
     assert qlora.optim == load_params(profile).models["qlora"].optim
+    # the profile's upper 12 of XLSR's 24 layers -> the upper half of the tiny preset's 2
+    assert qlora.encoder.lora.layers == (1,)
+    assert qlora_memory.model_params_for("qlora", True, profile).encoder.lora.layers == tuple(range(12, 24))
     with pytest.raises(ValueError, match="unknown configuration 'half'"):
         qlora_memory.model_params_for("half", False, profile)
 
 
 def test_child_measures_a_qlora_step_and_4bit_weight_bytes(cache):
     import argparse
-    args = argparse.Namespace(device="cpu", batch=2, seconds=0.5, steps=2, cache_dir=cache, preset="tiny",
+    args = argparse.Namespace(device="cpu", batch=2, seconds=0.5, steps=2, cache_dir=cache, preset="wav2vec2-tiny",
                               threads=0, profile=REPO / "profiles" / "paper.yaml")
     r = qlora_memory.run_child("qlora", False, args)
     assert r["device"] == "cpu" and r["trainable"] < r["parameters"] and len(r["step_seconds"]) == 2
     assert r["step_peak_rss_bytes"] > 0 and r["optimizer_state_bytes"] > 0
+    assert r["quantized_copy"] in ("built", "loaded")
+    assert qlora_memory.run_child("qlora", False, args)["quantized_copy"] == "loaded"  # the 4-bit copy, reused
+    loaded = qlora_memory.run_child("full", False, argparse.Namespace(**{**vars(args), "steps": 0}))
+    assert loaded["quantized_copy"] is None and "step_seconds" not in loaded  # steps 0: load only
 
 
 def test_4bit_weight_bytes_count_the_quantization_state_once():
@@ -81,29 +89,33 @@ def test_4bit_weight_bytes_count_the_quantization_state_once():
     assert qlora_memory.tensor_bytes([weight, weight]) == qlora_memory.tensor_bytes([weight])
 
 
-def test_4bit_model_does_not_keep_the_checkpoint_file_mapped(tmp_path):
-    """Once a 4-bit model is built, its fp32 safetensors file is unmapped (ser.models.wav2vec2);
-    an fp32 model keeps it mapped (its weights are views into it), which shows the check can fail."""
+def test_4bit_model_does_not_keep_the_fp32_checkpoint_file_mapped(tmp_path):
+    """Once a 4-bit model is built - quantizing (first use) or from the pre-quantized copy - its fp32
+    safetensors file is not mapped; an fp32 model keeps it mapped (its weights are views into it),
+    which shows the check can fail. (The 4-bit copy may stay mapped: its pages are the packed weights.)"""
     import dataclasses
     from ser.models import build_model
 
     def mapped() -> list[str]:
-        return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(tmp_path) in line]
+        fp32_dir = str(tmp_path / "wav2vec2-tiny")
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if fp32_dir in line]
 
-    qlora = qlora_memory.model_params_for("qlora", False, REPO / "profiles" / "paper.yaml", "tiny")
-    fp32 = build_model(dataclasses.replace(qlora, wav2vec2=dataclasses.replace(qlora.wav2vec2, quantize="none")),
+    qlora = qlora_memory.model_params_for("qlora", False, REPO / "profiles" / "paper.yaml", "wav2vec2-tiny")
+    fp32 = build_model(dataclasses.replace(qlora, encoder=dataclasses.replace(qlora.encoder, regime="lora")),
                        7, cache_dir=tmp_path)
     assert any("model.safetensors" in line for line in mapped())
     del fp32
     gc.collect()
     assert mapped() == []
-    model = build_model(qlora, 7, cache_dir=tmp_path)
-    assert model.quantized and mapped() == []
+    first = build_model(qlora, 7, cache_dir=tmp_path)  # quantizes, saves the 4-bit copy
+    assert first.quantized and mapped() == []
+    again = build_model(qlora, 7, cache_dir=tmp_path)  # the 4-bit copy
+    assert again.quantized and mapped() == [] and len(list((tmp_path / "quantized").iterdir())) == 1
 
 
 def test_main_runs_each_configuration_in_its_own_process(cache, tmp_path):
     out = tmp_path / "mem.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "qlora_memory.py"), "--preset", "tiny",
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "qlora_memory.py"), "--preset", "wav2vec2-tiny",
                            "--configs", "full,qlora", "--checkpointing", "off", "--steps", "1", "--seconds", "0.5",
                            "--threads", "1", "--device", "cpu", "--cache-dir", str(cache), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
@@ -114,6 +126,12 @@ def test_main_runs_each_configuration_in_its_own_process(cache, tmp_path):
     assert by["qlora"]["weight_bytes"] < by["full"]["weight_bytes"]
     assert by["qlora"]["trainable"] < by["full"]["trainable"]
     assert "qlora/full, checkpointing off" in result["ratios"] and "ratios" in proc.stdout
+    assert "process_peak" in result["ratios"]["qlora/full, checkpointing off"]
+    # the first-time load quantized into a fresh cache and left the copy the qlora run loaded
+    assert result["first_load"]["quantized_copy"] == "built" and by["qlora"]["quantized_copy"] == "loaded"
+    assert "checkpointing off" in result["first_load"]["process_peak_over_full"]
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+    assert len(list((cache / "quantized").iterdir())) == 1
 
 
 # --------------------------------------------------------------------------- throughput
@@ -128,7 +146,7 @@ def test_lognormal_lengths_and_padding_waste():
 
 def test_synthetic_stores_and_model_throughput(cache, tmp_path):
     params = throughput.bench_params(load_params(REPO / "params.yaml"),
-                                     {"wav2vec_dann": "random:tiny"}, wave_batch=2)
+                                     {"wav2vec_dann": throughput.TINY, "qlora": throughput.TINY}, wave_batch=2)
     stores = throughput.write_stores(tmp_path, params, n=16)
     # The trainer's layout: the fold folder of the params' run, over one clips array per study.
     assert stores["mels/cross_corpus"] == fold_root(tmp_path, "mels", "cross_corpus", params.fold)
@@ -143,13 +161,23 @@ def test_synthetic_stores_and_model_throughput(cache, tmp_path):
     assert 16000 <= waves.lengths.min() and waves.lengths.max() <= 6 * 16000
     assert len(waves[3]) == waves.lengths[3]
 
-    for name in ("baseline", "wav2vec_dann"):
+    rows = {}
+    for name in ("baseline", "qlora", "wav2vec_dann"):
         r = throughput.model_throughput(params, name, tmp_path, steps=2, warmup=1, device="cpu", cache_dir=cache)
         assert r["samples_per_s"] > 0 and r["loader_samples_per_s"] > 0 and r["trainable"] <= r["parameters"]
         assert r["loader_over_model"] == pytest.approx(r["loader_samples_per_s"] / r["samples_per_s"])
+        rows[name] = r
     assert r["batch_size"] == 2 and r["objective"] == "dann" and 0 <= r["padding_waste"] < 1
-    assert r["audio_seconds_per_s"] > 0
-    assert "wav2vec_dann" in throughput.format_models([r])
+    assert r["audio_seconds_per_s"] > 0 and r["regime"] == "full" and rows["qlora"]["regime"] == "qlora"
+    assert "wav2vec_dann" in throughput.format_models([r]) and " nf4" in throughput.format_models([rows["qlora"]])
+
+
+def test_qlora_copy_is_built_in_a_subprocess(cache):
+    params = throughput.bench_params(load_params(REPO / "params.yaml"), {"qlora": throughput.TINY}, wave_batch=2)
+    assert throughput.prepare_quantized(params.models["wav2vec_dann"], cache) is None  # not a 4-bit model
+    assert throughput.prepare_quantized(params.models["qlora"], cache) > 0
+    (copy,) = (cache / "quantized").iterdir()
+    assert copy.name.startswith("random_wav2vec2-tiny-") and (copy / "ser_quantized.json").is_file()
 
 
 # --------------------------------------------------------------------------- pipeline
