@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ser.config import EncoderParams, LoraParams, ModelParams, OptimParams
 from ser.models import build_model
-from ser.models.encoders import PRESETS, EncoderSER, LayerPool, ProbeSER, encoder_from_probe, load_backbone
+from ser.models.encoders import PRESETS, LayerPool, encoder_from_probe, load_backbone
 
 FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec", "whisper"]
 LORA = LoraParams(r=4, alpha=8, dropout=0.0)
