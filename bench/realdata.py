@@ -13,8 +13,8 @@ fold and the seed of the round as `seeds: [<seed>]`):
 
 Every model of params.yaml that reads log-mels or openSMILE features is run
 (cross: all of them; in_domain: those without the DANN objective); the tiny
-random wav2vec2 models of the demo profile are left out (`--with-waves` keeps
-them; they learn nothing from real speech without pretrained weights). For each
+random encoder models of the demo profile (wav2vec2 fine-tunes, the WavLM probe) are left out
+(`--with-waves` keeps them; they learn nothing from real speech without pretrained weights). For each
 seed `dvc repro` runs the DAG (a new seed re-runs only training and
 evaluation), then the metrics files are read. Printed per model: UAR and
 accuracy with bootstrap intervals per seed, the mean over seeds, and the share
@@ -84,7 +84,7 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
     dann_ok = any(s.get("target") for s in setup["studies"].values())
     models = {}
     for name, mp in base["models"].items():
-        if mp["input"] == "waves" and not with_waves or mp["objective"] == "dann" and not dann_ok:
+        if mp["arch"] == "encoder" and not with_waves or mp["objective"] == "dann" and not dann_ok:
             continue
         if base["studies"].get(mp["study"], {}).get("design") == "matrix":  # bench/realdata_protocols.py runs those
             continue
@@ -188,7 +188,7 @@ def check_corpora(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = corpus_arguments(__doc__, "/tmp/ser-realdata", [0, 1, 2], "realdata.json")
     ap.add_argument("--setups", nargs="+", choices=["cross", "in_domain"], default=["cross", "in_domain"])
-    ap.add_argument("--with-waves", action="store_true", help="also run the waveform (wav2vec2) models")
+    ap.add_argument("--with-waves", action="store_true", help="also run the encoder models (waveforms and cached embeddings)")
     args = ap.parse_args(argv)
     check_corpora(args)
     base = yaml.safe_load(args.params.read_text())

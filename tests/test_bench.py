@@ -231,3 +231,7 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     # the demo's matrix model is left to the protocols check, not run again as a cross-corpus model
     cross = realdata.make_params(base, realdata.setups(emodb, ravdess)["cross"], 0, False, 2)
     assert "matrix_logreg" not in cross["models"] and "egemaps_logreg" in cross["models"]
+    # random encoders (waveform fine-tunes and the cached-embedding probe) only with --with-waves
+    assert not {"wav2vec_dann", "wavlm_probe"} & set(cross["models"])
+    with_encoders = realdata.make_params(base, realdata.setups(emodb, ravdess)["cross"], 0, True, 2)
+    assert {"wav2vec_dann", "wavlm_probe"} <= set(with_encoders["models"])
