@@ -284,3 +284,18 @@ def test_unsupported_family_and_sample_rate_mismatch_fail_clearly(tmp_path, cach
                 {"kind": "waves", "labels": ["a"], "sample_rate": 8000, "content_sha256": "x"})
     with pytest.raises(StoreError, match="8000 Hz.*expects 16000 Hz"):
         precompute_embeddings(tmp_path / "waves", tmp_path / "emb", [enc("hubert", regime="frozen")], cache_dir=cache)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_clips_output_does_not_depend_on_its_batch_mates(family, cache):
+    """Group-norm feature encoders, unmasked attention and stacked positional convs see zero padding;
+    such encoders are run one length at a time, so batch = alone for every family (cached embeddings,
+    on-the-fly training, evaluation and ser predict agree)."""
+    model = build_model(model_params(enc(family, regime="frozen")), 2, cache_dir=cache).eval()
+    x, lengths = batch()
+    with torch.no_grad():
+        together = model.layer_means(x, lengths)
+        alone = torch.cat([model.layer_means(x[i:i + 1, :n], lengths[i:i + 1]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    expected = {"hubert": False, "data2vec": False}.get(family, True)  # the tiny presets' configs
+    assert model.padding_invariant() is expected

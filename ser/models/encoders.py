@@ -557,6 +557,7 @@ class EncoderSER(_EncoderHead):
             raise ValueError(f"encoder.chunk_seconds {p.chunk_seconds} exceeds Whisper's input window "
                              f"({self.frontend.max_samples / self.frontend.sampling_rate:.0f} s)")
         self.chunk_samples = chunk
+        self._padding_invariant: Optional[bool] = None
         self._build_head(p, _n_states(config), _hidden(config), n_classes, with_domain_head)
 
     def _freeze_front_end(self, backbone: nn.Module) -> None:
@@ -635,13 +636,55 @@ class EncoderSER(_EncoderHead):
             lengths = torch.full((batch,), total, dtype=torch.long, device=x.device)
         lengths = lengths.to(device=x.device, dtype=torch.long).clamp(1, total)
         chunks, chunk_lengths, owner = self._chunked(x, lengths)
-        states, frames = self.hidden_states(chunks, chunk_lengths, all_states)
-        feats = per_frame(states)
-        keep = torch.arange(feats.shape[1], device=x.device)[None, :] < frames[:, None]
-        sums = (feats * keep.view(*keep.shape, *([1] * (feats.dim() - 2))).to(feats.dtype)).sum(1)
-        out = sums.new_zeros((batch, *sums.shape[1:])).index_add_(0, owner, sums)
-        count = frames.new_zeros(batch).index_add_(0, owner, frames).to(out.dtype)
+        if self.padding_invariant() or bool((chunk_lengths == chunk_lengths[0]).all()):
+            groups = [torch.arange(len(chunk_lengths), device=x.device)]
+        else:  # each length on its own: a clip's output must not depend on its batch mates' lengths
+            groups = [torch.nonzero(chunk_lengths == n).flatten() for n in torch.unique(chunk_lengths)]
+        sums, frame_counts, order = [], [], []
+        for group in groups:
+            group_lengths = chunk_lengths[group]
+            states, frames = self.hidden_states(chunks[group, :int(group_lengths.max())], group_lengths, all_states)
+            feats = per_frame(states)
+            keep = torch.arange(feats.shape[1], device=x.device)[None, :] < frames[:, None]
+            sums.append((feats * keep.view(*keep.shape, *([1] * (feats.dim() - 2))).to(feats.dtype)).sum(1))
+            frame_counts.append(frames)
+            order.append(owner[group])
+        summed, frames, owners = torch.cat(sums), torch.cat(frame_counts), torch.cat(order)
+        out = summed.new_zeros((batch, *summed.shape[1:])).index_add_(0, owners, summed)
+        count = frames.new_zeros(batch).index_add_(0, owners, frames).to(out.dtype)
         return out / count.view(-1, *([1] * (out.dim() - 1)))
+
+    def padding_invariant(self) -> bool:
+        """Whether a clip's hidden states ignore zero padding after it (measured once on a random clip).
+
+        Not so for group-norm feature encoders (wav2vec2-base, HuBERT-base, WavLM-base+: the first conv
+        layer is normalised over time, padding included), models without an attention mask, and stacked
+        positional convolutions (data2vec-audio). For those, `pooled` encodes each clip length on its own,
+        so training, evaluation, the cached embeddings and `ser predict` all see a clip the same way,
+        whatever it is batched with. Whisper pads every input to its 30 s window anyway.
+        """
+        if self._padding_invariant is None:
+            if self.frontend.whisper:
+                self._padding_invariant = True
+            else:
+                device = next(self.backbone.parameters()).device
+                x = torch.randn(2, 9600, generator=torch.Generator().manual_seed(0)).to(device)
+                x[1, 4800:] = 0
+                was_training = self.backbone.training
+                self.backbone.eval()
+                try:
+                    with torch.no_grad():
+                        full, frames = self.hidden_states(x, torch.tensor([9600, 4800], device=device))
+                        alone, _ = self.hidden_states(x[1:, :4800], torch.tensor([4800], device=device))
+                finally:
+                    self.backbone.train(was_training)
+                n = int(frames[1])
+                self._padding_invariant = bool(torch.allclose(full[:, 1, :n].float(), alone[:, 0, :n].float(),
+                                                              rtol=1e-3, atol=1e-4))
+            log.info("%s: hidden states %s zero padding%s", self.spec,
+                     "ignore" if self._padding_invariant else "depend on",
+                     "" if self._padding_invariant else "; clips of different lengths are encoded separately")
+        return self._padding_invariant
 
     def embed(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         return self.pooled(x, lengths, lambda states: self.projection(self.layer_pool(states)),
