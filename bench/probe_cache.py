@@ -17,13 +17,15 @@
     state dict is copied into the probe) and torch is reseeded identically before each epoch (the
     frozen encoder runs in eval mode and draws no random numbers; the head's dropout draws the
     same ones in both paths). After training, the two heads' parameters and their logits on the
-    data must agree to --atol. Two diagnostics say where a difference comes from: the on-the-fly
-    encoder's layer means in the evaluation batches vs the cached ones, and the cached layer means
-    vs those of each clip encoded alone (no padding), for the first --alone-clips clips. Encoders
-    whose conv feature encoder normalises over time (feat_extract_norm "group": the base-size
-    wav2vec2, HuBERT and WavLM) or that take no attention mask give a clip different layer means
-    depending on how much zero padding its batch adds, so the two paths see different inputs and
-    the check fails; `--clip-seconds 3,3` (equal lengths: no padding anywhere) isolates the head.
+    logits on the data must agree to --atol, their parameters to --param-atol (AdamW normalises
+    each gradient: a weight whose gradient is float noise in both paths moves by up to lr per
+    step). Two diagnostics say where a difference comes from: the on-the-fly encoder's layer
+    means in the evaluation batches vs the cached ones, and the cached layer means vs those of
+    each clip encoded alone (no padding), for the first --alone-clips clips. Encoders whose conv
+    feature encoder normalises over time (feat_extract_norm "group": the base-size wav2vec2,
+    HuBERT and WavLM), that take no attention mask, or that stack positional convolutions
+    (data2vec-audio) see zero padding; EncoderSER runs those one clip length at a time, so both
+    diagnostics are 0 for every family (`--clip-seconds 3,3`: equal lengths, no padding at all).
 (2) The embedding precompute per hour of audio: a waveform store of --precompute-minutes of
     synthetic audio is written with ser.stores.write_store and ser.embeddings.precompute_embeddings
     runs on it in a fresh subprocess (on CUDA with bf16 autocast when there is one, as the stage
@@ -196,7 +198,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(min(args.alone_clips, n)):
             x, lens = wave_batch(flat, offsets, lengths, np.array([i]))
             alone_diff = max(alone_diff, float((online.layer_means(x, lens)[0] - cache_t[i]).abs().max()))
-    passed = param_diff <= args.atol and logit_diff <= args.atol
+    passed = param_diff <= args.param_atol and logit_diff <= args.atol
 
     mean_cached, mean_online = float(np.mean(cached_s)), float(np.mean(online_s))
     return {
@@ -211,7 +213,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         "on_the_fly_epoch_seconds": [round(s, 3) for s in online_s],
         "ratio_per_epoch": round(mean_online / mean_cached, 1),
         "ratio_incl_embedding_over_epochs": round(sum(online_s) / (timing["seconds"] + sum(cached_s)), 2),
-        "check": {"passed": passed, "atol": args.atol, "max_abs_diff_head_params": param_diff,
+        "check": {"passed": passed, "atol": args.atol, "param_atol": args.param_atol, "max_abs_diff_head_params": param_diff,
                   "max_abs_diff_logits": logit_diff, "max_abs_logit": logit_scale,
                   "max_abs_diff_layer_means_batch_vs_cache": emb_diff,
                   "max_abs_diff_layer_means_alone_vs_cache": alone_diff, "alone_clips": min(args.alone_clips, n),
@@ -318,7 +320,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--atol", type=float, default=1e-4, help="tolerance of the identical-result check")
+    ap.add_argument("--atol", type=float, default=1e-4, help="tolerance of the identical-result check (logits)")
+    ap.add_argument("--param-atol", type=float, default=1e-3,
+                    help="tolerance on the trained head parameters: AdamW normalises each gradient, so a weight "
+                         "whose gradient is float noise in both paths can move by up to lr (1e-3) per step")
     ap.add_argument("--alone-clips", type=int, default=4,
                     help="clips encoded alone (no padding) for the padding diagnostic")
     ap.add_argument("--precompute-minutes", type=float, default=2.0, help="audio of the precompute measurement")
@@ -360,7 +365,7 @@ def main() -> None:
               + " ".join(f"{s:10.4f}" for s in epochs) + f" {np.mean(epochs):9.4f}")
     print(f"per-epoch speed-up of the cached probe: {train['ratio_per_epoch']:.0f}x; over {args.epochs} epochs "
           f"including the one-off embedding: {train['ratio_incl_embedding_over_epochs']:.2f}x")
-    print(f"identical-result check (atol {args.atol:g}): max |diff| head parameters {c['max_abs_diff_head_params']:.3g}, "
+    print(f"identical-result check (logits atol {args.atol:g}, parameters {args.param_atol:g}): max |diff| head parameters {c['max_abs_diff_head_params']:.3g}, "
           f"logits {c['max_abs_diff_logits']:.3g} (max |logit| {c['max_abs_logit']:.3g}): "
           f"{'PASS' if c['passed'] else 'FAIL'}")
     print(f"  layer means, on-the-fly batches vs cache: max |diff| {c['max_abs_diff_layer_means_batch_vs_cache']:.3g}; "
