@@ -15,7 +15,9 @@ Layout, beside the other stores (ser.stores), one sub-store per encoder (Encoder
 
 The encoder runs once per clip on the whole clip (no training crop), in batches of clips of
 similar length (sorted by length, at most `batch_seconds` of padded audio per batch), on the GPU
-when there is one, under bf16 autocast where the GPU supports it. Clips longer than
+when there is one, under bf16 autocast where the GPU supports it (an encoder that sees zero
+padding, see EncoderSER.padding_invariant, runs each length on its own inside a batch, so a clip's
+embedding never depends on its batch mates). Clips longer than
 `chunk_seconds` (Whisper: at most its 30 s window) are encoded in chunks whose frames are pooled
 together. A sub-store whose stamp (encoder, waveform store content) matches is kept as is.
 """
