@@ -107,7 +107,8 @@ def test_model_scopes_follow_the_studies():
     scopes = {name: [(s.name, s.corpus) for s in model_scopes(params, name)] for name in params.models}
     cross = [("in_domain", "iemocap"), ("target", "ravdess")]
     assert scopes == {"baseline": cross, "dann": cross, "egemaps_svm": cross, "egemaps_logreg": cross,
-                      "wav2vec_dann": cross, "qlora": [("in_domain", None)], "finetune": [("in_domain", None)],
+                      "wav2vec_dann": cross, "wavlm_probe": cross, "qlora": [("in_domain", None)],
+                      "finetune": [("in_domain", None)],
                       # a matrix study: one scope per corpus, named after it
                       "matrix_logreg": [("iemocap", "iemocap"), ("ravdess", "ravdess")]}
     assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"

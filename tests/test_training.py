@@ -93,6 +93,11 @@ MODELS = {
                                               grad_clip=1.0, scheduler="plateau", plateau_patience=0),
                             encoder=EncoderParams(backbone="random:wav2vec2-tiny", head_hidden=16, domain_hidden=8,
                                                   max_seconds=0.4)),
+    # a frozen HuBERT probe on cached embeddings, adapted with DANN (HuBERT-tiny sees zero padding)
+    "probe_dann": ModelParams(study="cross_corpus", arch="encoder", objective="dann", input="embeddings", epochs=3,
+                              batch_size=8, optim=OptimParams(optimizer="adamw", lr=1e-2),
+                              encoder=EncoderParams(backbone="random:hubert-tiny", regime="frozen", layers="weighted",
+                                                    projection=8, head_hidden=8, domain_hidden=8)),
 }
 
 
@@ -273,6 +278,29 @@ def test_dann_logs_domain_terms_and_never_reads_target_labels(base_params, featu
     assert {"domain_loss", "alpha", "domain_acc"} <= set(live["train"]) and "domain_accuracy" in live["val"]
     model, meta = load_checkpoint(d["models"])
     assert model.domain_head is not None and meta["lambda_domain"] == 0.5 and meta["max_alpha"] == 0.7
+
+
+def test_dann_probe_on_cached_embeddings_trains_evaluates_and_reports_layer_weights(base_params, features, tmp_path):
+    from ser.embeddings import precompute_embeddings
+    from ser.evaluation import evaluate_model_scopes
+    ep = MODELS["probe_dann"].encoder
+    precompute_embeddings(features / "waves" / "cross_corpus", features / "embeddings" / "cross_corpus", [ep],
+                          device="cpu", cache_dir=tmp_path / "enc")
+    result, d = run(base_params, "probe_dann", features, tmp_path)
+    first, last = result["history"][0], result["history"][-1]
+    assert first["train/domain_loss"] > 0 and 0 < first["train/alpha"] < last["train/alpha"]
+    model, meta = load_checkpoint(d["models"])
+    assert type(model).__name__ == "ProbeSER" and meta["features"]["kind"] == "embeddings"
+    assert meta["features"]["encoder"]["family"] == "hubert"
+    # only the head trained: layer weights, projection, classifier, domain head
+    assert {k.split(".")[0] for k in load_file(str(d["models"] / "model.safetensors"))} == {
+        "layer_pool", "projection", "classifier", "domain_head"}
+    records = evaluate_model_scopes(base_params, "probe_dann", d["models"], features, tmp_path / "m", tmp_path / "p")
+    assert set(records) == {"in_domain", "target"} and records["target"]["n"] == 12
+    weights = json.loads((tmp_path / "m" / "layer_weights.json").read_text())["layer_weights"]
+    assert len(weights) == model.n_states and abs(sum(weights) - 1) < 1e-6
+    assert max(weights) - min(weights) > 1e-4  # the weights learned something from the uniform start
+    assert (tmp_path / "p" / "layer_weights.png").is_file()
 
 
 def _assert_same_run(a, da, b, db):
