@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "wav2vec_dann", "qlora", "finetune")
-CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wav2vec_dann")
+MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "wavlm_probe", "wav2vec_dann", "qlora",
+          "finetune")
+CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wavlm_probe", "wav2vec_dann")
 # Folds 1 and 3: every study runs both except corpus_matrix (2 folds, one per corpus), whose fold-3
 # cells are not run; one seed, then a second one is added.
 FOLDS, SEED = (1, 3), 1337
@@ -114,6 +115,15 @@ def test_demo_dag_end_to_end(tmp_path):
             expected = 1 if model == "matrix_logreg" else 2
             assert agg["n_runs"] == expected and _is_number(agg["mean_over_runs"]["uar"]), (model, key)
             assert _is_number(agg["pooled"]["uar"]) and len(agg["pooled"]["uar_ci95"]) == 2
+    # The probe trained on cached embeddings (precompute-embeddings: every clip once, [clips, states, hidden])
+    # and reported its learned layer weights per run and over runs.
+    (store,) = (repo / "data" / "features" / "embeddings" / "cross_corpus").iterdir()
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["kind"] == "embeddings" and meta["encoder"]["family"] == "wavlm" and meta["shape"][1:] == [3, 32]
+    layer_weights = json.loads((repo / "metrics" / "aggregate.json").read_text())["layer_weights"]
+    assert list(layer_weights) == ["wavlm_probe"] and layer_weights["wavlm_probe"]["runs"] == 2
+    assert abs(sum(layer_weights["wavlm_probe"]["mean"]) - 1) < 1e-4
+    assert (repo / "metrics" / "figures" / "wavlm_probe_layer_weights.png").stat().st_size > 1000
     assert aggregate["baseline"]["in_domain"]["test_sets"] == "disjoint"
     assert aggregate["baseline"]["target"]["test_sets"] == "repeated"
     summary = (repo / "metrics" / "summary.md").read_text()

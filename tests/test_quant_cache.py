@@ -106,6 +106,11 @@ def test_changed_quantization_or_source_gives_a_new_key(presets, tmp_path, quant
     source = tmp_path / "src"
     shutil.copytree(presets / "wav2vec2-tiny", source)
     cls, spec, root = transformers.Wav2Vec2Model, "random:wav2vec2-tiny", tmp_path / "q"
+    # a random preset is keyed by its stamp (preset, config, seed): the same copy wherever it was built
+    key = cache_key(cls, str(source), _bnb())
+    assert key == cache_key(cls, str(presets / "wav2vec2-tiny"), _bnb()) and "random_preset" in key["source"]
+    (source / "ser_random_backbone.json").unlink()  # from here on: a plain local checkpoint directory
+    spec = str(source)
     base = cache_key(cls, str(source), _bnb())
     variants = {
         "double quant": cache_key(cls, str(source), _bnb(bnb_4bit_use_double_quant=False)),

@@ -302,8 +302,12 @@ def load_backbone(p: EncoderParams, cache_dir: Optional[Path] = None) -> tuple[n
     source, hub = resolve_source(p.backbone, cache_dir)
     _config_cls, model_cls = _classes(config.model_type)
     if p.regime == "qlora":  # from a pre-quantized 4-bit copy: the fp32 weights are read once per machine
+        # A random preset's copy sits beside the preset (cache_dir, e.g. a run's own folder: tiny, and
+        # byte-identical across runs); a real backbone's copy in the shared cache ($SER_CACHE_DIR/quantized),
+        # never inside each run's model folder (0.2 GB for XLSR-53).
+        random_preset = p.backbone.startswith("random:") and cache_dir is not None
         model = load_4bit(model_cls, source, p.backbone, _bnb_config(),
-                          Path(cache_dir) / "quantized" if cache_dir is not None else None,
+                          Path(cache_dir) / "quantized" if random_preset else None,
                           getattr(config, "_commit_hash", None) if hub else None)
     else:
         model = model_cls.from_pretrained(source, dtype=torch.float32)

@@ -8,9 +8,9 @@ later load reads the packed weights (uint8 NF4 codes + quantization state) from 
 never the fp32 weights.
 
 The key names everything the packed weights depend on, so a stale copy is never used:
-  - the source: a hub id with its snapshot revision (config._commit_hash), or for a local
-    directory (random presets included) its path and a fingerprint of its files (relative
-    names, sizes, mtimes);
+  - the source: a hub id with its snapshot revision (config._commit_hash); a random preset's
+    stamp (preset, config, seed, torch version: what its weights are a function of); or for any
+    other local directory its path and a fingerprint of its files (relative names, sizes, mtimes);
   - the model class, the compute dtype and every quantization setting
     (BitsAndBytesConfig.to_dict());
   - the bitsandbytes, transformers and torch versions.
@@ -40,6 +40,7 @@ __all__ = ["load_4bit", "cache_key", "cache_entry", "default_cache_dir", "count_
 log = logging.getLogger(__name__)
 
 STAMP = "ser_quantized.json"
+RANDOM_STAMP = "ser_random_backbone.json"  # ser.models.encoders._STAMP (not imported: encoders imports us)
 FORMAT = 1  # bump when the layout of a cached copy changes
 
 
@@ -71,8 +72,14 @@ def cache_key(model_cls: type, source: str, bnb_config: Any, revision: Optional[
     """What a 4-bit copy of `source` depends on (JSON-able), or None when it cannot be pinned
     (a hub id without a known revision)."""
     path = Path(source)
-    if path.is_dir():
-        origin: dict[str, Any] = {"directory": str(path.resolve()), "files": _fingerprint(path)}
+    stamp = path / RANDOM_STAMP
+    if path.is_dir() and stamp.is_file():
+        # A random preset (ser.models.encoders.random_backbone_dir): its weights are a function of its
+        # stamp (preset, config, seed, torch version), wherever and whenever it was materialised (e.g.
+        # inside each run's model directory), so one copy serves every run.
+        origin: dict[str, Any] = {"random_preset": json.loads(stamp.read_text())}
+    elif path.is_dir():
+        origin = {"directory": str(path.resolve()), "files": _fingerprint(path)}
     elif revision:
         origin = {"hub_id": source, "revision": revision}
     else:
