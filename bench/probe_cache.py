@@ -243,12 +243,13 @@ def precompute_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: precompute_embeddings on the store; wall time and peak memory."""
     import transformers
 
-    from ser.embeddings import pick_device, precompute_embeddings
+    from ser.embeddings import precompute_embeddings
+    from ser.evaluation import resolve_device
     from ser.models.encoders import _classes, encoder_config
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    device = pick_device(spec["device"])
+    device = resolve_device(spec["device"])
     cache_dir = Path(spec["cache_dir"]) if spec["cache_dir"] else None
     # The baseline includes the code that runs: transformers imports a family's modules lazily.
     _classes(encoder_config(spec["backbone"], cache_dir).model_type)

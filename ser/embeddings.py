@@ -35,18 +35,12 @@ import numpy as np
 import torch
 
 from ser.config import EncoderParams
+from ser.evaluation import resolve_device
 from ser.stores import CLIPS, IndexRow, StoreError, read_index, store_fingerprint, write_index, write_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["precompute_embeddings", "embed_clips", "frozen_encoder", "pick_device"]
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """cuda when asked for or (auto) available, else cpu."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
-    return torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+__all__ = ["precompute_embeddings", "embed_clips", "frozen_encoder"]
 
 
 def frozen_encoder(ep: EncoderParams, cache_dir: Optional[Path] = None) -> Any:
@@ -128,7 +122,7 @@ def precompute_embeddings(waves_root: str | Path, out_root: str | Path, encoders
     flat = np.load(waves_root / f"{CLIPS}.npy", mmap_mode="r")
     offsets = np.array([r.offset for r in index], dtype=np.int64)
     lengths = np.array([r.length for r in index], dtype=np.int64)
-    target = pick_device(device)
+    target = resolve_device(device)
     keys = {ep.store_key: ep for ep in encoders}
     out_root.mkdir(parents=True, exist_ok=True)
     for stale in sorted(p for p in out_root.iterdir() if p.name not in keys):
