@@ -1,6 +1,7 @@
 """Benchmark: wall time of the whole pipeline from a fresh clone, a no-op re-run and an experiment.
 
     python bench/pipeline.py [--repo .] [--workdir DIR] [--skip-setup [--venv .venv]] [--tiny] [--keep]
+                             [--repro-only]
 
 1. `git clone` of the repository's committed HEAD into a temp dir (uncommitted
    changes are not part of it, as for any user cloning it);
@@ -15,7 +16,9 @@
    experiment), then `dvc exp run -S lambda_domain=0.3`: which stages re-ran
    is parsed from DVC's "Running stage" lines.
 Reports each wall time and the stages each run executed, with set-up excluded
-and included. --tiny shrinks the demo corpora, epochs and bootstrap in the
+and included, and where `make repro`'s time goes: seconds per stage (from DVC's
+"Running stage" lines as they come) summed by stage family (train@, evaluate@, ...).
+--repro-only stops after step 3. --tiny shrinks the demo corpora, epochs and bootstrap in the
 clone's params.yaml (a smoke run of this script, minutes); its JSON goes to
 bench/results/pipeline_tiny.json, the full run's to bench/results/pipeline.json.
 """
@@ -62,17 +65,51 @@ def shrink_params(path: Path) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str]:
-    """Run `cmd`, append its output to `log`; (wall seconds, output). Fails loudly with the tail."""
+def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str, dict[str, float]]:
+    """Run `cmd`, append its output to `log`; (wall seconds, output, seconds per stage). Fails loudly with the tail.
+
+    The output is read as it comes: a stage's time runs from its "Running stage" line to the next
+    one (the last stage's, to the end of the command), so it includes DVC's own work for the stage
+    (hashing, caching, the lock file) and the stage process's start-up.
+    """
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    starts: list[tuple[str, float]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        started = RUNNING.match(line)
+        if started:
+            starts.append((started.group(1), time.perf_counter()))
+    returncode = proc.wait()
+    end = time.perf_counter()
+    seconds, output = end - t0, "".join(lines)
+    per_stage = stage_seconds(starts, end)
     with log.open("a") as fh:
-        fh.write(f"$ {' '.join(cmd)}  ({seconds:.1f} s, exit {proc.returncode})\n{proc.stdout}\n")
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}); full log: {log}\n"
-                           f"{proc.stdout[-4000:]}")
-    return seconds, proc.stdout
+        fh.write(f"$ {' '.join(cmd)}  ({seconds:.1f} s, exit {returncode})\n{output}\n")
+    if returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd} (exit {returncode}); full log: {log}\n"
+                           f"{output[-4000:]}")
+    return seconds, output, per_stage
+
+
+def stage_seconds(starts: list[tuple[str, float]], end: float) -> dict[str, float]:
+    """{stage: seconds} from (stage, start time) pairs in order; the last stage ends at `end`."""
+    ends = [t for _, t in starts[1:]] + [end]
+    return {name: round(stop - start, 3) for (name, start), stop in zip(starts, ends)}
+
+
+def stage_groups(per_stage: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per-stage seconds grouped by stage family (train@baseline-1-1337 -> train@): count, total, max."""
+    groups: dict[str, dict[str, float]] = {}
+    for name, seconds in per_stage.items():
+        group = name.split("@")[0] + "@" if "@" in name else name
+        g = groups.setdefault(group, {"stages": 0, "seconds": 0.0, "max": 0.0})
+        g["stages"] += 1
+        g["seconds"] = round(g["seconds"] + seconds, 3)
+        g["max"] = max(g["max"], seconds)
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]["seconds"]))
 
 
 def clone(repo: Path, dest: Path) -> str:
@@ -93,6 +130,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_groups(groups: dict[str, dict[str, float]], per_stage: dict[str, float], top: int = 8) -> str:
+    """The make-repro time by stage family, then its slowest stages."""
+    total = sum(per_stage.values()) or 1.0
+    lines = [f"{'make repro by stage family':44s} {'wall s':>8s} {'share':>6s} {'stages':>6s} {'max s':>7s}"]
+    for group, g in groups.items():
+        lines.append(f"{group:44s} {g['seconds']:8.1f} {g['seconds'] / total:6.1%} {int(g['stages']):6d} "
+                     f"{g['max']:7.1f}")
+    lines.append("slowest stages: " + ", ".join(
+        f"{name} {sec:.1f} s" for name, sec in sorted(per_stage.items(), key=lambda kv: -kv[1])[:top]))
+    return "\n".join(lines)
+
+
+class _Done(Exception):
+    """--repro-only: the steps after `make repro` are skipped."""
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=REPO, help="repository to clone (its committed HEAD)")
@@ -101,6 +154,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--venv", type=Path, default=REPO / ".venv", help="the venv --skip-setup reuses")
     ap.add_argument("--tiny", action="store_true", help="shrink the demo profile in the clone (smoke run)")
     ap.add_argument("--keep", action="store_true", help="keep the clone")
+    ap.add_argument("--repro-only", action="store_true", help="stop after `make repro` (no no-op run, no experiment)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
@@ -134,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             # The venv's editable install points at another checkout: import the clone's ser first.
             env["PYTHONPATH"] = str(dest)
         else:
-            seconds, _ = run(["make", "setup"], dest, env, log)
+            seconds, _, _ = run(["make", "setup"], dest, env, log)
             rows.append({"step": "make setup (fresh .venv, pip install)", "seconds": seconds})
         env["PATH"] = f"{dest / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
         which = subprocess.run([str(dest / ".venv" / "bin" / "python"), "-c", "import ser; print(ser.__file__)"],
@@ -142,17 +196,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not Path(which).resolve().is_relative_to(dest.resolve()):
             raise RuntimeError(f"the clone's stages would import ser from {which}, not from {dest}")
 
-        seconds, out = run(make + ["repro"], dest, env, log)
+        seconds, out, per_stage = run(make + ["repro"], dest, env, log)
         rows.append({"step": "make repro (fresh clone, all stages)", "seconds": seconds,
-                     "stages_run": stages_run(out)})
-        seconds, out = run(["dvc", "repro"], dest, env, log)
+                     "stages_run": stages_run(out), "stage_seconds": per_stage})
+        if args.repro_only:
+            raise _Done
+        seconds, out, _ = run(["dvc", "repro"], dest, env, log)
         rows.append({"step": "dvc repro (no-op)", "seconds": seconds, "stages_run": stages_run(out),
                      "stages_skipped": stages_skipped(out)})
         subprocess.run(["git", "add", "-A"], cwd=dest, check=True, capture_output=True)
         subprocess.run(["git", "commit", "-qm", "bench: results"], cwd=dest, check=True, capture_output=True)
-        seconds, out = run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], dest, env, log)
+        seconds, out, _ = run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], dest, env, log)
         rows.append({"step": "dvc exp run -S lambda_domain=0.3", "seconds": seconds, "stages_run": stages_run(out),
                      "stages_skipped": stages_skipped(out)})
+    except _Done:
+        pass
     finally:
         if not args.keep and args.workdir is None:
             # The clone goes (it holds corpora, models and a DVC cache); its log is kept.
@@ -173,13 +231,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(format_table(rows))
     for name, seconds in summary.items():
         print(f"{name:44s} {seconds:8.1f}")
-    noop = by["dvc repro (no-op)"]
-    print(f"no-op repro re-ran {len(noop['stages_run'])} stage(s); the experiment re-ran "
-          f"{by['dvc exp run -S lambda_domain=0.3']['stages_run']}")
+    per_stage = by["make repro (fresh clone, all stages)"]["stage_seconds"]
+    groups = stage_groups(per_stage)
+    print(format_groups(groups, per_stage))
+    if not args.repro_only:
+        noop = by["dvc repro (no-op)"]
+        print(f"no-op repro re-ran {len(noop['stages_run'])} stage(s); the experiment re-ran "
+              f"{by['dvc exp run -S lambda_domain=0.3']['stages_run']}")
     out = args.out or REPO / "bench" / "results" / ("pipeline_tiny.json" if args.tiny else "pipeline.json")
     payload = {"repo": str(args.repo.resolve()), "commit": commit, "tiny": args.tiny, "skip_setup": args.skip_setup,
                "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                "load_average_before": round(load_before, 2), "steps": rows, "summary": summary,
+               "stage_groups": groups,
                "log": str(kept_log)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

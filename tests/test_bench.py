@@ -197,6 +197,24 @@ def test_stage_parsing():
     assert pipeline.stages_run("Data and pipelines are up to date.\n") == []
 
 
+def test_stage_seconds_run_from_one_stage_start_to_the_next(tmp_path):
+    per_stage = pipeline.stage_seconds([("build-metadata", 10.0), ("train@a-1-1", 12.5), ("train@b-1-1", 20.0),
+                                        ("evaluate@a-1-1", 21.0)], end=30.0)
+    assert per_stage == {"build-metadata": 2.5, "train@a-1-1": 7.5, "train@b-1-1": 1.0, "evaluate@a-1-1": 9.0}
+    groups = pipeline.stage_groups(per_stage)
+    assert list(groups) == ["evaluate@", "train@", "build-metadata"]  # by total time
+    assert groups["train@"] == {"stages": 2, "seconds": 8.5, "max": 7.5}
+    table = pipeline.format_groups(groups, per_stage)
+    assert "train@" in table and "slowest stages: evaluate@a-1-1 9.0 s" in table
+    # run() times the stages from the output as it streams
+    script = tmp_path / "fake_dvc.py"
+    script.write_text("import time\nprint(\"Running stage 'a':\", flush=True)\ntime.sleep(0.3)\n"
+                      "print(\"Running stage 'b':\", flush=True)\n")
+    import sys
+    seconds, out, timed = pipeline.run([sys.executable, str(script)], tmp_path, {}, tmp_path / "log")
+    assert pipeline.stages_run(out) == ["a", "b"] and timed["a"] >= 0.25 and timed["b"] < 0.25
+
+
 def test_tiny_profile_is_a_valid_params_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
