@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from scipy.stats import binomtest
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +374,8 @@ def mcnemar_exact(a: Predictions, b: Predictions) -> dict[str, Any]:
     two-sided binomial test of b10 successes in b01 + b10 trials at 1/2; 1 when
     there are no discordant clips.
     """
+    from scipy.stats import binomtest  # here: scipy.stats costs every train/evaluate stage ~0.5 s to import
+
     b = _aligned(a, b)
     b01 = int((~a.correct & b.correct).sum())
     b10 = int((a.correct & ~b.correct).sum())
