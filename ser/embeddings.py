@@ -19,7 +19,10 @@ when there is one, under bf16 autocast where the GPU supports it (an encoder tha
 padding, see EncoderSER.padding_invariant, runs each length on its own inside a batch, so a clip's
 embedding never depends on its batch mates). Clips longer than
 `chunk_seconds` (Whisper: at most its 30 s window) are encoded in chunks whose frames are pooled
-together. A sub-store whose stamp (encoder, waveform store content) matches is kept as is.
+together. A sub-store whose stamp matches is kept as is: the encoder, the waveform store's content,
+the code that computes the embeddings (EMBEDDING_CODE) and the torch/transformers versions, so a
+store computed by other code is never reused. Its meta.json holds no wall-clock time (that is in
+the stage's report): a probe trained twice on the same store gets byte-identical model folders.
 """
 from __future__ import annotations
 
@@ -36,9 +39,13 @@ import torch
 
 from ser.config import EncoderParams
 from ser.evaluation import resolve_device
+from ser.fsutil import source_fingerprint
 from ser.stores import CLIPS, IndexRow, StoreError, read_index, store_fingerprint, write_index, write_meta
 
 log = logging.getLogger(__name__)
+
+# The package files whose code computes the stored vectors (ser/<path>): part of every store's stamp.
+EMBEDDING_CODE = ("embeddings.py", "models/encoders.py")
 
 __all__ = ["precompute_embeddings", "embed_clips", "frozen_encoder"]
 
@@ -102,9 +109,15 @@ def embed_clips(model: Any, waves: Sequence[np.ndarray] | Any, offsets: np.ndarr
 
 
 def _stamp(ep: EncoderParams, model_desc: dict[str, Any], waves_meta: dict[str, Any]) -> dict[str, Any]:
+    import transformers
+
+    import ser
+
     return {"key": ep.store_key, "backbone": ep.backbone, "chunk_seconds": ep.chunk_seconds,
             "revision": model_desc.get("revision"), "preprocessor": model_desc.get("preprocessor"),
-            "waves_sha256": waves_meta.get("content_sha256")}
+            "waves_sha256": waves_meta.get("content_sha256"),
+            "code": source_fingerprint(Path(ser.__file__).resolve().parent, EMBEDDING_CODE),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
 def precompute_embeddings(waves_root: str | Path, out_root: str | Path, encoders: Sequence[EncoderParams], *,
@@ -171,11 +184,11 @@ def precompute_embeddings(waves_root: str | Path, out_root: str | Path, encoders
                 "features": waves_meta.get("features"), "clips": len(index), "shape": list(shape),
                 "encoder": {k: desc[k] for k in ("spec", "family", "revision", "hidden_size", "hidden_states",
                                                  "preprocessor")},
-                "chunk_seconds": ep.chunk_seconds, "stamp": stamp, "timing": timing,
-                **({"cuda_peak_mib": round((torch.cuda.max_memory_allocated() - (peak_before or 0)) / 2**20, 1)}
-                   if target.type == "cuda" else {})}
+                "chunk_seconds": ep.chunk_seconds, "stamp": stamp}
         meta["content_sha256"] = store_fingerprint(dest)
         write_meta(dest, meta)
+        if target.type == "cuda":
+            timing["cuda_peak_mib"] = round((torch.cuda.max_memory_allocated() - (peak_before or 0)) / 2**20, 1)
         report[key] = {"backbone": ep.backbone, "reused": False, "shape": list(shape), **timing}
         del model
     return report

@@ -52,7 +52,7 @@ from ser.config import ModelParams, Params, TrainParams
 from ser.stores import fold_root
 from ser.data import FeatureDataset, epoch_seed, make_loader, max_samples_for
 from ser.evaluation import compute_metrics
-from ser.fsutil import write_json_atomic
+from ser.fsutil import source_fingerprint, write_json_atomic
 from ser.stores import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -212,15 +212,7 @@ def code_fingerprint() -> str:
     keyed by its path inside the package: a run killed under one version of
     the trainer or models never resumes under another.
     """
-    root = Path(ser.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if rel in _CODE_NOT_IN_FINGERPRINT:
-            continue
-        digest.update(f"{rel}\0".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return source_fingerprint(Path(ser.__file__).resolve().parent, exclude=_CODE_NOT_IN_FINGERPRINT)
 
 
 def fingerprint(params: Params, name: str, feature_meta: dict[str, Any]) -> str:

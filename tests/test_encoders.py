@@ -268,6 +268,26 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache):
     meta = json.loads((waves / "meta.json").read_text())
     (waves / "meta.json").write_text(json.dumps({**meta, "content_sha256": "w2"}))
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
+    # No wall-clock figures in the store's meta (a probe's model folder copies it): those are in the report.
+    store_meta = json.loads((out / ep.store_key / "meta.json").read_text())
+    assert "timing" not in store_meta and '"seconds' not in json.dumps(store_meta)
+    # A store computed by other embedding code is rebuilt, not reused.
+    assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is True
+    import ser.embeddings
+
+    fake = tmp_path / "pkg"
+    for rel in ser.embeddings.EMBEDDING_CODE:
+        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake / rel).write_text("# another version of the embedding code\n")
+    (fake / "__init__.py").write_text("")
+    import ser as ser_pkg
+
+    monkey = pytest.MonkeyPatch()
+    try:
+        monkey.setattr(ser_pkg, "__file__", str(fake / "__init__.py"))
+        assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
+    finally:
+        monkey.undo()
 
 
 def test_unsupported_family_and_sample_rate_mismatch_fail_clearly(tmp_path, cache):
