@@ -234,7 +234,7 @@ def test_embeddings_input_needs_a_frozen_encoder():
         _build(EncoderParams, {"backbone": "x", "layers": "middle"}, "encoder")
 
 
-def test_embedding_store_reuse_and_probe_data(tmp_path, cache):
+def test_embedding_store_reuse_and_probe_data(tmp_path, cache, monkeypatch):
     """precompute_embeddings: [N, S, D] means of the waveform store's clips, fold indexes re-pointed,
     reused when up to date, rebuilt when the waves change; the probe reads it through FeatureDataset."""
     from ser.data import FeatureDataset, collate_batch
@@ -273,6 +273,7 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache):
     assert "timing" not in store_meta and '"seconds' not in json.dumps(store_meta)
     # A store computed by other embedding code is rebuilt, not reused.
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is True
+    import ser
     import ser.embeddings
 
     fake = tmp_path / "pkg"
@@ -280,14 +281,8 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache):
         (fake / rel).parent.mkdir(parents=True, exist_ok=True)
         (fake / rel).write_text("# another version of the embedding code\n")
     (fake / "__init__.py").write_text("")
-    import ser as ser_pkg
-
-    monkey = pytest.MonkeyPatch()
-    try:
-        monkey.setattr(ser_pkg, "__file__", str(fake / "__init__.py"))
-        assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
-    finally:
-        monkey.undo()
+    monkeypatch.setattr(ser, "__file__", str(fake / "__init__.py"))
+    assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
 
 
 def test_unsupported_family_and_sample_rate_mismatch_fail_clearly(tmp_path, cache):
