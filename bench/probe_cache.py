@@ -244,7 +244,7 @@ def precompute_child(spec: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
     from ser.embeddings import precompute_embeddings
-    from ser.evaluation import resolve_device
+    from ser.runtime import resolve_device
     from ser.models.encoders import _classes, encoder_config
 
     if spec["threads"]:

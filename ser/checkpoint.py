@@ -34,13 +34,16 @@ from ser.errors import SerError
 from ser.config import ModelParams, _build
 from ser.models import SERModel, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "WEIGHTS", "META", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "WEIGHTS", "META", "FORMAT", "BACKBONE_CACHE"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ser-checkpoint/1"
 WEIGHTS = "model.safetensors"
 META = "meta.json"
+# Random encoder presets are materialised inside the model directory, so that
+# models/<name> alone is enough to rebuild the model (evaluation and `ser predict` do).
+BACKBONE_CACHE = "backbone"
 _RESERVED = ("format", "model_params", "build", "backbone", "parameters", "state", "weights_sha256",
              "base_fingerprint")
 

@@ -46,8 +46,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ser.config import ClassicalParams, Params
-from ser.evaluation import compute_metrics
 from ser.fsutil import write_json_atomic
+from ser.stats import compute_metrics
 from ser.stores import FeatureStore, fold_root
 
 __all__ = ["FORMAT", "LinearModel", "fit_stats", "standardise", "speaker_standardise", "train_classical",

@@ -20,7 +20,8 @@ log = logging.getLogger("ser.cli")
 
 def _predict(args: argparse.Namespace) -> int:
     from ser.predict import collect_audio
-    from ser.stageutil import ensure_writable, torch_threads
+    from ser.runtime import torch_threads
+    from ser.stageutil import ensure_writable
 
     if args.threads is not None and args.threads < 1:
         log.error("--threads must be >= 1, got %d", args.threads)

@@ -534,7 +534,7 @@ class TrainParams:
     num_workers: int = 0
     bucket_by_length: bool = True
     deterministic: bool = True
-    # torch intra-op threads; null: the cores this process may use (see ser.stageutil.set_torch_threads).
+    # torch intra-op threads; null: the cores this process may use (see ser.runtime.set_torch_threads).
     # Under `dvc queue start -j N` set it to cores / N: oversubscribed threads slow training many-fold.
     threads: Optional[int] = None
 
@@ -683,6 +683,27 @@ class Params:
         if name not in self.studies:
             raise KeyError(f"unknown study {name!r}; known: {sorted(self.studies)}")
         return self.studies[name]
+
+    def run_spec(self, name: str) -> dict[str, Any]:
+        """Everything of params.yaml that the runs of model `name` read, as plain data.
+
+        Its own `models` entry and its study; the `train` knobs for a model the torch
+        trainer runs (threads, device and precision change its weights, never a
+        classical model's); `lambda_domain` and `max_alpha` for objective dann only.
+        bind@<model> writes it to data/bind/<model>.json and the model's train@ and
+        evaluate@ stages depend on that file, not on top-level keys: a change reaches
+        exactly the models that read it. The trainer's resume fingerprint hashes it.
+        """
+        if name not in self.models:
+            raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(self.models)}")
+        mp = self.models[name]
+        spec: dict[str, Any] = {"model": dataclasses.asdict(mp), "study": dataclasses.asdict(self.study(mp.study))}
+        if mp.arch != "linear":
+            spec["train"] = dataclasses.asdict(self.train)
+        if mp.objective == "dann":
+            spec["dann"] = {"lambda_domain": self.lambda_domain, "max_alpha": self.max_alpha}
+        # JSON's view (tuples -> lists): the spec is compared with the one read back from the bind file.
+        return json.loads(json.dumps(spec, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,7 +20,7 @@ padding, see EncoderSER.padding_invariant, runs each length on its own inside a 
 embedding never depends on its batch mates). Clips longer than
 `chunk_seconds` (Whisper: at most its 30 s window) are encoded in chunks whose frames are pooled
 together. A sub-store whose stamp matches is kept as is: the encoder, the waveform store's content,
-the code that computes the embeddings (EMBEDDING_CODE) and the torch/transformers versions, so a
+the code that computes the embeddings (the import closure of this module, ser.codegraph) and the torch/transformers versions, so a
 store computed by other code is never reused. Its meta.json holds no wall-clock time (that is in
 the stage's report): a probe trained twice on the same store gets byte-identical model folders.
 """
@@ -38,14 +38,11 @@ import numpy as np
 import torch
 
 from ser.config import EncoderParams
-from ser.evaluation import resolve_device
-from ser.fsutil import source_fingerprint
+from ser.codegraph import code_fingerprint
+from ser.runtime import resolve_device
 from ser.stores import CLIPS, IndexRow, StoreError, read_index, store_fingerprint, write_index, write_meta
 
 log = logging.getLogger(__name__)
-
-# The package files whose code computes the stored vectors (ser/<path>): part of every store's stamp.
-EMBEDDING_CODE = ("embeddings.py", "models/encoders.py")
 
 __all__ = ["precompute_embeddings", "embed_clips", "frozen_encoder"]
 
@@ -111,12 +108,10 @@ def embed_clips(model: Any, waves: Sequence[np.ndarray] | Any, offsets: np.ndarr
 def _stamp(ep: EncoderParams, model_desc: dict[str, Any], waves_meta: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
-    import ser
-
     return {"key": ep.store_key, "backbone": ep.backbone, "chunk_seconds": ep.chunk_seconds,
             "revision": model_desc.get("revision"), "preprocessor": model_desc.get("preprocessor"),
             "waves_sha256": waves_meta.get("content_sha256"),
-            "code": source_fingerprint(Path(ser.__file__).resolve().parent, EMBEDDING_CODE),
+            "code": code_fingerprint(__name__),  # this module's import closure (ser.codegraph)
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 

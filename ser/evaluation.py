@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,96 +21,21 @@ from tqdm.auto import tqdm
 
 from ser.config import Params, encoder_store_key
 from ser.data import FeatureDataset, make_loader, max_samples_for
-from ser.stats import Predictions, metrics_from_confusion, write_predictions_csv
+from ser.runtime import resolve_device
+from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
 from ser.stores import FeatureStore, fold_root, read_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compute_metrics", "bootstrap_ci", "evaluate_model", "metrics_record", "write_metrics_json",
+__all__ = ["evaluate_model", "metrics_record", "write_metrics_json",
            "plot_confusion", "Scope", "model_scopes", "evaluate_model_scopes",
-           "model_fingerprint", "resolve_device", "SCOPES", "MIN_CLUSTER_SPEAKERS"]
+           "model_fingerprint", "SCOPES", "MIN_CLUSTER_SPEAKERS"]
 
 SCOPES = ("in_domain", "target")
 MIN_CLUSTER_SPEAKERS = 5  # fewer test speakers: the paired bootstrap resamples clips (see paired_comparisons)
 
 
-# --------------------------------------------------------------------------- metrics
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-
-
-def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, UAR, macro-F1, Cohen's kappa, per-class recall/support and the confusion matrix.
-
-    y_true/y_pred are class indices into `labels`. per_class_recall lists only
-    classes present in y_true (the ones UAR averages); support lists all.
-    macro_f1 averages over the classes present in y_true or y_pred.
-    """
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    k = len(labels)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {y_true.shape} vs {y_pred.shape}")
-    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= k):
-        raise ValueError(f"class indices must be in [0, {k}) for labels {list(labels)}")
-    cm = _confusion(y_true, y_pred, k)
-    support = cm.sum(axis=1)
-    present = np.flatnonzero(support)
-    recall = {labels[c]: float(cm[c, c] / support[c]) for c in present}
-    # one implementation of the headline metrics, shared with the bootstrap (ser.stats)
-    headline = {name: float(v) for name, v in metrics_from_confusion(cm).items()}
-    return {
-        **headline,
-        "per_class_recall": recall,
-        "support": {name: int(support[c]) for c, name in enumerate(labels)},
-        "confusion": cm.tolist(),
-        "labels": list(labels),
-        "n": int(len(y_true)),
-    }
-
-
-def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int],
-                 metric: Union[str, Callable[[np.ndarray, np.ndarray], float]] = "uar",
-                 n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of `metric` (a name of ser.stats.METRIC_NAMES, computed as
-    metrics_from_confusion does, or a callable (y_true, y_pred) -> float) over utterances."""
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    if len(y_true) == 0 or n < 1:
-        return float("nan"), float("nan")
-    if isinstance(metric, str):
-        k = int(max(y_true.max(), y_pred.max())) + 1
-
-        def fn(t: np.ndarray, p: np.ndarray) -> float:
-            return float(metrics_from_confusion(_confusion(t, p, k))[metric])
-    else:
-        fn = metric
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n)
-    for b in range(n):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        stats[b] = fn(y_true[idx], y_pred[idx])
-    tail = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(stats, [tail, 1.0 - tail])
-    return float(lo), float(hi)
-
-
 # --------------------------------------------------------------------------- inference
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto: CUDA when available, else CPU; otherwise a torch device name (cpu, cuda, cuda:1).
-
-    Chosen directly rather than through an Accelerator, whose process-wide
-    state would pin the training settings of a later run in the same process.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA GPU is visible; use cpu (or auto)")
-    return device
-
-
 @torch.no_grad()
 def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", corpus: Optional[str] = None,
                    *, device: str = "auto", batch_size: Optional[int] = None
@@ -119,9 +44,8 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
 
     Returns (compute_metrics(...), y_true, y_pred) in store order.
     """
-    from ser.checkpoint import load_checkpoint
+    from ser.checkpoint import BACKBONE_CACHE, load_checkpoint
     from ser.classical import evaluate_classical, is_linear
-    from ser.training import BACKBONE_CACHE
 
     model_dir, features_root = Path(model_dir), Path(features_root)
     if is_linear(model_dir):  # the classical baseline: numpy weights, no torch model

@@ -56,9 +56,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ser.audio import AudioError, check_audio, condition_span, load_audio
-from ser.evaluation import resolve_device
 from ser.classical import LinearModel, is_linear, load_linear
 from ser.features import feature_params_from_meta, mel_input, smile_for_inference
+from ser.runtime import resolve_device
 
 __all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
            "resolve_device", "render", "summary", "FORMATS"]
@@ -166,8 +166,7 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, *, device: str = "auto", window_s: Optional[float] = None,
                  hop_s: Optional[float] = None, batch_size: int = 16) -> None:
-        from ser.checkpoint import load_checkpoint
-        from ser.training import BACKBONE_CACHE
+        from ser.checkpoint import BACKBONE_CACHE, load_checkpoint
 
         for name, value in (("--window", window_s), ("--hop", hop_s)):
             if value is not None and value <= 0:

@@ -299,13 +299,14 @@ def _runs(row: Row, scope: str, key: str) -> str:
 
 def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") -> str:
     level = _ci_level(rows)
-    head = ["Run", "Changed params", "Model"]
+    head = ["Run", "Changed params", "Model", "Computed with"]
     for scope in SCOPES:
         head += [f"{SCOPE_TITLES[scope]} UAR over runs", f"{SCOPE_TITLES[scope]} pooled UAR [{level}% CI]",
                  f"{SCOPE_TITLES[scope]} pooled accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row.run, row.changed or "—", row.model]
+        computed = next((r["computed_with"] for r in row.scopes.values() if r.get("computed_with")), "—")
+        cells = [row.run, row.changed or "—", row.model, computed]
         for scope in SCOPES:
             cells += [_runs(row, scope, "uar"), _pct(row, scope, "uar"), _pct(row, scope, "accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -317,7 +318,9 @@ def render_markdown(rows: Sequence[Row], image: Optional[str] = "report.png") ->
             "cross-corpus: the target corpus's test speakers, named in each cell (— where a model is "
             "not cross-corpus). "
             "Rows: the workspace's models" + (f", then {n_exps} DVC experiment(s), each with the models "
-                                              "whose metrics it changed." if n_exps else "."), ""]
+                                              "whose metrics it changed." if n_exps else ".") + " "
+            "Computed with: the torch threads, device and precision of the runs (runs are bit-for-bit "
+            "comparable only when these are equal; classical models record none).", ""]
     if image:
         text += [f"![pooled UAR per model with {level}% confidence intervals]({image})", ""]
     return "\n".join(text + lines) + "\n"

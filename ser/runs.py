@@ -11,8 +11,13 @@ study has one) does not run the cells beyond its count: they record
 `not_run.json` with the reason and finish at once, and the summary skips them.
 
 The `bind@<model>` stage writes data/bind/<model>.json: which store a model
-reads and that store's content fingerprint, so a run depends on its own
-features only (a matrix stage cannot look up its model's input and study).
+reads, that store's content fingerprint and the model's run spec (the part of
+params.yaml its runs read, `Params.run_spec`). A run's stages depend on that
+file instead of on params keys (a matrix stage cannot look up its model's
+input, study or objective), so they re-run for their own features and
+settings only: `dvc exp run -S lambda_domain=0.3` reaches the DANN models alone.
+train@ and evaluate@ refuse to run when params.yaml no longer matches the spec
+(`check_spec`), so a result never depends on a value DVC did not track.
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ from ser.fsutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "read_bind", "not_run_reason", "mark_not_run",
-           "is_not_run", "BindError"]
+__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "read_bind", "check_spec", "not_run_reason",
+           "mark_not_run", "is_not_run", "BindError"]
 
 NOT_RUN = "not_run.json"
 
@@ -53,14 +58,16 @@ def parse_run_name(name: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path) -> dict[str, Any]:
-    """data/bind/<model>.json from the store's meta: its path, folds and content fingerprint."""
+def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path,
+               spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """data/bind/<model>.json from the store's meta (its path, folds and content fingerprint)
+    and the model's run spec (`Params.run_spec`)."""
     meta_path = Path(store) / "meta.json"
     if not meta_path.is_file():
         raise BindError(f"{meta_path}: missing; run the precompute stage for {input_kind} first (`dvc repro`)")
     meta = json.loads(meta_path.read_text())
     record = {"model": model, "input": input_kind, "study": study, "store": str(store),
-              "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256")}
+              "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256"), "spec": spec}
     write_json_atomic(out, record)
     log.info("%s reads %s (folds %s)", model, store, record["folds"])
     return record
@@ -75,6 +82,20 @@ def read_bind(path: Path, model: str, input_kind: str, study: str) -> dict[str, 
         raise BindError(f"{path}: binds {record.get('input')}/{record.get('study')}, but params.yaml gives "
                         f"{model} input {input_kind!r} and study {study!r}; run `dvc repro bind@{model}`")
     return record
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}")]
+    return [] if a == b else [f"{where.lstrip('.')} ({b!r} in the bind file, {a!r} in params.yaml)"]
+
+
+def check_spec(bind: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
+    """Raise BindError unless the bind file's run spec is `spec` (params.yaml's, now)."""
+    if bind.get("spec") != spec:
+        diff = _differences(spec, bind.get("spec") or {})
+        raise BindError(f"{path}: params.yaml changed since bind@{bind.get('model')} ran "
+                        f"({'; '.join(diff[:4]) or 'no spec recorded'}); run `dvc repro`, which re-runs it first")
 
 
 def not_run_reason(bind: dict[str, Any], fold: int) -> Optional[str]:

@@ -7,7 +7,6 @@
 - `ensure_writable(...)`: create the output folders and prove a file can be
   written in each *before* the long work starts, so a typo in a path fails in
   a second instead of after the last training epoch.
-- `set_torch_threads(n)`: one place that decides how many threads torch uses.
 """
 from __future__ import annotations
 
@@ -15,14 +14,12 @@ import logging
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NoReturn, Optional
+from typing import Callable, Iterable, NoReturn, Optional
 
 from ser.errors import SerError
 
-__all__ = ["OutputNotWritable", "run_stage", "ensure_writable", "available_cores", "set_torch_threads",
-           "torch_threads"]
+__all__ = ["OutputNotWritable", "run_stage", "ensure_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -70,62 +67,3 @@ def ensure_writable(*folders: str | Path, files: Iterable[str | Path] = ()) -> N
         except OSError as exc:
             raise OutputNotWritable(f"cannot write to {folder}/ ({exc.strerror or exc}); fix the path "
                                     "or its permissions and run again") from None
-
-
-def available_cores() -> int:
-    """CPUs this process may run on: its affinity mask, lowered by a cgroup v2 CPU quota.
-
-    torch counts the machine's cores, so in a container limited to 2 CPUs of a
-    64-core host it would start 64 threads on 2 CPUs.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def set_torch_threads(threads: Optional[int] = None) -> int:
-    """Set torch's intra-op threads and return the number.
-
-    threads: `train.threads` from params.yaml; None means OMP_NUM_THREADS when
-    it is set (an explicit choice, e.g. `OMP_NUM_THREADS=4 dvc queue start -j 2`),
-    else every core this process may use (`available_cores`): DVC runs one
-    stage at a time, so a stage has the machine to itself. When several jobs
-    share the cores (a queue with -j N, another training), give each its share:
-    PyTorch's spinning threads slow down many-fold when oversubscribed.
-    """
-    import torch  # here, so that importing this module stays cheap
-
-    source = "train.threads"
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if env.isdigit() and int(env) > 0:
-            threads, source = int(env), "OMP_NUM_THREADS"
-        else:
-            # `accelerate launch` on a CPU: the processes of one machine share its cores.
-            procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-            threads, source = max(1, available_cores() // max(1, procs)), "available cores"
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    log.info("torch uses %d thread(s) (%s)", threads, source)
-    return threads
-
-
-@contextmanager
-def torch_threads(threads: Optional[int] = None) -> Iterator[int]:
-    """`set_torch_threads` for a block; the previous setting is restored after it (the CLI in-process)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    try:
-        yield set_torch_threads(threads)
-    finally:
-        torch.set_num_threads(previous)

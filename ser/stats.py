@@ -47,14 +47,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv", "concat", "point_metrics",
-           "metrics_from_confusion", "aggregate",
+__all__ = ["compute_metrics", "bootstrap_ci", "Predictions", "read_predictions_csv", "write_predictions_csv",
+           "concat", "point_metrics", "metrics_from_confusion", "aggregate",
            "pooled", "paired_bootstrap", "mcnemar_exact", "holm", "compare_models", "METRIC_NAMES"]
 
 METRIC_NAMES = ("accuracy", "uar", "macro_f1", "cohen_kappa")
@@ -177,7 +177,7 @@ def _aligned(a: Predictions, b: Predictions) -> Predictions:
 def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, UAR, macro-F1 and kappa of a batch of (possibly weighted) confusion matrices (..., k, k).
 
-    The one implementation of these metrics (ser.evaluation.compute_metrics uses
+    The one implementation of these metrics (ser.stats.compute_metrics uses
     it too): UAR averages the classes present in y_true; macro-F1 the classes
     present in y_true or y_pred (F1 0 when never right), as sklearn's
     f1_score(average="macro"); kappa is Cohen's, NaN when one class fills both
@@ -433,3 +433,62 @@ def compare_models(preds: Mapping[str, Predictions], metrics: Sequence[str] = ("
             row[f"{family}_p_holm"] = adjusted[i]["p_holm"]
             row[f"{family}_significant"] = adjusted[i]["significant"]
     return rows
+
+
+# --------------------------------------------------------------------------- per-run metrics
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, UAR, macro-F1, Cohen's kappa, per-class recall/support and the confusion matrix.
+
+    y_true/y_pred are class indices into `labels`. per_class_recall lists only
+    classes present in y_true (the ones UAR averages); support lists all.
+    macro_f1 averages over the classes present in y_true or y_pred.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    k = len(labels)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.shape} vs {y_pred.shape}")
+    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= k):
+        raise ValueError(f"class indices must be in [0, {k}) for labels {list(labels)}")
+    cm = _confusion(y_true, y_pred, k)
+    support = cm.sum(axis=1)
+    present = np.flatnonzero(support)
+    recall = {labels[c]: float(cm[c, c] / support[c]) for c in present}
+    # one implementation of the headline metrics, shared with the bootstrap (ser.stats)
+    headline = {name: float(v) for name, v in metrics_from_confusion(cm).items()}
+    return {
+        **headline,
+        "per_class_recall": recall,
+        "support": {name: int(support[c]) for c, name in enumerate(labels)},
+        "confusion": cm.tolist(),
+        "labels": list(labels),
+        "n": int(len(y_true)),
+    }
+
+
+def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int],
+                 metric: Union[str, Callable[[np.ndarray, np.ndarray], float]] = "uar",
+                 n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of `metric` (a name of ser.stats.METRIC_NAMES, computed as
+    metrics_from_confusion does, or a callable (y_true, y_pred) -> float) over utterances."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) == 0 or n < 1:
+        return float("nan"), float("nan")
+    if isinstance(metric, str):
+        k = int(max(y_true.max(), y_pred.max())) + 1
+
+        def fn(t: np.ndarray, p: np.ndarray) -> float:
+            return float(metrics_from_confusion(_confusion(t, p, k))[metric])
+    else:
+        fn = metric
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n)
+    for b in range(n):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        stats[b] = fn(y_true[idx], y_pred[idx])
+    tail = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(stats, [tail, 1.0 - tail])
+    return float(lo), float(hi)

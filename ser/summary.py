@@ -37,6 +37,7 @@ from ser.config import Params
 from ser.evaluation import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
                             plot_layer_weights, write_metrics_json)
 from ser.runs import is_not_run, parse_run_name, run_name
+from ser.runtime import describe_runtimes
 from ser.stats import Predictions, aggregate, compare_models, concat, pooled, read_predictions_csv
 
 log = logging.getLogger(__name__)
@@ -361,17 +362,30 @@ def _parameters(models_dir: Path, name: str) -> dict[str, Any]:
     return {}
 
 
+def computed_with(params: Params, models_dir: Path, name: str) -> str:
+    """The threads, device and precision of a model's runs (their meta.json `runtime`), as one label."""
+    from ser.checkpoint import META
+
+    records = []
+    for fold in params.folds:
+        for seed in params.seeds:
+            meta = _read_json(Path(models_dir) / name / run_name(fold, seed) / META)
+            if meta is not None:
+                records.append(meta.get("runtime"))
+    return describe_runtimes(records)
+
+
 def _results_lines(params: Params, aggregates: dict[str, dict[str, Any]], models_dir: Path,
                    live_dir: Optional[Path]) -> list[str]:
     level = round(100 * params.evaluation.ci)
     lines = ["| Model | Test set | Runs | UAR | WA | Macro-F1 | Kappa | Pooled UAR | Pooled WA "
-             "| Parameters (total / trainable) | Training time (all runs) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Parameters (total / trainable) | Training time (all runs) | Computed with |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in params.models:
         counts = _parameters(models_dir, name)
         for scope, agg in aggregates[name].items():
             if agg.get("skipped"):
-                lines.append(f"| {name} | {agg['test_set']} | — | no test data | | | | | | | |")
+                lines.append(f"| {name} | {agg['test_set']} | — | no test data | | | | | | | | |")
                 continue
             runs = f"{len(agg['folds'])} fold(s) x {len(agg['seeds'])} seed(s)"
             flag = ""
@@ -381,7 +395,8 @@ def _results_lines(params: Params, aggregates: dict[str, dict[str, Any]], models
                 f"| {name} | {agg['test_set']} | {runs} | {_mean_std(agg, 'uar')}{flag} | {_mean_std(agg, 'accuracy')} "
                 f"| {_mean_std(agg, 'macro_f1')} | {_mean_std(agg, 'cohen_kappa')} | {_pooled(agg, 'uar', level)} "
                 f"| {_pooled(agg, 'accuracy', level)} | {_count(counts.get('total'))} / "
-                f"{_count(counts.get('trainable'))} | {_duration(_train_seconds(params, live_dir, name))} |")
+                f"{_count(counts.get('trainable'))} | {_duration(_train_seconds(params, live_dir, name))} "
+                f"| {agg.get('computed_with', '—')} |")
     return lines
 
 
@@ -512,6 +527,10 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
     plots_dir = Path(plots_dir) if plots_dir is not None else Path("plots")
     runs = collect_runs(params, metrics_dir, models_dir, plots_dir)
     aggregates = aggregate_all(params, runs)
+    for name, scopes in aggregates.items():  # runs are bit-for-bit comparable only under equal runtimes
+        label = computed_with(params, models_dir, name)
+        for record in scopes.values():
+            record["computed_with"] = label
     weights = aggregate_layer_weights(params, metrics_dir)
     if aggregate_out is not None:
         write_metrics_json(Path(aggregate_out), {"models": aggregates, "layer_weights": weights})

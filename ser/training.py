@@ -31,7 +31,6 @@ starts a single process). Only the main process writes files.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -46,13 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-import ser
+from ser import codegraph
 from ser.augment import spec_augment
 from ser.config import ModelParams, Params, TrainParams
 from ser.stores import fold_root
 from ser.data import FeatureDataset, epoch_seed, make_loader, max_samples_for
-from ser.evaluation import compute_metrics
-from ser.fsutil import source_fingerprint, write_json_atomic
+from ser.fsutil import write_json_atomic
+from ser.runtime import runtime_record
+from ser.stats import compute_metrics
 from ser.stores import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,7 @@ __all__ = ["train_model", "CrossEntropy", "DomainAdversarial", "make_objective",
            "code_fingerprint", "class_weights", "make_accelerator", "TrainingInterrupted"]
 
 STATE_FILE = "state.pt"
-# Random encoder presets are materialised inside the model directory, so that
-# models/<name> alone is enough to rebuild the model (ser.evaluation does).
-BACKBONE_CACHE = "backbone"
 BEST_DIR = "best"  # inside resume_dir: the best epoch so far, copied to out_dir at the end
-# Modules of the `ser` package that cannot change a training result (CLI, demo
-# audio, downloads, inference, reports); every other .py file of the package is
-# hashed into the resume fingerprint. Erring towards hashing too much only
-# costs a restart; hashing too little resumes epochs trained by other code.
-_CODE_NOT_IN_FINGERPRINT = frozenset({"cli.py", "demo.py", "download.py", "predict.py", "report.py"})
 _AUGMENT_STREAM = 1  # epoch_seed key of the SpecAugment generator (independent of batch order and dropout)
 Batch = dict[str, torch.Tensor]
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -206,24 +198,18 @@ def _set_determinism(train: TrainParams) -> None:
 
 
 def code_fingerprint() -> str:
-    """sha256 of the `ser` package's source files that can change a training result.
-
-    Every .py file of the installed package except _CODE_NOT_IN_FINGERPRINT,
-    keyed by its path inside the package: a run killed under one version of
-    the trainer or models never resumes under another.
-    """
-    return source_fingerprint(Path(ser.__file__).resolve().parent, exclude=_CODE_NOT_IN_FINGERPRINT)
+    """sha256 of the package source that this trainer runs: the import closure of ser.training
+    (ser.codegraph, the same closure dvc.yaml's train@ deps must cover). A run killed under one
+    version of the trainer or models never resumes under another; editing a report does not restart it."""
+    return codegraph.code_fingerprint(__name__)
 
 
-def fingerprint(params: Params, name: str, feature_meta: dict[str, Any]) -> str:
-    """sha256 of everything that determines the training result (resume only on a match):
-    model params, seed, labels, feature meta, trainer knobs and the training code."""
-    mp = params.models[name]
-    payload: dict[str, Any] = {"model": dataclasses.asdict(mp), "seed": params.seed, "fold": params.fold,
-                               "labels": list(params.study(mp.study).labels), "features": feature_meta,
-                               "bucket_by_length": params.train.bucket_by_length, "code": code_fingerprint()}
-    if mp.objective == "dann":
-        payload.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
+def fingerprint(params: Params, name: str, feature_meta: dict[str, Any], runtime: dict[str, Any]) -> str:
+    """sha256 of everything that determines the training result (resume only on a match): the model's
+    run spec (`Params.run_spec`, what bind@ records), seed, fold, feature meta, the training code and
+    the runtime record (threads, device, precision, torch: ser.runtime.runtime_record)."""
+    payload: dict[str, Any] = {"spec": params.run_spec(name), "seed": params.seed, "fold": params.fold,
+                               "features": feature_meta, "code": code_fingerprint(), "runtime": runtime}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -320,7 +306,7 @@ def _save_resume(resume_dir: Path, model: nn.Module, state: dict[str, Any]) -> N
     (resume_dir / "fingerprint.txt").write_text(state["fingerprint"] + "\n")
 
 
-def _load_resume(resume_dir: Path, expected: str) -> Optional[dict[str, Any]]:
+def _load_resume(resume_dir: Path, expected: str, runtime: dict[str, Any]) -> Optional[dict[str, Any]]:
     path = resume_dir / STATE_FILE
     if not path.is_file():
         return None
@@ -330,7 +316,13 @@ def _load_resume(resume_dir: Path, expected: str) -> Optional[dict[str, Any]]:
         log.warning("%s is unreadable (%s): starting fresh", path, exc)
         return None
     if state.get("fingerprint") != expected:
-        log.info("%s: fingerprint differs from the current params/features/code: starting fresh", path)
+        if state.get("runtime") not in (None, runtime):
+            # Never mix: epochs computed with other threads or on another device would not add up
+            # to the weights of either an uninterrupted run here or one there.
+            log.warning("%s: the saved epochs ran with %s, this run uses %s: starting fresh rather than "
+                        "mixing them", path, state["runtime"], runtime)
+        else:
+            log.info("%s: fingerprint differs from the current params/features/code: starting fresh", path)
         return None
     return state
 
@@ -413,7 +405,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     """
     from dvclive import Live
 
-    from ser.checkpoint import load_checkpoint, save_checkpoint
+    from ser.checkpoint import BACKBONE_CACHE, load_checkpoint, save_checkpoint
     from ser.models import build_model
 
     features_root, out_dir, resume_dir, live_dir = map(Path, (features_root, out_dir, resume_dir, live_dir))
@@ -425,12 +417,13 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     dann = mp.objective == "dann"
     store_root = fold_root(features_root, mp.input, mp.study, params.fold, mp.store_key)
     data = _Data(params, mp, store_root)
-    fp = fingerprint(params, name, data.meta)
 
     accelerator = make_accelerator(params.train)
     main = accelerator.is_main_process
     _set_determinism(params.train)
-    state = _load_resume(resume_dir, fp)
+    runtime = runtime_record(accelerator.device, accelerator.mixed_precision)
+    fp = fingerprint(params, name, data.meta, runtime)
+    state = _load_resume(resume_dir, fp, runtime)
     if state is None and main:
         for stale in (out_dir, resume_dir):
             if stale.exists():
@@ -439,10 +432,11 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     accelerator.wait_for_everyone()
 
     _seed_everything(params.seed)
-    n_mels = int(data.train_set.store.array.shape[1]) if mp.input == "mels" else params.features.n_mels
+    # The mel bands come from the store: the trainer reads no params outside the run spec.
+    mels = {"n_mels": int(data.train_set.store.array.shape[1])} if mp.input == "mels" else {}
     with accelerator.main_process_first():  # the main process writes the random-backbone cache
-        model = build_model(mp, len(labels), with_domain_head=dann, n_mels=n_mels,
-                            cache_dir=out_dir / BACKBONE_CACHE, name=name)
+        model = build_model(mp, len(labels), with_domain_head=dann, cache_dir=out_dir / BACKBONE_CACHE, name=name,
+                            **mels)
     frontend = getattr(model, "frontend", None)
     if frontend is not None and int(data.meta.get("sample_rate", 0)) != frontend.sampling_rate:
         raise ValueError(f"{store_root}/meta.json: waveforms at {data.meta.get('sample_rate')} Hz, but "
@@ -498,8 +492,10 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
     total_steps = max(1, mp.epochs * steps_per_epoch)
     # save_checkpoint adds model_params, build arguments and parameter counts itself.
     # No wall-clock figures here: meta.json must be identical across identical runs.
+    # runtime: the threads, device and precision the weights were computed with (bit-for-bit
+    # comparable runs have equal records; `ser report` shows it).
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": data.meta,
-            "fold": params.fold, "seed": params.seed}
+            "fold": params.fold, "seed": params.seed, "runtime": runtime}
     if dann:
         meta.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
     step.train()
@@ -564,7 +560,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
             _save_resume(resume_dir, net, {
                 "epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "best": best, "history": history, "train_seconds": train_seconds, "fingerprint": fp,
+                "best": best, "history": history, "train_seconds": train_seconds, "fingerprint": fp, "runtime": runtime,
                 "patience": mp.patience, "stopped_early": stopped_early})
             log.info("wrote resume state for epoch %d to %s", epoch + 1, resume_dir)
         accelerator.wait_for_everyone()

@@ -1,7 +1,8 @@
-"""bind@<model>: record which feature store a model reads, and that store's fingerprint.
+"""bind@<model>: record which feature store a model reads, its fingerprint, and the model's run spec.
 
-data/bind/<model>.json changes only when the model's own store does, so the
-model's train@ cells re-run for their features and no others.
+data/bind/<model>.json changes only when the model's own store or the params
+its runs read (`Params.run_spec`) do, so the model's train@ and evaluate@ cells
+re-run for their own features and settings and no others.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     ensure_writable(files=[args.out])
-    key = load_params(args.params).models[args.model].store_key
-    write_bind(args.model, args.input, args.study, args.store / key if key else args.store, args.out)
+    params = load_params(args.params)
+    key = params.models[args.model].store_key
+    write_bind(args.model, args.input, args.study, args.store / key if key else args.store, args.out,
+               spec=params.run_spec(args.model))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if 
 
 from ser.config import load_params
 from ser.logutil import setup_logging
-from ser.runs import NOT_RUN, is_not_run, mark_not_run
-from ser.stageutil import ensure_writable, run_stage, set_torch_threads
+from ser.runs import NOT_RUN, check_spec, is_not_run, mark_not_run, read_bind
+from ser.runtime import set_torch_threads
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,12 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="a key under `models:` in params.yaml")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model-dir", type=Path, required=True, help="models/<model>/f<k>-s<seed>")
+    ap.add_argument("--bind", type=Path, help="data/bind/<model>.json: checked against params.yaml when given")
     ap.add_argument("--features", type=Path, default=Path("data/features"))
     ap.add_argument("--metrics-dir", type=Path, required=True, help="<scope>.json per test set")
     ap.add_argument("--plots-dir", type=Path, required=True, help="<scope>.csv and <scope>.png per test set")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    if args.bind is not None and args.model in params.models:
+        mp = params.models[args.model]
+        check_spec(read_bind(args.bind, args.model, mp.input, mp.study), params.run_spec(args.model), args.bind)
     ensure_writable(args.metrics_dir, args.plots_dir)
     if is_not_run(args.model_dir):
         import json

@@ -15,7 +15,8 @@ from ser.config import load_params
 from ser.embeddings import precompute_embeddings
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging
-from ser.stageutil import ensure_writable, run_stage, set_torch_threads
+from ser.runtime import set_torch_threads
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:

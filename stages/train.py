@@ -14,8 +14,9 @@ import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if 
 
 from ser.config import load_params
 from ser.logutil import setup_logging
-from ser.runs import mark_not_run, not_run_reason, read_bind
-from ser.stageutil import ensure_writable, run_stage, set_torch_threads
+from ser.runs import check_spec, mark_not_run, not_run_reason, read_bind
+from ser.runtime import set_torch_threads
+from ser.stageutil import ensure_writable, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     mp = params.models[args.model]
     # Before the first epoch, not after the last: a bad path fails in a second.
     ensure_writable(args.out_dir, args.resume_dir, args.live_dir, files=[args.timing] if args.timing else [])
-    reason = not_run_reason(read_bind(args.bind, args.model, mp.input, mp.study), args.fold)
+    bind = read_bind(args.bind, args.model, mp.input, mp.study)
+    check_spec(bind, params.run_spec(args.model), args.bind)  # the params DVC tracked for this run
+    reason = not_run_reason(bind, args.fold)
     if reason:
         mark_not_run(reason, [args.out_dir], [args.live_dir / "metrics.json", *([args.timing] if args.timing else [])],
                      empty_dirs=[args.live_dir / "plots"])

@@ -273,15 +273,9 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache, monkeypatch):
     assert "timing" not in store_meta and '"seconds' not in json.dumps(store_meta)
     # A store computed by other embedding code is rebuilt, not reused.
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is True
-    import ser
     import ser.embeddings
 
-    fake = tmp_path / "pkg"
-    for rel in ser.embeddings.EMBEDDING_CODE:
-        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
-        (fake / rel).write_text("# another version of the embedding code\n")
-    (fake / "__init__.py").write_text("")
-    monkeypatch.setattr(ser, "__file__", str(fake / "__init__.py"))
+    monkeypatch.setattr(ser.embeddings, "code_fingerprint", lambda *entries: "another version of the code")
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
 
 

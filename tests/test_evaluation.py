@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from ser.config import load_params
-from ser.evaluation import (bootstrap_ci, compute_metrics, metrics_record, plot_confusion, model_scopes,
-                            write_metrics_json)
-from ser.stats import Predictions, write_predictions_csv
+from ser.evaluation import metrics_record, model_scopes, plot_confusion, write_metrics_json
+from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 

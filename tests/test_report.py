@@ -27,6 +27,9 @@ def _aggregate(uar: float, ci: tuple[float, float] | None = (0.0, 1.0), *, corpu
             "pooled": pooled, "test_sets": "disjoint", "single_class_runs": list(single)}
 
 
+RUNTIME = "2 threads, cpu, torch 2.13.0"  # ser.runtime.describe_runtimes of the runs' records
+
+
 def _write_aggregate(metrics: Path, models: dict) -> None:
     metrics.mkdir(parents=True, exist_ok=True)
     (metrics / "aggregate.json").write_text(json.dumps({"models": models}))
@@ -35,8 +38,8 @@ def _write_aggregate(metrics: Path, models: dict) -> None:
 def test_workspace_report_from_metrics_files_without_dvc(tmp_path):
     metrics = tmp_path / "metrics"
     _write_aggregate(metrics, {
-        "dann": {"in_domain": _aggregate(0.6, (0.55, 0.65), corpus="iemocap"),
-                 "target": _aggregate(0.45, (0.40, 0.50), corpus="ravdess")},
+        "dann": {"in_domain": {**_aggregate(0.6, (0.55, 0.65), corpus="iemocap"), "computed_with": RUNTIME},
+                 "target": {**_aggregate(0.45, (0.40, 0.50), corpus="ravdess"), "computed_with": RUNTIME}},
         "qlora": {"in_domain": _aggregate(0.7, None, std=None, n_runs=1)},  # no interval, no cross-corpus
         "baseline": {"in_domain": {**_aggregate(0.5), "pooled": {**_aggregate(0.5, (0.45, 0.55))["pooled"],
                                                                   "uar": None}},
@@ -72,12 +75,12 @@ def test_workspace_report_from_metrics_files_without_dvc(tmp_path):
     assert "![pooled UAR per model with 95% confidence intervals](report.png)" in text
     lines = [line for line in text.splitlines() if line.startswith("| workspace")]
     assert len(lines) == 4
-    assert ("| workspace | — | dann | 59.0% ± 2.0 (n=2) | 60.0% [55.0, 65.0] | 61.0% [56.0, 66.0] "
+    assert ("| workspace | — | dann | 2 threads, cpu, torch 2.13.0 | 59.0% ± 2.0 (n=2) | 60.0% [55.0, 65.0] | 61.0% [56.0, 66.0] "
             "| 44.0% ± 2.0 (n=2) | 45.0% [40.0, 50.0] on ravdess | 46.0% [41.0, 51.0] on ravdess |") in text
-    assert "| workspace | — | qlora | 69.0% (n=1) | 70.0% | 71.0% | — | — | — |" in text
-    assert ("| workspace | — | baseline | 49.0% ± 2.0 (n=2) | — | 51.0% [46.0, 56.0] | 24.0% ± 2.0 (n=2) "
+    assert "| workspace | — | qlora | — | 69.0% (n=1) | 70.0% | 71.0% | — | — | — |" in text
+    assert ("| workspace | — | baseline | — | 49.0% ± 2.0 (n=2) | — | 51.0% [46.0, 56.0] | 24.0% ± 2.0 (n=2) "
             "| 25.0% [25.0, 25.0] on ravdess (single class in f2-s1337) | 26.0% [26.0, 26.0] on ravdess |") in text
-    assert ("| workspace | — | egemaps_svm | — | no test data | no test data | 34.0% ± 2.0 (n=2) "
+    assert ("| workspace | — | egemaps_svm | — | — | no test data | no test data | 34.0% ± 2.0 (n=2) "
             "| 35.0% [30.0, 40.0] on ravdess |") in text
     assert "matrix_crnn" not in text
     image = matplotlib.image.imread(png)
@@ -128,14 +131,14 @@ def test_cli_report_with_experiments(exp_repo, tmp_path):
                  "--repo", str(exp_repo)]) == 0
     text = (out / "report.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| Run | Changed params | Model | in-domain UAR over runs "
+    assert table[0].startswith("| Run | Changed params | Model | Computed with | in-domain UAR over runs "
                                "| in-domain pooled UAR [95% CI] | in-domain pooled accuracy |")
     assert [line.split(" | ")[:3] for line in table[1:]] == [
         ["| workspace", "—", "baseline"], ["| workspace", "—", "dann"], ["| workspace", "—", "qlora"],
         ["| lam-0.3", "lambda_domain=0.3", "dann"]]
-    assert ("| lam-0.3 | lambda_domain=0.3 | dann | 59.6% ± 1.0 (n=2) | 60.6% [55.6, 65.6] | 63.6% [58.6, 68.6] "
+    assert ("| lam-0.3 | lambda_domain=0.3 | dann | — | 59.6% ± 1.0 (n=2) | 60.6% [55.6, 65.6] | 63.6% [58.6, 68.6] "
             "| 42.0% ± 1.0 (n=2) | 43.0% [38.0, 48.0] on ravdess | 46.0% [41.0, 51.0] on ravdess |") in text
-    assert "| workspace | — | dann | 60.0% ± 1.0 (n=2) | 61.0% [56.0, 66.0] |" in text  # lambda_domain 0.5
+    assert "| workspace | — | dann | — | 60.0% ± 1.0 (n=2) | 61.0% [56.0, 66.0] |" in text  # lambda_domain 0.5
     assert "lam-0.1" not in text
     assert matplotlib.image.imread(out / "report.png").shape[0] > 150
 
@@ -146,7 +149,7 @@ def test_rows_render_in_order_with_labels():
     text = render_markdown(rows, image=None)
     assert "![" not in text
     assert text.index("| workspace |") < text.index(
-        "| exp-a | lambda_domain=0.1 | dann | — | — | — | 39.0% ± 2.0 (n=2) | 40.0% | 41.0% |")
+        "| exp-a | lambda_domain=0.1 | dann | — | — | — | — | 39.0% ± 2.0 (n=2) | 40.0% | 41.0% |")
     assert rows[1].label == "dann @ exp-a (lambda_domain=0.1)" and rows[0].label == "dann"
 
 

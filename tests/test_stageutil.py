@@ -11,7 +11,8 @@ import torch
 
 from ser.config import TrainParams
 from ser.errors import SerError
-from ser.stageutil import OutputNotWritable, ensure_writable, run_stage, set_torch_threads, torch_threads
+from ser.runtime import set_torch_threads, torch_threads
+from ser.stageutil import OutputNotWritable, ensure_writable, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def restore_threads():
 
 
 def test_set_torch_threads(monkeypatch, restore_threads):
-    import ser.stageutil as su
+    import ser.runtime as su
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -97,6 +98,6 @@ def test_set_torch_threads(monkeypatch, restore_threads):
 
 
 def test_available_cores_is_at_least_one_and_at_most_the_affinity():
-    from ser.stageutil import available_cores
+    from ser.runtime import available_cores
 
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))

@@ -39,7 +39,7 @@ def test_metrics_match_sklearn_and_hand_definitions(seed):
     y_true, one never predicted, and the single-class edge case."""
     from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
-    from ser.evaluation import compute_metrics
+    from ser.stats import compute_metrics
 
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, 3, 50)  # "sad" never occurs

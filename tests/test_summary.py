@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ser.config import parse_params
-from ser.evaluation import compute_metrics, metrics_record, model_fingerprint, write_metrics_json
+from ser.evaluation import metrics_record, model_fingerprint, write_metrics_json
+from ser.stats import compute_metrics
 from ser.runs import mark_not_run, run_name
 from ser.stats import Predictions, write_predictions_csv
 from ser.summary import collect_runs, prune_stale_outputs, write_summary

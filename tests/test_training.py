@@ -24,7 +24,7 @@ from ser.config import (CrnnParams, EncoderParams, ModelParams, OptimParams, Par
                         TrainParams, load_params, parse_params)
 from ser.evaluation import evaluate_model
 from ser.stores import IndexRow, StoreError, fold_root, write_meta, write_store
-from ser.training import TrainingInterrupted, class_weights, code_fingerprint, train_model
+from ser.training import TrainingInterrupted, class_weights, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -447,23 +447,23 @@ def test_changed_code_starts_fresh(base_params, features, tmp_path, monkeypatch,
     assert "fingerprint differs" in caplog.text
 
 
-def test_code_fingerprint_covers_training_code_not_reports(tmp_path, monkeypatch):
-    real = code_fingerprint()
-    assert len(real) == 64 and real == code_fingerprint()
-    pkg = tmp_path / "ser"
-    (pkg / "models").mkdir(parents=True)
-    for rel in ("__init__.py", "training.py", "data.py", "models/crnn.py", "report.py", "predict.py", "cli.py"):
-        (pkg / rel).write_text("# v1\n")
-    monkeypatch.setattr(ser, "__file__", str(pkg / "__init__.py"))
-    before = code_fingerprint()
-    for rel in ("report.py", "predict.py", "cli.py"):
-        (pkg / rel).write_text("# v2\n")
-    assert code_fingerprint() == before, "editing a report or the CLI must not restart training"
-    for rel in ("training.py", "data.py", "models/crnn.py", "models/linear.py"):
-        (pkg / rel).write_text("# v2\n")
-        after = code_fingerprint()
-        assert after != before, rel
-        before = after
+def test_thread_count_is_recorded_and_a_resume_never_mixes_two(base_params, features, tmp_path, caplog):
+    """Weights depend on torch's thread count: it is in meta.json, and epochs saved under 1 thread are
+    not continued under 2 (the run starts fresh and says why)."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(TrainingInterrupted):
+            run(base_params, "crnn_ce", features, tmp_path, on_epoch_end=stop_after(1))
+        torch.set_num_threads(2)
+        with caplog.at_level("INFO", logger="ser.training"):
+            result, dirs = run(base_params, "crnn_ce", features, tmp_path)
+    finally:
+        torch.set_num_threads(previous)
+    assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
+    assert "starting fresh rather than mixing them" in caplog.text and "'threads': 1" in caplog.text
+    runtime = json.loads((dirs["models"] / "meta.json").read_text())["runtime"]
+    assert runtime["threads"] == 2 and runtime["device"] == "cpu" and runtime["torch"] == str(torch.__version__)
 
 
 def test_class_weights_inverse_frequency_mean_one():
