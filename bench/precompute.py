@@ -4,7 +4,7 @@
 
 (a) naive: for each file `librosa.load(path, sr=16000)` + `melspectrogram` +
     `power_to_db` (the reference definition), one file after another;
-(b) ours: `ser.features.precompute_mels` on the same files (decode, resample,
+(b) ours: `ser.features.precompute.precompute_mels` on the same files (decode, resample,
     log-mel, fit, train statistics, normalise, write the store) with a worker pool.
 By default N synthetic 1-3 s clips are written to a temp dir, half 48 kHz
 stereo (like RAVDESS masters) and half 16 kHz mono (like IEMOCAP / CREMA-D), so
@@ -36,9 +36,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm at import: keeps the 
 import librosa  # noqa: E402
 
 from ser.config import FeatureParams  # noqa: E402
-from ser.features import fit_frames, normalise, precompute_mels  # noqa: E402
-from ser.manifest import Utterance, manifest_path, write_manifest  # noqa: E402
-from ser.stores import FeatureStore  # noqa: E402
+from ser.data.manifest import Utterance, manifest_path, write_manifest  # noqa: E402
+from ser.features.precompute import fit_frames, normalise, precompute_mels  # noqa: E402
+from ser.features.stores import FeatureStore  # noqa: E402
 
 
 def synth_files(root: Path, n: int, seed: int = 0) -> list[Path]:

@@ -9,7 +9,7 @@
     head_hidden 256), the same batch size and batch order, the same optimizer (AdamW through the
     model's param_groups) and the same random encoder of a real architecture (`random:<preset>`,
     ser.models.encoders.PRESETS), on the CPU:
-      cached      ser.embeddings.embed_clips computes every clip's layer means once (its time is
+      cached      ser.models.embeddings.embed_clips computes every clip's layer means once (its time is
                   reported separately as the one-off cost), then ProbeSER trains on them;
       on the fly  EncoderSER (regime frozen) trains on the zero-padded waveform batches, the
                   encoder running in every step, as the s3prl and SpeechBrain probing recipes do.
@@ -27,7 +27,7 @@
     (data2vec-audio) see zero padding; EncoderSER runs those one clip length at a time, so both
     diagnostics are 0 for every family (`--clip-seconds 3,3`: equal lengths, no padding at all).
 (2) The embedding precompute per hour of audio: a waveform store of --precompute-minutes of
-    synthetic audio is written with ser.stores.write_store and ser.embeddings.precompute_embeddings
+    synthetic audio is written with ser.features.stores.write_store and ser.models.embeddings.precompute_embeddings
     runs on it in a fresh subprocess (on CUDA with bf16 autocast when there is one, as the stage
     does): wall time, embedding time, seconds per hour of audio, and the peak memory: the
     process's peak RSS (VmHWM, see peak_rss_mib) minus a baseline taken after the imports; on
@@ -139,7 +139,7 @@ def train_epochs(model: Any, optimizer: torch.optim.Optimizer, batch_of, labels:
 
 # --------------------------------------------------------------------------- (1) training
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
-    from ser.embeddings import embed_clips
+    from ser.models.embeddings import embed_clips
     from ser.models import build_model
 
     flat, offsets, lengths, labels = synth_clips(args.clips, args.seed, *args.clip_seconds)
@@ -243,7 +243,7 @@ def precompute_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: precompute_embeddings on the store; wall time and peak memory."""
     import transformers
 
-    from ser.embeddings import precompute_embeddings
+    from ser.models.embeddings import precompute_embeddings
     from ser.runtime import resolve_device
     from ser.models.encoders import _classes, encoder_config
 
@@ -273,7 +273,7 @@ def precompute_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_precompute(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from ser.stores import IndexRow, write_store
+    from ser.features.stores import IndexRow, write_store
 
     n = clips_for_minutes(args.precompute_minutes, *args.clip_seconds)
     flat, offsets, lengths, labels = synth_clips(n, args.seed + 1, *args.clip_seconds)

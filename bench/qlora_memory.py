@@ -18,7 +18,7 @@ configurations are the paper profile's (profiles/paper.yaml):
          (ser.models.quant_cache, <cache-dir>/quantized/);
 
 each with gradient checkpointing off and on (layerdrop off, so every run uses
-all 24 layers). A training step is what the trainer does (ser.training:
+all 24 layers). A training step is what the trainer does (ser.train.loop:
 CrossEntropy objective inside the accelerate-prepared step module,
 model.param_groups, AdamW, gradient clipping) on a batch of --batch clips of
 --seconds s of 16 kHz audio; the first step also allocates the optimizer state.
@@ -272,7 +272,8 @@ def run_child(config: str, checkpointing: bool, args: argparse.Namespace) -> dic
 
     from ser.config import TrainParams, load_params
     from ser.models import build_model
-    from ser.training import CrossEntropy, _Step, make_accelerator
+    from ser.train.loop import ObjectiveModule, make_accelerator, train_step
+    from ser.train.objectives import CrossEntropy
     import bitsandbytes  # noqa: F401  (imported before the baseline: it is part of every configuration's imports)
     import peft  # noqa: F401
     import transformers  # noqa: F401
@@ -314,7 +315,7 @@ def run_child(config: str, checkpointing: bool, args: argparse.Namespace) -> dic
     }
 
     optimizer = torch.optim.AdamW(model.param_groups(mp.optim), lr=mp.optim.lr, weight_decay=mp.optim.weight_decay)
-    step = _Step(model)
+    step = ObjectiveModule(model)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     step, optimizer = accelerator.prepare(step, optimizer)
@@ -342,12 +343,7 @@ def run_child(config: str, checkpointing: bool, args: argparse.Namespace) -> dic
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            loss, _ = step(objective, batch, None, 0.0)
-            accelerator.backward(loss)
-            if mp.optim.grad_clip:
-                accelerator.clip_grad_norm_(step.parameters(), mp.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, _ = train_step(accelerator, step, optimizer, objective, batch, None, 0.0, mp.optim.grad_clip)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

@@ -4,13 +4,13 @@
                                [--steps 3] [--crnn-steps 10] [--wave-batch 4] [--n 256]
                                [--device auto|cpu|cuda] [--lengths-from data/features/waves/cross_corpus]
 
-A synthetic feature store is written with ser.stores.write_store into a temp
+A synthetic feature store is written with ser.features.stores.write_store into a temp
 dir at realistic sizes (mels 128 x 300; 16 kHz waves of 1-6 s, lognormal
 lengths), in the layout the trainer reads (<root>/<mels|waves>/<study>/f<fold>/,
 the fold of the params' run).
 Each model of the paper profile (profiles/paper.yaml: the reference
 hyperparameters) is trained for a few steps after warm-up through the
-trainer's own pieces (ser.training: the _Data loaders, accelerate-prepared
+trainer's own pieces (ser.train.loop: the Trainer's loaders, accelerate-prepared
 step module, the model's objective - CrossEntropy or DomainAdversarial - and
 param_groups, its optimizer, gradient clipping), with the hub backbones
 replaced by random weights of the same architecture (no download):
@@ -27,7 +27,7 @@ Model throughput counts every clip a step reads (DANN: source + target
 batch) over the compute time of the timed steps (batches are fetched first,
 so loading is not in it). The loader's throughput is one epoch of the same
 loaders (same store, batch size, bucketing and crops) with no model.
-Padding waste (ser.data.padding_waste) of the EpochBatchSampler's batches is
+Padding waste (ser.features.dataset.padding_waste) of the EpochBatchSampler's batches is
 reported with and without length bucketing on lognormal 1-6 s lengths (and on
 a real waveform store's lengths with --lengths-from).
 Prints tables; writes bench/results/throughput.json (throughput_cuda.json on CUDA).
@@ -58,8 +58,9 @@ import torch  # noqa: E402
 
 from bench.qlora_memory import fit_lora_layers  # noqa: E402
 from ser.config import ModelParams, Params, load_params  # noqa: E402
-from ser.data import EpochBatchSampler, padding_waste  # noqa: E402
-from ser.stores import FeatureStore, IndexRow, fold_root, write_store  # noqa: E402
+from ser.features.dataset import EpochBatchSampler, padding_waste  # noqa: E402
+from ser.features.stores import FeatureStore, IndexRow, write_store  # noqa: E402
+from ser.train.loop import Trainer, set_epoch, target_batches  # noqa: E402
 
 SAMPLE_RATE = 16000
 # Backbones swapped in so the numbers are those of the real architectures' sizes.
@@ -173,15 +174,13 @@ def loader_throughput(data: Any, epochs: int = 2) -> dict[str, float]:
 
     Best of `epochs` passes over the training split (the first may fault pages in).
     """
-    from ser.training import _set_epoch
-
     best = 0.0
     for epoch in range(epochs):
-        _set_epoch(data.train, data.train_set, data.train.batch_sampler, epoch)
+        set_epoch(data.train, data.train_set, data.train.batch_sampler, epoch)
         t0 = time.perf_counter()
         n = sum(_items(b) for b in data.train)
         if data.target is not None:  # DANN draws one target batch per source batch
-            _set_epoch(data.target, data.target_set, data.target.batch_sampler, epoch)
+            set_epoch(data.target, data.target_set, data.target.batch_sampler, epoch)
             n += sum(_items(b) for b in data.target)
         best = max(best, n / (time.perf_counter() - t0))
     return {"samples_per_s": best}
@@ -189,59 +188,41 @@ def loader_throughput(data: Any, epochs: int = 2) -> dict[str, float]:
 
 def model_throughput(params: Params, name: str, features_root: Path, *, steps: int, warmup: int,
                      device: str = "auto", cache_dir: Optional[Path] = None) -> dict[str, Any]:
-    """Train `name` for warmup + steps steps through the trainer's pieces; time the last `steps`."""
-    from ser.models import build_model
-    from ser.training import (_Data, _seed_everything, _set_determinism, _set_epoch, _Step, _target_batches,
-                              make_accelerator, make_objective)
-
+    """Train `name` for warmup + steps steps through the trainer itself (ser.train.loop.Trainer and its
+    `step`, the one optimizer step of every run); time the last `steps`."""
     mp = params.models[name]
-    labels = list(params.study(mp.study).labels)
-    dann = mp.objective == "dann"
-    data = _Data(params, mp, fold_root(features_root, mp.input, mp.study, params.fold))
-    loader = loader_throughput(data)
     train = dataclasses.replace(params.train, device=device) if device != "auto" else params.train
-    accelerator = make_accelerator(train)
-    _set_determinism(params.train)
-    _seed_everything(params.seed)
-    n_mels = int(data.train_set.store.array.shape[1]) if mp.input == "mels" else params.features.n_mels
+    trainer = Trainer(params, name, features_root, train=train)
+    loader = loader_throughput(trainer.data)
     t0 = time.perf_counter()
-    model = build_model(mp, len(labels), with_domain_head=dann, n_mels=n_mels, cache_dir=cache_dir, name=name)
+    trainer.build(cache_dir)
     build_seconds = time.perf_counter() - t0
-    total, trainable = model.count_parameters()
-    optim_cls = torch.optim.AdamW if mp.optim.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(model.param_groups(mp.optim), lr=mp.optim.lr, weight_decay=mp.optim.weight_decay)
-    step = _Step(model)
-    loaders = [data.train] + ([data.target] if dann else [])
-    step, optimizer, *loaders = accelerator.prepare(step, optimizer, *loaders)
-    objective = make_objective(params, mp)
+    total, trainable = trainer.parameters
+    trainer.prepare()
+    accelerator, data = trainer.accelerator, trainer.data
 
     # Fetch the batches first: the timed loop measures what the model consumes, not loading.
-    _set_epoch(loaders[0], data.train_set, data.train.batch_sampler, 0)
+    set_epoch(trainer.train_loader, data.train_set, trainer.train_sampler, 0)
     needed = warmup + steps
     batches = []
     while len(batches) < needed:  # small stores: wrap around into the next epoch
-        for batch in loaders[0]:
+        for batch in trainer.train_loader:
             batches.append(batch)
             if len(batches) == needed:
                 break
-        _set_epoch(loaders[0], data.train_set, data.train.batch_sampler, len(batches))
+        set_epoch(trainer.train_loader, data.train_set, trainer.train_sampler, len(batches))
     targets = None
-    if dann:
-        stream = _target_batches(loaders[1], data.target_set, data.target.batch_sampler, 0)
+    if trainer.dann:
+        stream = target_batches(trainer.target_loader, data.target_set, trainer.target_sampler, 0)
         targets = [next(stream) for _ in range(needed)]
-    step.train()
+    trainer.step_module.train()
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
     seconds, clips, audio_s = 0.0, 0, 0.0
     for i in range(needed):
         target = targets[i] if targets else None
         sync()
         t0 = time.perf_counter()
-        loss, _ = step(objective, batches[i], target, i / needed)
-        accelerator.backward(loss)
-        if mp.optim.grad_clip:
-            accelerator.clip_grad_norm_(step.parameters(), mp.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        trainer.step(batches[i], target, i / needed)
         sync()
         if i >= warmup:
             seconds += time.perf_counter() - t0
@@ -265,7 +246,7 @@ def model_throughput(params: Params, name: str, features_root: Path, *, steps: i
                           if mp.input == "waves" else None),
     }
     result["loader_over_model"] = result["loader_samples_per_s"] / result["samples_per_s"]
-    del model, step, optimizer, loaders, batches, targets
+    del trainer, batches, targets
     gc.collect()
     return result
 

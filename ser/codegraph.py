@@ -8,8 +8,8 @@ truth for "the code that determines a result":
 
 - `dvc.yaml`: every stage lists deps that cover its script's closure;
   tests/test_codegraph.py computes the closures and fails on a missing one;
-- the trainer's resume fingerprint hashes the closure of `ser.training`;
-- an embedding store's stamp hashes the closure of `ser.embeddings`.
+- the trainer's resume fingerprint hashes the closure of `ser.train.loop`;
+- an embedding store's stamp hashes the closure of `ser.models.embeddings`.
 
 Only source files count: `__pycache__` and other generated files are never
 part of a closure (and `.dvcignore` keeps them out of DVC's folder hashes).
@@ -88,7 +88,7 @@ def _with_parents(name: str) -> list[str]:
 def closure(*entries: str | Path, root: Path = PACKAGE_ROOT) -> list[Path]:
     """Every package source file the entries run when imported, sorted.
 
-    entries: module names (`ser.training`) or paths of scripts or modules
+    entries: module names (`ser.train.loop`) or paths of scripts or modules
     (`stages/train.py`). A script itself is not part of its closure; a module is.
     """
     files: set[Path] = set()

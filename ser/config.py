@@ -62,7 +62,7 @@ class CorpusParams:
 
 @dataclass(frozen=True)
 class DemoParams:
-    """The synthetic demo corpora (see ser.demo)."""
+    """The synthetic demo corpora (see ser.data.demo)."""
     seed: int
     clips_per_speaker: dict[str, int]
 
@@ -193,7 +193,7 @@ class SplitParams:
 class FeatureParams:
     """Log-mel and waveform settings (analysis defaults follow the reference study).
 
-    Front end (ser.audio.condition, applied to every store kind and at
+    Front end (ser.features.audio.condition, applied to every store kind and at
     inference, after the skip checks on the decoded clip):
       trim_db        trim leading/trailing audio whose 25 ms frame power is more
                      than trim_db below the clip's loudest frame (as librosa's
@@ -230,7 +230,7 @@ class FeatureParams:
                      statistics, as under "train", so silence reads the same
                      for every speaker (and carries no speaker's level).
                      `ser predict` has no speaker: it uses the file's own
-                     statistics (ser.features.mel_input).
+                     statistics (ser.features.precompute.mel_input).
 
     Defaults, from a proxy (per-clip log-mel statistics + logistic regression,
     4 classes, EmoDB <-> RAVDESS actors 01-12; a level gap of 18 dB between
@@ -455,7 +455,7 @@ class SpecAugmentParams:
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    """The classical baseline (arch `linear`, ser.classical): a linear classifier on openSMILE functionals.
+    """The classical baseline (arch `linear`, ser.models.linear): a linear classifier on openSMILE functionals.
 
     C: the grid of inverse regularisation strengths; the one with the best
     validation UAR is kept (ties: the smaller C). standardise: z-score with the

@@ -8,8 +8,13 @@ catch it.
 """
 from __future__ import annotations
 
-__all__ = ["SerError"]
+__all__ = ["SerError", "CheckpointError"]
 
 
 class SerError(Exception):
     """An expected error: bad params, missing or inconsistent data, an unusable path."""
+
+
+class CheckpointError(ValueError, SerError):
+    """A model folder (torch checkpoint or linear model) is missing, incomplete, or does not match the
+    model it describes."""

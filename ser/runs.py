@@ -84,18 +84,27 @@ def read_bind(path: Path, model: str, input_kind: str, study: str) -> dict[str, 
     return record
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}")]
-    return [] if a == b else [f"{where.lstrip('.')} ({b!r} in the bind file, {a!r} in params.yaml)"]
+    return [] if a == b else [f"{where.lstrip('.')}: {_short(b)} in the bind file, {_short(a)} in params.yaml"]
 
 
 def check_spec(bind: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
     """Raise BindError unless the bind file's run spec is `spec` (params.yaml's, now)."""
-    if bind.get("spec") != spec:
-        diff = _differences(spec, bind.get("spec") or {})
-        raise BindError(f"{path}: params.yaml changed since bind@{bind.get('model')} ran "
-                        f"({'; '.join(diff[:4]) or 'no spec recorded'}); run `dvc repro`, which re-runs it first")
+    if bind.get("spec") == spec:
+        return
+    if not bind.get("spec"):
+        why = "it records no run spec (written by an older version)"
+    else:
+        diff = _differences(spec, bind["spec"])
+        why = "params.yaml changed since: " + "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+    raise BindError(f"{path}: {why}; run `dvc repro`, which re-runs bind@{bind.get('model')} first")
 
 
 def not_run_reason(bind: dict[str, Any], fold: int) -> Optional[str]:

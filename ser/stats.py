@@ -259,7 +259,7 @@ def _interval(stats: np.ndarray, ci: float) -> list[Optional[float]]:
 
 
 def _ci_key(name: str, ci: float) -> str:
-    return f"{name}_ci{round(ci * 100)}"  # as in ser.evaluation.metrics_record, so the summary reads both
+    return f"{name}_ci{round(ci * 100)}"  # as in ser.eval.evaluate.metrics_record, so the summary reads both
 
 
 def _float_or_none(x: float) -> Optional[float]:
@@ -270,7 +270,7 @@ def _float_or_none(x: float) -> Optional[float]:
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean and sample std (ddof=1) of per-run metrics over folds and seeds.
 
-    `runs` are metrics records (ser.evaluation.metrics_record) with "fold" and
+    `runs` are metrics records (ser.eval.evaluate.metrics_record) with "fold" and
     "seed" added, all of one model and test set. A metric undefined (null) in
     any run gets a null mean: averaging the others would hide the failed run.
     std is null with a single run.

@@ -7,8 +7,8 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
+from ser.data.metadata import build_manifests, corpus_roots, write_outputs
 from ser.logutil import setup_logging
-from ser.metadata import build_manifests, corpus_roots, write_outputs
 from ser.stageutil import ensure_writable, run_stage
 
 

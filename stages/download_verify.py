@@ -11,7 +11,7 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
-from ser.download import fetch_and_verify, write_json_atomic
+from ser.data.download import fetch_and_verify, write_json_atomic
 from ser.logutil import setup_logging
 from ser.stageutil import ensure_writable, run_stage
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
                      [args.metrics_dir], empty_dirs=[args.plots_dir])
         return
     set_torch_threads(params.train.threads)
-    from ser.evaluation import evaluate_model_scopes
+    from ser.eval.evaluate import evaluate_model_scopes
 
     evaluate_model_scopes(params, args.model, args.model_dir, args.features, args.metrics_dir, args.plots_dir)
 

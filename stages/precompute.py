@@ -1,7 +1,7 @@
 """Stages precompute-<kind>: one feature store per study.
 
 data/manifests/<study>/f<k>.csv -> <out-dir>/<study>/{meta.json,clips.npy,clips.csv,f<k>/} + report JSON
-(every clip once; one index folder per fold, see ser.stores).
+(every clip once; one index folder per fold, see ser.features.stores).
 --kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the encoder models;
 --kind egemaps / compare: openSMILE functionals for the classical baseline.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
+from ser.features.precompute import precompute_mels, precompute_smile, precompute_waves
 from ser.fsutil import write_json_atomic
-from ser.features import precompute_mels, precompute_smile, precompute_waves
 from ser.logutil import setup_logging
 from ser.stageutil import ensure_writable, run_stage
 

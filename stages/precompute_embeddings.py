@@ -1,6 +1,6 @@
 """Stage precompute-embeddings: each frozen-encoder probe's encoder run once per clip.
 
-data/features/waves/<study> -> data/features/embeddings/<study>/<key>/ (see ser.embeddings) for every
+data/features/waves/<study> -> data/features/embeddings/<study>/<key>/ (see ser.models.embeddings) for every
 (study, encoder) the store plan lists; up-to-date sub-stores are kept, others removed.
 """
 import argparse
@@ -12,9 +12,9 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
-from ser.embeddings import precompute_embeddings
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging
+from ser.models.embeddings import precompute_embeddings
 from ser.runtime import set_torch_threads
 from ser.stageutil import ensure_writable, run_stage
 

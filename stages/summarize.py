@@ -1,7 +1,7 @@
 """summarize: every run's metrics aggregated over folds and seeds (metrics/aggregate.json),
 paired comparisons of models tested on the same clips (metrics/comparisons.json), the
 train x test corpus matrix (metrics/corpus_matrix.json, metrics/figures/) and the tables
-of all of it (metrics/summary.md); see ser.summary.
+of all of it (metrics/summary.md); see ser.eval.summary.
 
 Outputs of models, folds or seeds no longer in params.yaml are removed first, so the
 tables and the next experiment only ever describe the current runs.
@@ -14,7 +14,7 @@ from pathlib import Path
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
 from ser.config import load_params
-from ser.summary import prune_stale_outputs, write_summary
+from ser.eval.summary import prune_stale_outputs, write_summary
 from ser.logutil import setup_logging
 from ser.stageutil import ensure_writable, run_stage
 

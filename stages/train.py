@@ -3,7 +3,7 @@
 A killed run restarted with the same command resumes from --resume-dir.
 A fold the model's study does not have records not_run.json and exits (see ser.runs).
 Runs unchanged under `accelerate launch --multi_gpu --num_processes N stages/train.py ...`
-(also CPU-only, over gloo; see ser.training).
+(also CPU-only, over gloo; see ser.train.loop).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                      empty_dirs=[args.live_dir / "plots"])
         return
     set_torch_threads(params.train.threads)
-    from ser.training import train_model
+    from ser.train.loop import train_model
 
     train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir, args.resume_dir,
                 args.live_dir, timing_path=args.timing)

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ser.augment import spec_augment
 from ser.config import SpecAugmentParams
-from ser.data import UNLABELED, EpochBatchSampler
-from ser.training import CrossEntropy, DomainAdversarial
+from ser.features.dataset import UNLABELED, EpochBatchSampler
+from ser.train.augment import spec_augment
+from ser.train.objectives import CrossEntropy, DomainAdversarial
 
 LABELS = np.array([0] * 90 + [1] * 10)  # 9:1 imbalance
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ser.config import load_params
-from ser.stores import FeatureStore, fold_root
+from ser.features.stores import FeatureStore, fold_root
 
 REPO = Path(__file__).resolve().parents[1]
 

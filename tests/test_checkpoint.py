@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ser.config import CrnnParams, EncoderParams, LoraParams, ModelParams, OptimParams
 from ser.models import SERModel, build_model
+from ser.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 FEATURES = {"kind": "waves", "sample_rate": 16000}

@@ -19,17 +19,17 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from ser import features
-from ser.classical import (_choose, _weights, fit_stats, is_linear, load_linear, speaker_standardise,
-                           standardise)
 from ser.config import (ClassicalParams, FeatureParams, ModelParams, OptimParams, ParamsError, load_params,
                         parse_params)
-from ser.evaluation import evaluate_model
-from ser.manifest import Utterance, write_manifest
-from ser.smile import functionals, smile_meta
-from ser import stores
-from ser.stores import FeatureStore, IndexRow
-from ser.training import train_model
+from ser.data.manifest import Utterance, write_manifest
+from ser.eval.evaluate import evaluate_model
+from ser.features import precompute as features
+from ser.features import stores
+from ser.features.smile import functionals, smile_meta
+from ser.features.stores import FeatureStore, IndexRow
+from ser.models.linear import (_choose, _weights, fit_stats, is_linear, load_linear, speaker_standardise,
+                           standardise)
+from ser.train.loop import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -203,8 +203,8 @@ def test_linear_model_learns_and_is_a_model_like_the_others(base_params, tmp_pat
     metrics, y_true, y_pred = evaluate_model(model_dir, feats, "test")
     assert metrics["n"] == 24 and metrics["uar"] > 0.9 and len(y_pred) == len(y_true) == 24
     # the evaluate and summarize stages take it like any model
-    from ser.evaluation import evaluate_model_scopes
-    from ser.summary import write_summary
+    from ser.eval.evaluate import evaluate_model_scopes
+    from ser.eval.summary import write_summary
     records = evaluate_model_scopes(params, "lin", model_dir, feats, tmp_path / "metrics" / "lin" / "f1-s3",
                                     tmp_path / "plots" / "lin" / "f1-s3")
     assert records["in_domain"]["uar"] == metrics["uar"]
@@ -318,7 +318,7 @@ def test_two_class_fit_expands_to_all_labels() -> None:
     y = np.where(x[:, 0] + 0.3 * x[:, 1] > 0, 3, 1)
     clf = LogisticRegression(random_state=0).fit(x, y)
     W, b = _weights(clf, 4)
-    from ser.classical import LinearModel
+    from ser.models.linear import LinearModel
     model = LinearModel(W, b, np.zeros(5), np.ones(5), "global", "softmax")
     np.testing.assert_array_equal(model.predict(x), clf.predict(x))
     probs = model.score(x)
@@ -347,7 +347,7 @@ def test_params_reject_what_does_not_apply_to_linear(base_params) -> None:
 
 # --------------------------------------------------------------------------- predict
 def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path, caplog) -> None:
-    from ser.predict import Predictor
+    from ser.infer.predict import Predictor
 
     params = load_params(tone_corpus["params"])
     params = dataclasses.replace(params, seed=3, models={"lin": linear("logreg", C=(0.1, 1.0, 10.0)),
@@ -370,6 +370,6 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
         Predictor(model_dir, window_s=1.0)
 
     _, spk_dir, _ = train(params, "spk", tone_corpus["features"], tmp_path)
-    with caplog.at_level(logging.WARNING, logger="ser.predict"):
+    with caplog.at_level(logging.WARNING, logger="ser.infer.predict"):
         (result,) = Predictor(spk_dir).predict_files([wav])
     assert result.ok and "global train statistics" in caplog.text

@@ -51,7 +51,7 @@ def test_every_stage_depends_on_all_the_code_it_imports(name):
 @pytest.mark.parametrize("name", ["train", "evaluate", "precompute-mels", "precompute-embeddings", "bind"])
 def test_report_and_predict_code_is_no_dependency_of_a_result_stage(name):
     deps = _dep_paths(_stages()[name])
-    for rel in ("ser/report.py", "ser/predict.py", "ser/cli.py", "ser/summary.py"):
+    for rel in ("ser/eval/report.py", "ser/infer/predict.py", "ser/infer/cli.py", "ser/eval/summary.py"):
         assert not _covered(PKG.parent / rel, deps), f"{name} depends on {rel}"
 
 
@@ -87,33 +87,36 @@ def test_trainer_fingerprint_follows_its_imports_and_nothing_else(tmp_path):
     """Editing any module the trainer imports changes its fingerprint; reports, predict and CLI do not."""
     pkg = tmp_path / "ser"
     shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_fingerprint("ser.training", root=pkg)
-    assert before == code_fingerprint("ser.training", root=pkg)
-    assert before == code_fingerprint("ser.training")  # the installed package is this checkout
-    for rel in ("report.py", "predict.py", "cli.py", "summary.py", "download.py", "demo.py"):
+    before = code_fingerprint("ser.train.loop", root=pkg)
+    assert before == code_fingerprint("ser.train.loop", root=pkg)
+    assert before == code_fingerprint("ser.train.loop")  # the installed package is this checkout
+    for rel in ("eval/report.py", "infer/predict.py", "infer/cli.py", "eval/summary.py", "data/download.py",
+                "data/demo.py", "models/embeddings.py", "features/precompute.py"):
         with open(pkg / rel, "a") as f:
             f.write("# edited\n")
-    (pkg / "__pycache__").mkdir(exist_ok=True)
-    (pkg / "__pycache__" / "training.cpython-311.pyc").write_bytes(b"bytecode")
-    assert code_fingerprint("ser.training", root=pkg) == before, "code the trainer never runs changed it"
-    files = closure("ser.training", root=pkg)
-    for rel in ("augment.py", "stores.py", "config.py", "stats.py", "models/crnn.py", "data.py"):
+    (pkg / "train" / "__pycache__").mkdir(exist_ok=True)
+    (pkg / "train" / "__pycache__" / "loop.cpython-311.pyc").write_bytes(b"bytecode")
+    assert code_fingerprint("ser.train.loop", root=pkg) == before, "code the trainer never runs changed it"
+    files = closure("ser.train.loop", root=pkg)
+    for rel in ("train/augment.py", "features/stores.py", "config.py", "stats.py", "models/crnn.py",
+                "features/dataset.py", "models/linear.py"):
         assert pkg / rel in files, rel
     for path in files:
         with open(path, "a") as f:
             f.write("# edited\n")
-        after = code_fingerprint("ser.training", root=pkg)
+        after = code_fingerprint("ser.train.loop", root=pkg)
         assert after != before, path
         before = after
 
 
 def test_the_embedding_store_stamp_and_trainer_share_the_graph():
     assert codegraph.PACKAGE_ROOT == PKG
-    emb = {p.relative_to(PKG).as_posix() for p in closure("ser.embeddings")}
-    assert {"embeddings.py", "models/encoders.py", "stores.py", "runtime.py"} <= emb
-    assert not emb & {"training.py", "evaluation.py", "classical.py", "report.py", "predict.py"}
-    train = {p.relative_to(PKG).as_posix() for p in closure("ser.training")}
-    assert not train & {"evaluation.py", "report.py", "predict.py", "cli.py", "summary.py", "embeddings.py"}
+    emb = {p.relative_to(PKG).as_posix() for p in closure("ser.models.embeddings")}
+    assert {"models/embeddings.py", "models/encoders.py", "features/stores.py", "runtime.py"} <= emb
+    assert not emb & {"train/loop.py", "eval/evaluate.py", "models/linear.py", "eval/report.py", "infer/predict.py"}
+    train = {p.relative_to(PKG).as_posix() for p in closure("ser.train.loop")}
+    assert not train & {"eval/evaluate.py", "eval/report.py", "infer/predict.py", "infer/cli.py", "eval/summary.py",
+                        "models/embeddings.py", "features/precompute.py"}
 
 
 def test_no_import_circle_between_modules():
@@ -172,3 +175,58 @@ def test_dvc_lock_and_model_folders_hold_no_leftovers():
     models = set(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
     leftovers = sorted(p.parent.name for p in (ROOT / "models").glob("*/.gitignore") if p.parent.name not in models)
     assert not leftovers, f"models/ holds folders of models params.yaml no longer has: {leftovers}"
+
+
+# The layers of ser/__init__.py's docstring, bottom up: a module imports only from its own layer or below.
+LAYERS = [("floor", ("config", "errors", "fsutil", "logutil", "codegraph", "runtime", "stageutil", "stats", "runs")),
+          ("data", ("data",)), ("features", ("features",)), ("models", ("models",)), ("train", ("train",)),
+          ("eval", ("eval",)), ("infer", ("infer",))]
+# Function-level imports of ser modules are allowed only to keep a heavy optional dependency lazy.
+LAZY_OK = {"ser.models.encoders": "transformers, peft, bitsandbytes", "ser.data.demo": "scipy synthesis",
+           "ser.infer.predict": "torch and the models, for `ser report`", "ser.eval.report": "matplotlib",
+           "ser.data.corpora": "the corpus adapters register themselves into it"}
+
+
+def _layer(module: str) -> int:
+    first = module.split(".")[1] if "." in module else ""
+    for rank, (_, names) in enumerate(LAYERS):
+        if first in names:
+            return rank
+    return 0  # ser/__init__.py
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for path in sorted(PKG.rglob("*.py")):
+        name = codegraph._module_name(path, PKG)
+        for target in imports_of(path):
+            if codegraph.module_file(target) and _layer(target) > _layer(name):
+                upward.append(f"{name} -> {target}")
+    assert not upward, f"imports that point up the layers: {upward}"
+
+
+def test_function_level_imports_only_keep_heavy_dependencies_lazy():
+    import ast
+
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("ser"):
+                    if inner.module not in LAZY_OK:
+                        found.append(f"{path.relative_to(PKG)}:{inner.lineno} from {inner.module}")
+                elif isinstance(inner, ast.Import):
+                    found += [f"{path.relative_to(PKG)}:{inner.lineno} import {a.name}" for a in inner.names
+                              if a.name.startswith("ser") and a.name not in LAZY_OK]
+    assert not found, f"function-level imports of light ser modules (import them at the top): {found}"
+
+
+def test_no_function_is_longer_than_80_lines():
+    import ast
+
+    long = [f"{path.relative_to(PKG)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(PKG.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert not long, f"functions over 80 lines: {long}"

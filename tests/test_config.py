@@ -322,3 +322,33 @@ def test_migrated_old_model_loads():
     assert (mp.arch, mp.encoder.backbone, mp.encoder.regime, mp.encoder.lora.r) == \
         ("encoder", "random:wav2vec2-tiny", "qlora", 4)
     assert (mp.encoder.layers, mp.encoder.projection) == ("last", 256)   # the defaults
+
+
+def test_run_spec_holds_what_a_model_reads_and_bind_refuses_stale_params(tmp_path):
+    """The run spec scopes params to models: lambda_domain reaches DANN models only, `train` torch models
+    only; train@/evaluate@ refuse a bind file whose spec no longer matches params.yaml."""
+    import dataclasses
+
+    from ser.runs import BindError, check_spec, write_bind
+
+    params = load_params(ROOT / "params.yaml")
+    moved = dataclasses.replace(params, lambda_domain=0.3,
+                                train=dataclasses.replace(params.train, threads=3))
+    for name, mp in params.models.items():
+        spec, other = params.run_spec(name), moved.run_spec(name)
+        assert spec["model"]["study"] == mp.study and spec["study"]["labels"] == list(params.study(mp.study).labels)
+        assert ("dann" in spec) == (mp.objective == "dann") and ("train" in spec) == (mp.arch != "linear")
+        if mp.arch == "linear":
+            assert spec == other, name  # neither threads nor lambda reach a classical model
+        else:
+            assert spec != other and other["train"]["threads"] == 3, name
+    assert params.run_spec("baseline") == moved.run_spec("baseline") | {"train": params.run_spec("baseline")["train"]}
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "meta.json").write_text('{"folds": [1, 2], "content_sha256": "abc"}')
+    bind = write_bind("dann", "mels", "cross_corpus", store, tmp_path / "dann.json", spec=params.run_spec("dann"))
+    check_spec(bind, params.run_spec("dann"), tmp_path / "dann.json")
+    with pytest.raises(BindError, match=r"dann.lambda_domain: 0.5 in the bind file, 0.3 in params.yaml"):
+        check_spec(bind, moved.run_spec("dann"), tmp_path / "dann.json")
+    with pytest.raises(BindError, match="records no run spec"):
+        check_spec({**bind, "spec": None}, params.run_spec("dann"), tmp_path / "dann.json")

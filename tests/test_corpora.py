@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from ser.config import CorpusParams
-from ser.corpora import ADAPTERS, CorpusNotFound, scan_corpus
-from ser.corpora.csv_corpus import CsvCorpusError
+from ser.data.corpora import ADAPTERS, CorpusNotFound, scan_corpus
+from ser.data.corpora.csv_corpus import CsvCorpusError
 
 
 # --------------------------------------------------------------------------- builders
@@ -190,7 +190,7 @@ def test_ravdess_not_found_is_actionable(tmp_path):
 def test_crema_d_fields_gender_and_skips(tmp_path):
     root = make_crema(tmp_path / "crema")
     res = scan_corpus("crema_d", cfg(root), root)
-    assert len(res.utterances) == 4 * 6 * 2 + 4  # + both duplicate pairs (dealt with by ser.metadata)
+    assert len(res.utterances) == 4 * 6 * 2 + 4  # + both duplicate pairs (dealt with by ser.data.metadata)
     u = next(u for u in res.utterances if u.utt_id == "crema_d/1002_DFA_FEA_XX")
     assert (u.speaker, u.raw_label, u.text, u.gender, u.sample_rate) == ("1002", "FEA", "DFA", "F", 16000)
     assert u.path == str(root / "AudioWAV" / "1002_DFA_FEA_XX.wav")  # absolute root stays absolute

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ser.data import (UNLABELED, EpochBatchSampler, FeatureDataset, collate_batch, make_loader, max_samples_for,
+from ser.features.dataset import (UNLABELED, EpochBatchSampler, FeatureDataset, collate_batch, make_loader, max_samples_for,
                       padding_waste)
-from ser.stores import FeatureStore, IndexRow, StoreError, write_store
+from ser.features.stores import FeatureStore, IndexRow, StoreError, write_store
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import soxr
 
-from ser import demo
-from ser.demo import DEMO_CORPORA, MARKER, PARTIAL_MARKER, generate_corpus
-from ser.labels import label_table, to_canonical
+from ser.data import demo
+from ser.data.demo import DEMO_CORPORA, MARKER, PARTIAL_MARKER, generate_corpus
+from ser.data.labels import label_table, to_canonical
 
 SEED = 11
 SIZES = {"iemocap": 6, "ravdess": 8, "crema_d": 1, "tess": 14}  # ravdess 8: every actor has all 8 emotions
@@ -225,7 +225,7 @@ def test_idempotent_rerun_and_regeneration(tmp_path, caplog):
     assert generate_corpus("tess", root, 14, SEED) == 28
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
-    with caplog.at_level("INFO", logger="ser.demo"):
+    with caplog.at_level("INFO", logger="ser.data.demo"):
         assert generate_corpus("tess", root, 14, SEED) == 28
     assert "already complete" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps  # nothing rewritten

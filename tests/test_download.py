@@ -25,7 +25,7 @@ import soundfile as sf
 import yaml
 
 from ser.config import Params, parse_params
-from ser.download import (ChecksumMismatch, CorpusError, CorpusNotFound, DownloadError, IncompleteDownload,
+from ser.data.download import (ChecksumMismatch, CorpusError, CorpusNotFound, DownloadError, IncompleteDownload,
                           UnsafeArchive, download_file, fetch_and_verify, safe_extract, verify_corpus)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,7 +294,7 @@ def test_git_source_needs_git_lfs(tmp_path, monkeypatch):
 
 
 def test_git_clone_passes_the_url_after_a_double_dash(tmp_path, monkeypatch):
-    import ser.download as dl
+    import ser.data.download as dl
 
     calls = []
 
@@ -506,7 +506,7 @@ def test_stage_script_writes_report(tmp_path):
 
 
 def test_demo_source_calls_the_generator(tmp_path):
-    pytest.importorskip("ser.demo")
+    pytest.importorskip("ser.data.demo")
     root = tmp_path / "raw" / "tess"
     params = make_params({"tess": {"source": "demo", "path": str(root)}}, {"tess": 7})
     report = fetch_and_verify(params, tmp_path / "lock.json", downloads_dir=tmp_path / "dl")
@@ -517,7 +517,7 @@ def test_demo_source_calls_the_generator(tmp_path):
 
 
 def test_real_download_replaces_a_demo_corpus_but_local_refuses_it(server, tmp_path):
-    demo = pytest.importorskip("ser.demo")
+    demo = pytest.importorskip("ser.data.demo")
     root = tmp_path / "raw" / "ravdess"
     clip = "Actor_01/03-01-01-01-01-01-01.wav"
     write_tree(root, {clip: wav_bytes(99), demo.MARKER: json.dumps({"paths": [clip]}).encode()})

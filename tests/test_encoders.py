@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ser.config import EncoderParams, LoraParams, ModelParams, OptimParams
 from ser.models import build_model
-from ser.models.encoders import PRESETS, LayerPool, encoder_from_probe, load_backbone
+from ser.models import encoder_from_probe
+from ser.models.encoders import PRESETS, LayerPool, load_backbone
 
 FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec", "whisper"]
 LORA = LoraParams(r=4, alpha=8, dropout=0.0)
@@ -187,7 +188,7 @@ def test_wavlm_attention_through_modules_matches_torch(cache):
 
 def test_input_normalisation_follows_the_feature_extractor_and_is_stored(tmp_path, cache):
     """hubert-base-style presets do not normalise, wav2vec2 ones do; a checkpoint keeps what training fed."""
-    from ser.checkpoint import load_checkpoint, save_checkpoint
+    from ser.models.checkpoint import load_checkpoint, save_checkpoint
     hubert = build_model(model_params(enc("hubert", regime="frozen")), 2, cache_dir=cache)
     assert hubert.frontend.normalize is False and hubert.frontend.attention_mask is False
     w2v = build_model(model_params(enc("wav2vec2", regime="frozen")), 2, cache_dir=cache)
@@ -237,9 +238,9 @@ def test_embeddings_input_needs_a_frozen_encoder():
 def test_embedding_store_reuse_and_probe_data(tmp_path, cache, monkeypatch):
     """precompute_embeddings: [N, S, D] means of the waveform store's clips, fold indexes re-pointed,
     reused when up to date, rebuilt when the waves change; the probe reads it through FeatureDataset."""
-    from ser.data import FeatureDataset, collate_batch
-    from ser.embeddings import frozen_encoder, precompute_embeddings
-    from ser.stores import FeatureStore, IndexRow, write_store
+    from ser.features.dataset import FeatureDataset, collate_batch
+    from ser.models.embeddings import frozen_encoder, precompute_embeddings
+    from ser.features.stores import FeatureStore, IndexRow, write_store
 
     rng = np.random.default_rng(0)
     lengths = [4000, 7000, 3000, 9000]
@@ -273,17 +274,17 @@ def test_embedding_store_reuse_and_probe_data(tmp_path, cache, monkeypatch):
     assert "timing" not in store_meta and '"seconds' not in json.dumps(store_meta)
     # A store computed by other embedding code is rebuilt, not reused.
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is True
-    import ser.embeddings
+    import ser.models.embeddings
 
-    monkeypatch.setattr(ser.embeddings, "code_fingerprint", lambda *entries: "another version of the code")
+    monkeypatch.setattr(ser.models.embeddings, "code_fingerprint", lambda *entries: "another version of the code")
     assert precompute_embeddings(waves, out, [ep], cache_dir=cache)[ep.store_key]["reused"] is False
 
 
 def test_unsupported_family_and_sample_rate_mismatch_fail_clearly(tmp_path, cache):
     from transformers import BertConfig
 
-    from ser.embeddings import precompute_embeddings
-    from ser.stores import IndexRow, StoreError, write_store
+    from ser.models.embeddings import precompute_embeddings
+    from ser.features.stores import IndexRow, StoreError, write_store
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
         tmp_path / "bert")
     with pytest.raises(ValueError, match="encoder family 'bert' is not supported"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ser.config import load_params
-from ser.evaluation import metrics_record, model_scopes, plot_confusion, write_metrics_json
+from ser.eval.evaluate import metrics_record, model_scopes, plot_confusion, write_metrics_json
 from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]

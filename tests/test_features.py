@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 import yaml
 
-from ser import features
-from ser.audio import AudioError, check_audio, load_audio
 from ser.config import FeatureParams
-from ser.features import (SILENCE_DB, fit_frames, logmel, mel_for_inference, normalise, precompute_mels,
+from ser.data.manifest import ManifestError, Utterance, write_manifest
+from ser.features import precompute as features
+from ser.features.audio import AudioError, check_audio, load_audio
+from ser.features.precompute import (SILENCE_DB, fit_frames, logmel, mel_for_inference, normalise, precompute_mels,
                           precompute_waves)
-from ser.manifest import ManifestError, Utterance, write_manifest
-from ser.stores import FeatureStore, read_index, store_fingerprint
+from ser.features.stores import FeatureStore, read_index, store_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 # 1.2 s windows keep the stores tiny; front end off, for librosa parity (tests/test_frontend.py covers it)

@@ -11,12 +11,12 @@ import scipy.signal
 import soundfile as sf
 import yaml
 
-from ser.audio import active_rms_dbfs, condition, condition_span, load_audio, loudness_lufs, peak_dbfs
 from ser.config import FeatureParams, ParamsError, load_params
-from ser.features import (SILENCE_DB, feature_params_from_meta, fit_frames, mel_features, mel_input,
+from ser.data.manifest import Utterance, write_manifest
+from ser.features.audio import active_rms_dbfs, condition, condition_span, load_audio, loudness_lufs, peak_dbfs
+from ser.features.precompute import (SILENCE_DB, feature_params_from_meta, fit_frames, mel_features, mel_input,
                           normalise, precompute_mels, precompute_waves)
-from ser.manifest import Utterance, write_manifest
-from ser.stores import FeatureStore
+from ser.features.stores import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import ser.metadata as metadata
 from ser.config import parse_params
-from ser.manifest import ManifestError, read_manifest, speaker_leaks, validate
-from ser.metadata import MetadataError, build_manifests, corpus_roots, file_sha1, write_outputs
+from ser.data.manifest import ManifestError, read_manifest, speaker_leaks, validate
+from ser.data.metadata import MetadataError, build_manifests, corpus_roots, file_sha1, write_outputs
+import ser.data.metadata as metadata
 from test_corpora import make_crema, make_iemocap, make_ravdess, make_tess, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_label_without_source_warns(tree, caplog):
     def five_class(d):
         d["studies"]["cross_corpus"]["labels"].append("frustrated")
 
-    with caplog.at_level(logging.WARNING, logger="ser.metadata"):
+    with caplog.at_level(logging.WARNING, logger="ser.data.metadata"):
         manifests, report = build(tree, five_class)
     assert "RAVDESS has no frustrated class" in caplog.text
     assert report["studies"]["cross_corpus"]["corpora"]["ravdess"]["missing_labels"] == ["RAVDESS has no frustrated class"]
@@ -251,12 +251,12 @@ def test_training_on_target_labels_needs_explicit_consent(tree):
 
 
 def test_summary_says_a_label_mapped_to_nothing_was_dropped_by_the_label_map(caplog):
-    from ser.metadata import _log_summary
+    from ser.data.metadata import _log_summary
 
     corpus = {"files_found": 3, "skipped": [], "duplicates_dropped": 0, "kept": 1,
               "folds": {"1": {"unassigned": 0, "splits": {"train": 1}}},
               "excluded_by_raw_label": {"xxx": {"maps_to": "", "count": 2}}}
-    with caplog.at_level("INFO", logger="ser.metadata"):
+    with caplog.at_level("INFO", logger="ser.data.metadata"):
         _log_summary("s", {"labels": ["a", "b"], "clips": 1, "n_folds": 1, "corpora": {"c": corpus}})
     assert "xxx (dropped by label_map) x2" in caplog.text and "unmapped" not in caplog.text
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ser.checkpoint import load_checkpoint
-from ser.evaluation import evaluate_model
+from ser.eval.evaluate import evaluate_model
+from ser.features.stores import IndexRow, write_store
+from ser.models.checkpoint import load_checkpoint
+from ser.config import load_params
 from ser.runs import write_bind
-from ser.stores import IndexRow, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -73,7 +74,8 @@ def test_two_process_ddp_training_through_accelerate_launch(tmp_path):
     assert _write_store(study) == study / "f1"
     _tiny_params(tmp_path / "params.yaml")
     bind = tmp_path / "bind" / "tiny_dann.json"
-    write_bind("tiny_dann", "mels", "cross_corpus", study, bind)  # what bind@tiny_dann writes
+    spec = load_params(tmp_path / "params.yaml").run_spec("tiny_dann")
+    write_bind("tiny_dann", "mels", "cross_corpus", study, bind, spec=spec)  # what bind@tiny_dann writes
     run = "f1-s5"  # fold 1, seed 5: the layout of train@tiny_dann-1-5
     out, resume = tmp_path / "models" / "tiny_dann" / run, tmp_path / "ckpt" / "tiny_dann" / run
     live = tmp_path / "live" / "tiny_dann" / run
@@ -91,7 +93,7 @@ def test_two_process_ddp_training_through_accelerate_launch(tmp_path):
     assert proc.returncode == 0, log[-5000:]
 
     # Both ranks ran every epoch, and agree on the reduced train loss and gathered val metrics.
-    epochs = re.findall(r"ser\.training: tiny_dann epoch (\d)/%d: (.*)" % EPOCHS, log)
+    epochs = re.findall(r"ser\.train\.loop: tiny_dann epoch (\d)/%d: (.*)" % EPOCHS, log)
     assert sorted(e for e, _ in epochs) == sorted([str(e) for e in range(1, EPOCHS + 1)] * 2), log[-3000:]
     for epoch in range(1, EPOCHS + 1):
         lines = {values for e, values in epochs if e == str(epoch)}

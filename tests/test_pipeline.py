@@ -165,7 +165,7 @@ def test_demo_dag_end_to_end(tmp_path):
     # train stage imports makes every train@ stage changed (evaluate@ does not import it); editing
     # report or predict code changes no stage at all.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-c", "import ser.models.crnn, ser.training, ser.corpora, ser.predict, ser.cli"],
+    subprocess.run([sys.executable, "-c", "import ser.models.crnn, ser.train.loop, ser.data.corpora, ser.infer.predict, ser.infer.cli"],
                    cwd=repo, env={**env, "PYTHONPATH": str(repo)}, check=True)
     assert list((repo / "ser" / "models").glob("__pycache__/*.pyc")), "bytecode was not written"
     assert "up to date" in _run(["dvc", "status"], repo)
@@ -176,7 +176,7 @@ def test_demo_dag_end_to_end(tmp_path):
     train_cells = {f"train@{m}-{f}-{SEED}" for m in MODELS for f in FOLDS}
     assert changed == train_cells, sorted(changed ^ train_cells)
     augment.write_text(source)
-    for rel in ("ser/report.py", "ser/predict.py", "ser/cli.py"):
+    for rel in ("ser/eval/report.py", "ser/infer/predict.py", "ser/infer/cli.py"):
         with open(repo / rel, "a") as f:
             f.write("# edited\n")
     assert "up to date" in _run(["dvc", "status"], repo)

@@ -23,18 +23,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser.checkpoint import load_checkpoint
-from ser.cli import main
 from ser.config import (CrnnParams, EncoderParams, FeatureParams, LoraParams, ModelParams, OptimParams,
                         TrainParams, load_params)
-from ser.data import FeatureDataset, collate_batch
-from ser.embeddings import precompute_embeddings
-from ser.evaluation import evaluate_model
-from ser.features import precompute_mels, precompute_waves
-from ser.manifest import Utterance, manifest_path, write_manifest
-from ser.predict import Predictor, collect_audio, render, resolve_device, window_starts
-from ser.stores import FeatureStore, fold_root
-from ser.training import train_model
+from ser.data.manifest import Utterance, manifest_path, write_manifest
+from ser.eval.evaluate import evaluate_model
+from ser.features.dataset import FeatureDataset, collate_batch
+from ser.features.precompute import precompute_mels, precompute_waves
+from ser.features.stores import FeatureStore, fold_root
+from ser.infer.cli import main
+from ser.infer.predict import Predictor, collect_audio, render, resolve_device, window_starts
+from ser.models.checkpoint import load_checkpoint
+from ser.models.embeddings import precompute_embeddings
+from ser.train.loop import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -159,7 +159,7 @@ def test_collect_audio_recurses_folders_and_keeps_explicit_paths(tmp_path, caplo
                 "a/.hidden/h.wav", "a/.DS_Store", "a/b/movie.m4a"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    with caplog.at_level("WARNING", logger="ser.predict"):
+    with caplog.at_level("WARNING", logger="ser.infer.predict"):
         found = collect_audio([tmp_path / "a", tmp_path / "missing.wav", tmp_path / "a" / "notes.txt"])
     # Every format libsndfile decodes, in any letter case; mp3 needs libsndfile >= 1.1.
     mp3 = ["a/b/v.MP3", "a/b/w.mp3"] if "MP3" in sf.available_formats() else []
@@ -209,14 +209,14 @@ def test_predictions_equal_evaluation_on_the_same_audio(study, name, kind):
 
     # The model input built from the audio file (decoded and conditioned as the stores do) is the
     # stored feature, bit for bit, with the same lengths.
-    from ser.audio import condition, load_audio
+    from ser.features.audio import condition, load_audio
     for i, path in enumerate(paths):
         x, lengths = predictor.model_inputs([condition(load_audio(path, SR), predictor.fp)])
         stored = batch["x"][i:i + 1] if kind == "mels" else batch["x"][i:i + 1, :int(batch["lengths"][i])]
         assert torch.equal(x, stored), path
         assert lengths.tolist() == batch["lengths"][i:i + 1].tolist()
 
-    # Same probabilities as the model on the store batch, same labels as ser.evaluation.
+    # Same probabilities as the model on the store batch, same labels as ser.eval.evaluate.
     model, _ = load_checkpoint(study["models"] / name, cache_dir=study["models"] / name / "backbone")
     with torch.no_grad():
         expected = torch.softmax(model(batch["x"], batch.get("lengths")), -1).numpy()
@@ -269,10 +269,10 @@ def speaker_study(study):
 def test_speaker_normalised_model_predicts_with_each_files_own_statistics(speaker_study, caplog):
     """A file has no speaker statistics: predict normalises each window with its own (and
     warns), so unlike the default it does not reproduce the store of a pooled speaker."""
-    from ser.audio import condition, load_audio
-    from ser.features import mel_input
+    from ser.features.audio import condition, load_audio
+    from ser.features.precompute import mel_input
 
-    with caplog.at_level("WARNING", logger="ser.predict"):
+    with caplog.at_level("WARNING", logger="ser.infer.predict"):
         predictor = Predictor(speaker_study["models"] / "crnn", device="cpu")
     assert predictor.fp.mel_norm == "speaker"
     assert sum("normalised per speaker" in r.getMessage() for r in caplog.records) == 1
@@ -459,7 +459,7 @@ def test_cli_damaged_meta_json_exits_two_naming_the_file(study, tmp_path, capsys
 
 
 def test_quiet_flag_works_before_and_after_the_subcommand():
-    from ser.cli import build_parser
+    from ser.infer.cli import build_parser
 
     for argv in (["-q", "report"], ["report", "-q"], ["predict", "x.wav", "--model", "m", "-q"]):
         assert build_parser().parse_args(argv).quiet is True, argv

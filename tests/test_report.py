@@ -7,14 +7,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ser.cli import main
-from ser.report import Row, parse_exp_show, read_experiments, read_workspace, render_markdown, write_report
+from ser.eval.report import Row, parse_exp_show, read_experiments, read_workspace, render_markdown, write_report
+from ser.infer.cli import main
 from test_queue import dvc, make_repo
 
 
 def _aggregate(uar: float, ci: tuple[float, float] | None = (0.0, 1.0), *, corpus: str | None = None,
                std: float | None = 0.02, n_runs: int = 2, single: tuple[str, ...] = ()) -> dict:
-    """One model's record for one scope in metrics/aggregate.json (ser.summary.aggregate_runs):
+    """One model's record for one scope in metrics/aggregate.json (ser.eval.summary.aggregate_runs):
     the mean and std over runs sit 1 point below the pooled metrics."""
     runs = [{"fold": f, "seed": 1337} for f in range(1, n_runs + 1)]
     pooled = {"accuracy": uar + 0.01, "uar": uar, "macro_f1": uar, "cohen_kappa": 0.2}
@@ -154,7 +154,7 @@ def test_rows_render_in_order_with_labels():
 
 
 def test_changed_params_label_says_what_distinguishes_experiments_compactly():
-    from ser.report import MAX_CHANGED_SHOWN, describe_changes
+    from ser.eval.report import MAX_CHANGED_SHOWN, describe_changes
 
     base = {"lambda_domain": 0.5, "seed": 1, "models.dann.epochs": 10, "models.baseline.epochs": 10,
             "models.dann.optim.lr": 0.001}

@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 
 from ser.config import SplitParams
-from ser.manifest import Utterance, speaker_leaks
-from ser.splits import SplitError, assign_splits, fold_count
+from ser.data.manifest import Utterance, speaker_leaks
+from ser.data.splits import SplitError, assign_splits, fold_count
 
 
 def utt(corpus: str, speaker: str, i: int, session: str = "", text: str = "") -> Utterance:
@@ -81,7 +81,7 @@ def test_speaker_in_two_splits_is_an_error_naming_him():
 
 def test_missing_listed_speaker_warns_but_empty_split_fails(caplog):
     rows = [utt("ravdess", f"{a:02d}", 0) for a in range(1, 9)]
-    with caplog.at_level(logging.WARNING, logger="ser.splits"):
+    with caplog.at_level(logging.WARNING, logger="ser.data.splits"):
         out = assign_splits(rows, "ravdess", SplitParams(protocol="speakers", val=("7", "9-10"), test=("8",)))
     assert "have no clips: 9-10" in caplog.text
     assert by_split(out)["val"] == {"07"}
@@ -91,7 +91,7 @@ def test_missing_listed_speaker_warns_but_empty_split_fails(caplog):
 
 def test_unlisted_speakers_stay_unassigned_when_train_is_explicit(caplog):
     rows = [utt("x", s, 0) for s in ("a", "b", "c", "d")]
-    with caplog.at_level(logging.WARNING, logger="ser.splits"):
+    with caplog.at_level(logging.WARNING, logger="ser.data.splits"):
         out = assign_splits(rows, "x", SplitParams(protocol="speakers", train=("A",), test=("b",)))
     assert {r.speaker: r.split for r in out} == {"a": "train", "b": "test", "c": "unassigned", "d": "unassigned"}
     assert "in no split" in caplog.text

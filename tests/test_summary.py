@@ -1,4 +1,4 @@
-"""ser.summary: aggregation over folds and seeds, pooled predictions, paired tests, the corpus matrix,
+"""ser.eval.summary: aggregation over folds and seeds, pooled predictions, paired tests, the corpus matrix,
 not-run cells and stale outputs, on hand-made run outputs (no training)."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from ser.config import parse_params
-from ser.evaluation import metrics_record, model_fingerprint, write_metrics_json
-from ser.stats import compute_metrics
+from ser.eval.evaluate import metrics_record, model_fingerprint, write_metrics_json
+from ser.eval.summary import collect_runs, prune_stale_outputs, write_summary
 from ser.runs import mark_not_run, run_name
 from ser.stats import Predictions, write_predictions_csv
-from ser.summary import collect_runs, prune_stale_outputs, write_summary
+from ser.stats import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -196,7 +196,7 @@ def test_corpus_matrix_table_heatmap_and_the_adapted_cell(tmp_path):
 
 
 def test_layer_weights_are_averaged_over_runs_plotted_and_tabulated(tmp_path):
-    from ser.summary import aggregate_layer_weights
+    from ser.eval.summary import aggregate_layer_weights
     params = params_for({"probe": {}, "plain": {}})
     ids, spk, y = clips("iemocap", 8, 4)
     runs = {1: [0.1, 0.2, 0.7], 2: [0.3, 0.2, 0.5]}

@@ -18,13 +18,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ser.checkpoint import load_checkpoint
-import ser.training
 from ser.config import (CrnnParams, EncoderParams, ModelParams, OptimParams, ParamsError, SpecAugmentParams,
                         TrainParams, load_params, parse_params)
-from ser.evaluation import evaluate_model
-from ser.stores import IndexRow, StoreError, fold_root, write_meta, write_store
-from ser.training import TrainingInterrupted, class_weights, train_model
+from ser.eval.evaluate import evaluate_model
+from ser.features.stores import IndexRow, StoreError, fold_root, write_meta, write_store
+from ser.models.checkpoint import load_checkpoint
+from ser.train.loop import TrainingInterrupted, train_model
+from ser.train.objectives import class_weights
+import ser.train.loop
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -168,8 +169,8 @@ def test_cross_entropy_run_writes_checkpoint_live_metrics_and_evaluates(base_par
 
 
 def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
-    from ser.evaluation import evaluate_model_scopes
-    from ser.summary import prune_stale_outputs, write_summary
+    from ser.eval.evaluate import evaluate_model_scopes
+    from ser.eval.summary import prune_stale_outputs, write_summary
 
     params = dataclasses.replace(base_params, models={k: dataclasses.replace(MODELS[k], epochs=1)
                                                       for k in ("crnn_ce", "crnn_dann")})
@@ -249,8 +250,8 @@ def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
 
 def test_evaluation_skips_and_says_what_has_no_test_data(base_params, features, tmp_path):
     """A source corpus without test speakers: in-domain is skipped and recorded, the target is evaluated."""
-    from ser.evaluation import evaluate_model_scopes
-    from ser.stores import read_index, write_index
+    from ser.eval.evaluate import evaluate_model_scopes
+    from ser.features.stores import read_index, write_index
 
     params = dataclasses.replace(base_params, models={"crnn_ce": dataclasses.replace(MODELS["crnn_ce"], epochs=1)})
     run(params, "crnn_ce", features, tmp_path)
@@ -281,8 +282,8 @@ def test_dann_logs_domain_terms_and_never_reads_target_labels(base_params, featu
 
 
 def test_dann_probe_on_cached_embeddings_trains_evaluates_and_reports_layer_weights(base_params, features, tmp_path):
-    from ser.embeddings import precompute_embeddings
-    from ser.evaluation import evaluate_model_scopes
+    from ser.models.embeddings import precompute_embeddings
+    from ser.eval.evaluate import evaluate_model_scopes
     ep = MODELS["probe_dann"].encoder
     precompute_embeddings(features / "waves" / "cross_corpus", features / "embeddings" / "cross_corpus", [ep],
                           device="cpu", cache_dir=tmp_path / "enc")
@@ -338,7 +339,7 @@ def test_changed_fingerprint_starts_fresh(base_params, features, tmp_path, caplo
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text("from an older run")
     changed = dataclasses.replace(base_params, lambda_domain=0.25)
-    with caplog.at_level("INFO", logger="ser.training"):
+    with caplog.at_level("INFO", logger="ser.train"):
         result, d = run(changed, "crnn_dann", features, tmp_path)
     assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
     assert "fingerprint differs" in caplog.text
@@ -440,8 +441,8 @@ def test_model_dir_identical_across_identical_runs_timing_outside(base_params, f
 def test_changed_code_starts_fresh(base_params, features, tmp_path, monkeypatch, caplog):
     with pytest.raises(TrainingInterrupted):
         run(base_params, "crnn_ce", features, tmp_path, on_epoch_end=stop_after(1))
-    monkeypatch.setattr(ser.training, "code_fingerprint", lambda: "0" * 64)  # ser/training.py edited
-    with caplog.at_level("INFO", logger="ser.training"):
+    monkeypatch.setattr(ser.train.loop, "code_fingerprint", lambda: "0" * 64)  # ser/train/loop.py edited
+    with caplog.at_level("INFO", logger="ser.train"):
         result, _ = run(base_params, "crnn_ce", features, tmp_path)
     assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
     assert "fingerprint differs" in caplog.text
@@ -456,7 +457,7 @@ def test_thread_count_is_recorded_and_a_resume_never_mixes_two(base_params, feat
         with pytest.raises(TrainingInterrupted):
             run(base_params, "crnn_ce", features, tmp_path, on_epoch_end=stop_after(1))
         torch.set_num_threads(2)
-        with caplog.at_level("INFO", logger="ser.training"):
+        with caplog.at_level("INFO", logger="ser.train"):
             result, dirs = run(base_params, "crnn_ce", features, tmp_path)
     finally:
         torch.set_num_threads(previous)

@@ -10,98 +10,24 @@ Models are built on the CPU; the trainer moves them (accelerate).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from torch import Tensor, nn
+from ser.config import ModelParams
+from ser.models.base import SERModel
+from ser.models.crnn import CRNN
 
-from ser.config import ModelParams, OptimParams
-
-__all__ = ["SERModel", "MODELS", "build_model"]
-
-# Parameters of these modules (and every 0-/1-D parameter: biases, norm gains,
-# LSTM biases) get no weight decay: decaying them only shrinks scales.
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-
-
-class SERModel(nn.Module):
-    """Base class: an encoder (`embed`) plus an emotion head and an optional domain head.
-
-    Subclasses set `feature_dim`, `classifier` (the emotion head) and, when
-    built with a domain head, `domain_head`.
-    """
-
-    feature_dim: int
-    domain_head: Optional[nn.Module]
-    # True when the checkpoint stores only trainable tensors and the rest is
-    # rebuilt from the backbone spec (LoRA / 4-bit models), see ser.checkpoint.
-    partial_state: bool = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.domain_head = None
-        # Set by build_model: what ser.checkpoint needs to rebuild this model.
-        self.params: Optional[ModelParams] = None
-        self.build_kwargs: dict = {}
-
-    def embed(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
-        """Pooled features [B, feature_dim]."""
-        raise NotImplementedError
-
-    def classify(self, feats: Tensor) -> Tensor:
-        """Emotion logits [B, n_classes]."""
-        return self.classifier(feats)
-
-    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
-        return self.classify(self.embed(x, lengths))
-
-    def head_modules(self) -> list[nn.Module]:
-        """The task heads (full precision, trained at `optim.lr`)."""
-        return [m for m in (self.classifier, self.domain_head) if m is not None]
-
-    def param_groups(self, optim: OptimParams) -> list[dict]:
-        """Optimizer groups: encoder at `lr_encoder` (else `lr`), heads at `lr`;
-        only trainable parameters; no weight decay on biases and norms."""
-        head_ids = {id(p) for m in self.head_modules() for p in m.parameters()}
-        no_decay: set[int] = set()
-        for module in self.modules():
-            for p in module.parameters(recurse=False):
-                if isinstance(module, _NORMS) or p.ndim < 2:
-                    no_decay.add(id(p))
-        buckets: dict[str, list] = {"encoder": [], "encoder_no_decay": [], "heads": [], "heads_no_decay": []}
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            part = "heads" if id(p) in head_ids else "encoder"
-            buckets[part + ("_no_decay" if id(p) in no_decay else "")].append(p)
-        lr_of = {"encoder": optim.lr_encoder if optim.lr_encoder is not None else optim.lr, "heads": optim.lr}
-        return [{"params": ps, "name": name, "lr": lr_of[name.split("_")[0]],
-                 "weight_decay": 0.0 if name.endswith("no_decay") else optim.weight_decay}
-                for name, ps in buckets.items() if ps]
-
-    def count_parameters(self) -> tuple[int, int]:
-        """(total, trainable). A 4-bit bitsandbytes weight counts its logical
-        elements (quant_state.shape), not the packed uint8 bytes that hold them."""
-        total = trainable = 0
-        for p in self.parameters():
-            quant_state = getattr(p, "quant_state", None)
-            n = math.prod(quant_state.shape) if quant_state is not None else p.numel()
-            total += n
-            trainable += n if p.requires_grad else 0
-        return total, trainable
-
+__all__ = ["SERModel", "MODELS", "build_model", "encoder_from_probe"]
 
 def _build_crnn(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n_mels: int,
                 cache_dir: Optional[Path], preprocessor: Optional[dict] = None) -> SERModel:
-    from ser.models.crnn import CRNN
     return CRNN(mp.crnn, n_classes, n_mels=n_mels, with_domain_head=with_domain_head)
 
 
 def _build_encoder(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n_mels: int,
                    cache_dir: Optional[Path], preprocessor: Optional[dict] = None) -> SERModel:
-    # Imported lazily: transformers / peft / bitsandbytes take seconds to import
-    # and the CRNN stages do not need them.
+    # lazy: transformers / peft / bitsandbytes take seconds to import and the CRNN stages do not need them
     from ser.models.encoders import EncoderSER, ProbeSER
     if mp.input == "embeddings":  # a frozen encoder's probe on cached hidden-state means
         return ProbeSER(mp.encoder, n_classes, with_domain_head=with_domain_head, cache_dir=cache_dir)
@@ -110,7 +36,7 @@ def _build_encoder(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n
 
 
 # arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
-# openSMILE baseline) is no torch model: ser.classical fits, saves and loads it.
+# openSMILE baseline) is no torch model: ser.models.linear fits, saves and loads it.
 MODELS: dict[str, tuple[Callable[..., SERModel], str]] = {
     "crnn": (_build_crnn, "crnn"),
     "encoder": (_build_encoder, "encoder"),
@@ -129,7 +55,7 @@ def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = Fal
     name: the model's key under `models:` in params.yaml, for error messages.
     """
     if mp.arch == "linear":
-        raise ValueError("arch 'linear' is the classical baseline (ser.classical), not a torch model")
+        raise ValueError("arch 'linear' is the classical baseline (ser.models.linear), not a torch model")
     if mp.arch not in MODELS:
         raise KeyError(f"unknown model {mp.arch!r}; known: {sorted(MODELS)}")
     builder, section = MODELS[mp.arch]
@@ -142,4 +68,18 @@ def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = Fal
                     preprocessor=preprocessor)
     model.params = mp
     model.build_kwargs = {"n_classes": n_classes, "with_domain_head": with_domain_head, "n_mels": n_mels}
+    return model
+
+
+def encoder_from_probe(probe: SERModel, cache_dir: Optional[Path] = None,
+                       preprocessor: Optional[dict[str, Any]] = None) -> SERModel:
+    """The on-the-fly model of a probe trained on cached embeddings: its encoder (frozen) + its head,
+    so `ser predict` runs the same function on audio files."""
+    mp = probe.params
+    model = build_model(dataclasses.replace(mp, input="waves"), probe.build_kwargs["n_classes"],
+                        with_domain_head=probe.build_kwargs["with_domain_head"], cache_dir=cache_dir,
+                        preprocessor=preprocessor)
+    missing, unexpected = model.load_state_dict(probe.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise ValueError(f"probe head does not fit the encoder model: missing {missing}, unexpected {unexpected}")
     return model

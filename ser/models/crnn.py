@@ -7,7 +7,7 @@ log-mel [B, 1, n_mels, frames] -> 3 x (Conv2d 3x3, BatchNorm, MaxPool 2, ReLU)
 Pooling is the mean of the BiLSTM outputs over the valid time steps, not the
 last states: clips are centre-cropped / padded to a fixed frame count, so the
 "last" step of a short clip would be padding, and the mean uses every frame.
-The valid steps come from `lengths` (valid frames per clip; ser.data's mel
+The valid steps come from `lengths` (valid frames per clip; ser.features.dataset's mel
 batches carry the store index `length`): padded frames are zeroed before each
 conv block, as the convolution's own zero padding would be at a clip's end,
 and kept out of the (packed) BiLSTM and the mean, so in eval mode a padded
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser.config import CrnnParams
-from ser.models import SERModel
+from ser.models.base import SERModel
 from ser.models.grl import DomainHead
 
 __all__ = ["CRNN"]

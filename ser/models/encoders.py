@@ -35,7 +35,6 @@ quant_state. Never cast a 4-bit model's dtype; use autocast (accelerate mixed pr
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -51,12 +50,12 @@ from torch import Tensor, nn
 
 from ser.config import EncoderParams, LoraParams
 from ser.errors import SerError
-from ser.models import SERModel
+from ser.models.base import SERModel
 from ser.models.grl import DomainHead
 from ser.models.quant_cache import load_4bit
 
 __all__ = ["EncoderSER", "ProbeSER", "PRESETS", "FAMILIES", "BackboneNotFound", "random_backbone_dir",
-           "load_backbone", "encoder_config", "default_cache_dir", "Frontend", "LayerPool", "encoder_from_probe"]
+           "load_backbone", "encoder_config", "default_cache_dir", "Frontend", "LayerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -698,19 +697,3 @@ class EncoderSER(_EncoderHead):
     def layer_means(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """[B, S, D]: each clip's mean over valid frames of every hidden state (the embeddings store)."""
         return self.pooled(x, lengths, lambda states: states.permute(1, 2, 0, 3).float())
-
-
-def encoder_from_probe(probe: ProbeSER, cache_dir: Optional[Path] = None,
-                       preprocessor: Optional[dict[str, Any]] = None) -> EncoderSER:
-    """The on-the-fly model of a probe trained on cached embeddings: its encoder (frozen) + its head,
-    so `ser predict` runs the same function on audio files."""
-    from ser.models import build_model
-
-    mp = probe.params
-    model = build_model(dataclasses.replace(mp, input="waves"), probe.build_kwargs["n_classes"],
-                        with_domain_head=probe.build_kwargs["with_domain_head"], cache_dir=cache_dir,
-                        preprocessor=preprocessor)
-    missing, unexpected = model.load_state_dict(probe.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("backbone.") for k in missing):
-        raise ValueError(f"probe head does not fit the encoder model: missing {missing}, unexpected {unexpected}")
-    return model

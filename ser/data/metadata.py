@@ -19,13 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
-from ser.errors import SerError
 from ser.config import Params
+from ser.data.corpora import ScanResult, display_name, scan_corpus
+from ser.data.labels import label_table, to_canonical
+from ser.data.manifest import ManifestError, Utterance, manifest_path, validate, write_manifest
+from ser.data.splits import LISTED_SPLITS, assign_splits, fold_count
+from ser.errors import SerError
 from ser.fsutil import write_json_atomic
-from ser.corpora import ScanResult, display_name, scan_corpus
-from ser.labels import label_table, to_canonical
-from ser.manifest import ManifestError, Utterance, manifest_path, validate, write_manifest
-from ser.splits import LISTED_SPLITS, assign_splits, fold_count
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,75 @@ def _missing_label_messages(corpus: str, labels: Sequence[str], rows: Sequence[U
             for label in labels if not have[label]]
 
 
+def _keep_labeled(params: Params, sname: str, corpus: str, scan: ScanResult, table: Any, dropped: set,
+                  root: str | Path) -> tuple[list[Utterance], dict[str, Any]]:
+    """The clips of one corpus whose label is in the study's set (duplicates dropped), and its report."""
+    study = params.studies[sname]
+    kept, excluded, maps_to = [], Counter(), {}
+    n_dup = 0
+    for u in scan.utterances:
+        if u.utt_id in dropped:
+            n_dup += 1
+            continue
+        label = to_canonical(u.raw_label, table)
+        if label in study.labels:
+            kept.append(dataclasses.replace(u, emotion=label))
+        else:
+            excluded[u.raw_label] += 1
+            maps_to[u.raw_label] = label
+    if not kept:
+        raise MetadataError(
+            f"study {sname}: no {display_name(corpus)} clip has a label in {list(study.labels)} "
+            f"({len(scan.utterances)} readable, {len(scan.skipped)} skipped, excluded by raw label "
+            f"{dict(excluded)}); check corpora.{corpus} and studies.{sname}.labels")
+    entry = {
+        "adapter": params.corpora[corpus].adapter or corpus,
+        "root": str(root),
+        "protocol": params.splits[sname][corpus].protocol,
+        "files_found": scan.files_found,
+        "readable": len(scan.utterances),
+        "skipped": [{"path": p, "reason": why} for p, why in scan.skipped],
+        "ignored": dict(scan.ignored),
+        "duplicates_dropped": n_dup,
+        "excluded_by_raw_label": {raw: {"maps_to": maps_to[raw], "count": n} for raw, n in sorted(excluded.items())},
+        "kept": len(kept),
+        "missing_labels": _missing_label_messages(corpus, study.labels, kept, table, scan),
+        "folds": {},
+    }
+    for msg in entry["missing_labels"]:
+        log.warning("study %s: %s", sname, msg)
+    return kept, entry
+
+
+def _study_folds(params: Params, sname: str, kept_by_corpus: dict[str, list[Utterance]],
+                 corpora_report: dict[str, Any]) -> tuple[dict[int, list[Utterance]], dict[str, Any]]:
+    """Every fold's validated manifest rows of a study, and the per-fold report."""
+    study = params.studies[sname]
+    folds: dict[int, list[Utterance]] = {}
+    folds_report: dict[str, Any] = {}
+    for fold in range(1, study_fold_count(params, sname, kept_by_corpus) + 1):
+        rows = _fold_rows(params, sname, fold, kept_by_corpus, corpora_report)
+        empty = [lab for lab in study.labels if not any(r.emotion == lab for r in rows)]
+        if empty:
+            raise MetadataError(f"study {sname}: label(s) {empty} have no clips in any of "
+                                f"{list(study.corpora)}; fix studies.{sname}.labels or the corpora's label_map")
+        exempt = [c for c in study.corpora if params.splits[sname][c].protocol == "held_out_words"]
+        try:
+            validate(rows, labels=study.labels, where=f"study {sname} fold {fold}", leak_exempt=exempt)
+        except ManifestError as exc:
+            raise ManifestError(f"{exc}\nA speaker must be in one split only: fix splits.{sname} "
+                                f"in params.yaml (or the corpus's speaker/session columns)") from None
+        folds[fold] = rows
+        folds_report[str(fold)] = {
+            "kept": len(rows),
+            "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in rows))},
+            "labels_by_split": {s: {lab: n for lab in study.labels
+                                    if (n := sum(r.split == s and r.emotion == lab for r in rows))}
+                                for s in LISTED_SPLITS if any(r.split == s for r in rows)},
+        }
+    return folds, folds_report
+
+
 def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, list[Utterance]], dict]:
     """One validated manifest per study, and the JSON-able report of how it was built."""
     scans: dict[str, ScanResult] = {}
@@ -132,10 +201,10 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
     manifests: dict[str, list[Utterance]] = {}
     report: dict[str, Any] = {"studies": {}}
     for sname, study in params.studies.items():
+        root = {c: roots.get(c, params.corpora[c].path) for c in study.corpora}
         for corpus in study.corpora:
             if corpus not in scans:
-                scans[corpus] = scan_corpus(corpus, params.corpora[corpus],
-                                            Path(roots.get(corpus, params.corpora[corpus].path)))
+                scans[corpus] = scan_corpus(corpus, params.corpora[corpus], Path(root[corpus]))
         tables = {c: label_table(params.corpora[c].adapter or c, params.corpora[c].label_map)
                   for c in study.corpora}
         scanned = [u for c in study.corpora for u in scans[c].utterances]
@@ -145,75 +214,17 @@ def build_manifests(params: Params, roots: dict[str, Path]) -> tuple[dict[str, l
         for g in groups:
             log.warning("study %s: identical audio %s (labels %s): %s",
                         sname, ", ".join(g["utt_ids"]), g["labels"], g["action"])
-
         kept_by_corpus: dict[str, list[Utterance]] = {}
         corpora_report: dict[str, Any] = {}
         for corpus in study.corpora:
-            scan, table = scans[corpus], tables[corpus]
-            kept, excluded, maps_to = [], Counter(), {}
-            n_dup = 0
-            for u in scan.utterances:
-                if u.utt_id in dropped:
-                    n_dup += 1
-                    continue
-                label = to_canonical(u.raw_label, table)
-                if label in study.labels:
-                    kept.append(dataclasses.replace(u, emotion=label))
-                else:
-                    excluded[u.raw_label] += 1
-                    maps_to[u.raw_label] = label
-            if not kept:
-                raise MetadataError(
-                    f"study {sname}: no {display_name(corpus)} clip has a label in {list(study.labels)} "
-                    f"({len(scan.utterances)} readable, {len(scan.skipped)} skipped, excluded by raw label "
-                    f"{dict(excluded)}); check corpora.{corpus} and studies.{sname}.labels")
-            kept_by_corpus[corpus] = kept
-            corpora_report[corpus] = {
-                "adapter": params.corpora[corpus].adapter or corpus,
-                "root": str(roots.get(corpus, params.corpora[corpus].path)),
-                "protocol": params.splits[sname][corpus].protocol,
-                "files_found": scan.files_found,
-                "readable": len(scan.utterances),
-                "skipped": [{"path": p, "reason": why} for p, why in scan.skipped],
-                "ignored": dict(scan.ignored),
-                "duplicates_dropped": n_dup,
-                "excluded_by_raw_label": {raw: {"maps_to": maps_to[raw], "count": n}
-                                          for raw, n in sorted(excluded.items())},
-                "kept": len(kept),
-                "missing_labels": _missing_label_messages(corpus, study.labels, kept, table, scan),
-                "folds": {},
-            }
-            for msg in corpora_report[corpus]["missing_labels"]:
-                log.warning("study %s: %s", sname, msg)
-
-        n_folds = study_fold_count(params, sname, kept_by_corpus)
-        folds: dict[int, list[Utterance]] = {}
-        folds_report: dict[str, Any] = {}
-        for fold in range(1, n_folds + 1):
-            rows = _fold_rows(params, sname, fold, kept_by_corpus, corpora_report)
-            empty = [lab for lab in study.labels if not any(r.emotion == lab for r in rows)]
-            if empty:
-                raise MetadataError(f"study {sname}: label(s) {empty} have no clips in any of "
-                                    f"{list(study.corpora)}; fix studies.{sname}.labels or the corpora's label_map")
-            exempt = [c for c in study.corpora if params.splits[sname][c].protocol == "held_out_words"]
-            try:
-                validate(rows, labels=study.labels, where=f"study {sname} fold {fold}", leak_exempt=exempt)
-            except ManifestError as exc:
-                raise ManifestError(f"{exc}\nA speaker must be in one split only: fix splits.{sname} "
-                                    f"in params.yaml (or the corpus's speaker/session columns)") from None
-            folds[fold] = rows
-            folds_report[str(fold)] = {
-                "kept": len(rows),
-                "splits": {s: n for s in LISTED_SPLITS if (n := sum(r.split == s for r in rows))},
-                "labels_by_split": {s: {lab: n for lab in study.labels
-                                        if (n := sum(r.split == s and r.emotion == lab for r in rows))}
-                                    for s in LISTED_SPLITS if any(r.split == s for r in rows)},
-            }
+            kept_by_corpus[corpus], corpora_report[corpus] = _keep_labeled(
+                params, sname, corpus, scans[corpus], tables[corpus], dropped, root[corpus])
+        folds, folds_report = _study_folds(params, sname, kept_by_corpus, corpora_report)
         manifests[sname] = folds
         report["studies"][sname] = {
             "labels": list(study.labels),
             "design": study.design,
-            "n_folds": n_folds,
+            "n_folds": len(folds),
             "corpora": corpora_report,
             "duplicate_groups": groups,
             "clips": len({r.utt_id for rows in folds.values() for r in rows}),

@@ -4,7 +4,7 @@ A frozen-encoder probe (weighted layer sum -> linear projection -> mean over tim
 is linear up to the classifier, so it is the same function on these per-clip means as on the
 frame-level states (tests/test_encoders.py proves it); probe training then never runs the encoder.
 
-Layout, beside the other stores (ser.stores), one sub-store per encoder (EncoderParams.store_key)::
+Layout, beside the other stores (ser.features.stores), one sub-store per encoder (EncoderParams.store_key)::
 
     embeddings/<study>/<key>/meta.json     kind "embeddings", the encoder (spec, family, revision,
                                            preprocessor config, hidden states x hidden size), the
@@ -37,10 +37,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ser.config import EncoderParams
 from ser.codegraph import code_fingerprint
+from ser.config import EncoderParams
+from ser.features.stores import CLIPS, IndexRow, StoreError, read_index, store_fingerprint, write_index, write_meta
 from ser.runtime import resolve_device
-from ser.stores import CLIPS, IndexRow, StoreError, read_index, store_fingerprint, write_index, write_meta
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ the choices worth knowing:
 - `held_out_words` (TESS, whose two speakers say the same 200 words) holds out
   *words*: both speakers are in every split, so its test score measures
   generalisation to unseen words of seen speakers, not to unseen speakers. Such
-  corpora are exempt from the speaker-leakage check (ser.manifest.validate).
+  corpora are exempt from the speaker-leakage check (ser.data.manifest.validate).
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence, Union
 
-from ser.errors import SerError
 from ser.config import SplitParams
-from ser.manifest import Utterance
+from ser.data.manifest import Utterance
+from ser.errors import SerError
 
 log = logging.getLogger(__name__)
 

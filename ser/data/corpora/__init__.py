@@ -3,7 +3,7 @@
 An adapter only *finds* clips: it parses names and label files, reads each
 file's header (duration, sample rate) and reports what it skipped and why.
 Mapping raw labels to a study's label set and assigning splits happen later
-(ser.metadata), so one scan serves every study that uses the corpus.
+(ser.data.metadata), so one scan serves every study that uses the corpus.
 
 Rows come back with `emotion=""`, `split="unassigned"` and `raw_label` set to
 the corpus's own code (RAVDESS "05", CREMA-D "ANG", TESS "ps", IEMOCAP "exc").
@@ -19,9 +19,9 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import soundfile as sf
 from tqdm import tqdm
 
-from ser.errors import SerError
 from ser.config import CorpusParams
-from ser.manifest import Utterance
+from ser.data.manifest import Utterance
+from ser.errors import SerError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,7 +30,7 @@ MAX_LOGGED = 20  # skipped files listed in the log; the report lists all
 __all__ = ["ADAPTERS", "AUDIO_SUFFIXES", "CorpusNotFound", "ScanResult", "ScanBuilder", "scan_corpus",
            "display_name", "is_audio", "is_hidden", "iter_files", "find_nested", "nested_hint"]
 
-# Audio formats the adapters accept (any letter case): what ser.audio.load_audio decodes through
+# Audio formats the adapters accept (any letter case): what ser.features.audio.load_audio decodes through
 # soundfile. Many corpus mirrors ship FLAC (e.g. RAVDESS and EmoDB copies on the Hugging Face Hub).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -195,7 +195,7 @@ def scan_corpus(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
 def _registry() -> dict[str, Callable[[str, CorpusParams, Path], ScanResult]]:
     # Imported here, not at the top: the adapters import ScanBuilder & co. from
     # this package, so they must be defined before the adapter modules load.
-    from ser.corpora import crema_d, csv_corpus, iemocap, ravdess, tess
+    from ser.data.corpora import crema_d, csv_corpus, iemocap, ravdess, tess
     return {"ravdess": ravdess.scan, "crema_d": crema_d.scan, "tess": tess.scan,
             "iemocap": iemocap.scan, "csv": csv_corpus.scan}
 

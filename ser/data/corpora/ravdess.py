@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_audio, is_hidden, iter_files, nested_hint
+from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_audio, is_hidden, iter_files, nested_hint
 
 NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 ACTOR_DIR = re.compile(r"^Actor_(\d\d)$", re.IGNORECASE)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
+from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every audio file of a study is decoded and resampled exactly once, here; the
 training and evaluation stages only slice the contiguous arrays written by
-`ser.stores`.
+`ser.features.stores`.
 
 Log-mel definition (the reference is librosa; `logmel` reproduces it to float
 rounding, see tests/test_features.py)::
@@ -16,15 +16,15 @@ rounding, see tests/test_features.py)::
 i.e. a Hann-windowed STFT of the zero-padded signal, power spectrum, Slaney mel
 filterbank (librosa.filters.mel), 10*log10 with a 1e-10 floor (-100 dB).
 
-openSMILE stores (`egemaps`, `compare`; see ser.smile): one row of
+openSMILE stores (`egemaps`, `compare`; see ser.features.smile): one row of
 utterance-level functionals per clip, float32 [N, n_features], computed from
 the same decoded and conditioned wave as the other kinds (`_decode`) and
 stored raw: global or per-speaker standardisation is the classifier's choice
-(ser.classical). The index `length` is the clip's sample count.
+(ser.models.linear). The index `length` is the clip's sample count.
 
 Store policy:
-  * Every kind decodes, checks (`ser.audio.check_audio`) and conditions
-    (`ser.audio.condition`: silence trimming, gain normalisation) each file in
+  * Every kind decodes, checks (`ser.features.audio.check_audio`) and conditions
+    (`ser.features.audio.condition`: silence trimming, gain normalisation) each file in
     `_decode`, so mels, waves and any other store see the same audio.
   * `mel_features` gives every clip `fp.frames` frames: longer clips are
     cropped (centre or start, `fp.crop`), optionally normalised per utterance
@@ -35,7 +35,7 @@ Store policy:
     one folder per fold (`f<k>/`) with that fold's split index files. The
     per-mel-bin mean/std over the valid frames of the fold's *train* split
     only are stored in f<k>/meta.json and applied on reading to every split
-    (ser.stores.FeatureStore; padding included, so a padded frame reads as
+    (ser.features.stores.FeatureStore; padding included, so a padded frame reads as
     normalised silence everywhere, at training and at inference alike).
   * `fp.mel_norm: speaker` instead z-scores each clip with the per-bin
     mean/std over the valid frames of all its (corpus, speaker)'s clips in the
@@ -57,7 +57,7 @@ Store policy:
     (skipped rows are compacted away afterwards); each fold's train
     statistics come from per-clip sums the workers return. Waves: lengths
     are only known after decoding, so the parent appends each wave as it
-    arrives. The scratch file is handed to `ser.stores.write_split`, which
+    arrives. The scratch file is handed to `ser.features.stores.write_split`, which
     streams it into `clips.npy`.
 """
 from __future__ import annotations
@@ -82,10 +82,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ser.audio import AudioError, check_audio, condition, load_audio
 from ser.config import FeatureParams
-from ser.manifest import ManifestError, Utterance, manifest_path, read_manifest, study_folds
-from ser.stores import IndexRow, speaker_key, store_fingerprint, write_index, write_meta, write_split
+from ser.data.manifest import ManifestError, Utterance, manifest_path, read_manifest, study_folds
+from ser.features.audio import AudioError, check_audio, condition, load_audio
+from ser.features.smile import SMILE_SETS, functionals, n_features, smile_meta
+from ser.features.stores import IndexRow, speaker_key, store_fingerprint, write_index, write_meta, write_split
 
 __all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "instance_normalise",
            "mel_features", "normalise", "precompute_mels", "precompute_waves", "mel_for_inference",
@@ -273,8 +274,8 @@ def feature_params_from_meta(meta: dict[str, Any]) -> FeatureParams:
 def mel_input(wave: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
     """Normalised [n_mels, frames] log-mel of a wave, exactly as the store was built, and its length.
 
-    `wave` must be mono float32 at meta["sample_rate"] (ser.audio.load_audio)
-    and already conditioned with the store's params (ser.audio.condition),
+    `wave` must be mono float32 at meta["sample_rate"] (ser.features.audio.load_audio)
+    and already conditioned with the store's params (ser.features.audio.condition),
     as `_decode` does for the stores: `ser predict` conditions a whole file
     once, then cuts it into windows.
 
@@ -310,7 +311,6 @@ def smile_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     `wave` must be mono float32 at meta["sample_rate"], decoded and conditioned
     as `_decode` does for the stores.
     """
-    from ser.smile import SMILE_SETS, functionals
 
     kind = meta.get("kind")
     if kind not in SMILE_SETS:
@@ -406,7 +406,6 @@ def _smile_job(kind: str, task: _Task) -> _Result:
     A clip opensmile gives no (or non-finite) features for is skipped as
     `non_finite`, so the classifiers never see NaN.
     """
-    from ser.smile import functionals
 
     fp = _worker_fp
     assert fp is not None, "worker not initialised"
@@ -611,7 +610,6 @@ def _write_store(kind: str, out_root: Path, sink: _Sink, folds: dict[int, list[U
         if fp.mel_norm == "speaker":
             meta["speaker_stats"] = _speaker_stats(sink)
     elif kind not in _JOBS:
-        from ser.smile import smile_meta
         meta.update(smile_meta(kind))
     for stale in [*out_root.glob("f*"), *(out_root / f"{s}.{ext}" for s in STORE_SPLITS for ext in ("npy", "csv"))]:
         if stale.exists() and (stale.is_file() or not stale.name[1:].isdigit() or int(stale.name[1:]) not in folds):
@@ -691,7 +689,7 @@ def precompute_waves(manifests_dir: str | Path, study: str, out_root: str | Path
 def precompute_smile(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
                      workers: Optional[int] = None, *, labels: Sequence[str],
                      target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
-    """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.smile):
+    """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.features.smile):
     per split a float32 [N, n_features] array of raw functionals, one row per clip."""
     if kind not in STORE_KINDS or kind in _JOBS:
         raise KeyError(f"unknown openSMILE store kind {kind!r}; known: {sorted(set(STORE_KINDS) - set(_JOBS))}")
@@ -699,7 +697,7 @@ def precompute_smile(manifests_dir: str | Path, study: str, out_root: str | Path
 
 
 # kind -> worker job for the log-mel and wave stores; the other kinds are the
-# openSMILE feature sets of ser.smile.SMILE_SETS, run by _smile_job.
+# openSMILE feature sets of ser.features.smile.SMILE_SETS, run by _smile_job.
 _JOBS: dict[str, Callable[[_Task], _Result]] = {"mels": _mel_job, "waves": _wave_job}
 STORE_KINDS = ("mels", "waves", "egemaps", "compare")
 
@@ -715,5 +713,4 @@ def _item_shape(kind: str, fp: FeatureParams) -> tuple[int, ...]:
         return (fp.n_mels, fp.frames)
     if kind == "waves":
         return ()
-    from ser.smile import n_features
     return (n_features(kind),)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, nested_hint
+from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult, nested_hint
 
 log = logging.getLogger(__name__)
 

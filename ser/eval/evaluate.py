@@ -20,10 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ser.config import Params, encoder_store_key
-from ser.data import FeatureDataset, make_loader, max_samples_for
+from ser.features.dataset import FeatureDataset, make_loader, max_samples_for
+from ser.features.stores import FeatureStore, fold_root, read_index
+from ser.models.checkpoint import BACKBONE_CACHE, META, WEIGHTS, load_checkpoint
+from ser.models.linear import evaluate_classical, is_linear
 from ser.runtime import resolve_device
 from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
-from ser.stores import FeatureStore, fold_root, read_index
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,6 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
 
     Returns (compute_metrics(...), y_true, y_pred) in store order.
     """
-    from ser.checkpoint import BACKBONE_CACHE, load_checkpoint
-    from ser.classical import evaluate_classical, is_linear
-
     model_dir, features_root = Path(model_dir), Path(features_root)
     if is_linear(model_dir):  # the classical baseline: numpy weights, no torch model
         return evaluate_classical(model_dir, features_root, split, corpus)
@@ -157,7 +156,6 @@ def layer_weights_of(model_dir: Path) -> Optional[list[float]]:
     which hidden states (0 = CNN / embedding output) the emotion head reads."""
     from safetensors import safe_open
 
-    from ser.checkpoint import WEIGHTS
     path = Path(model_dir) / WEIGHTS
     if not path.is_file():
         return None
@@ -244,8 +242,6 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
     set without clips (e.g. a source corpus used only for training) is skipped,
     logged, and recorded as {"skipped": reason}, so the metrics say so too.
     """
-    from ser.checkpoint import META
-
     if name not in params.models:
         raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
     mp = params.models[name]

@@ -17,9 +17,9 @@ import csv
 import os
 from pathlib import Path
 
-from ser.errors import SerError
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult
+from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult
+from ser.errors import SerError
 
 REQUIRED = ("path", "speaker", "emotion")
 OPTIONAL = ("session", "gender", "text")

@@ -1,23 +1,23 @@
 """`ser predict`: emotion predictions for audio files from a trained checkpoint.
 
 The model directory written by training (meta.json + model.safetensors, see
-ser.checkpoint) carries everything inference needs: the label list, the input
+ser.models.checkpoint) carries everything inference needs: the label list, the input
 kind and the feature store's meta. Audio is decoded exactly as the precompute
-stages decoded it (ser.audio.load_audio: any sample rate, mono or multichannel,
+stages decoded it (ser.features.audio.load_audio: any sample rate, mono or multichannel,
 any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the model's input with the stored settings:
 
-  both   ser.audio.condition with the stored front end (silence trimming,
+  both   ser.features.audio.condition with the stored front end (silence trimming,
          gain normalisation), applied to the whole file as the stores apply
          it to each clip; window times stay times in the original file;
-  mels   ser.features.mel_input: the stored log-mel parameters, pad/crop
+  mels   ser.features.precompute.mel_input: the stored log-mel parameters, pad/crop
          policy, per-utterance and train-split normalisation, and each
          window's valid frame count (the CRNN pools over those). A store
          built with `mel_norm: speaker` has no statistics for an unknown
          speaker: each window is normalised with its own (with a warning),
          so predictions can differ from evaluation's;
   waves  the float waveform at the stored sample rate (16 kHz);
-  egemaps / compare  (arch linear, ser.classical) the openSMILE functionals of
-         the whole conditioned file (ser.features.smile_for_inference), the
+  egemaps / compare  (arch linear, ser.models.linear) the openSMILE functionals of
+         the whole conditioned file (ser.features.precompute.smile_for_inference), the
          store's function. No windows: functionals summarise a whole clip, as
          at training, so --window/--hop are refused. A file has no speaker
          statistics: a model trained with per-speaker standardisation falls
@@ -30,7 +30,7 @@ Sliding windows: a recording longer than the window is scored in windows of
 `window_s` every `hop_s` seconds (the last window is aligned to the end so the
 tail is covered by a full window); the file's probabilities are the mean of its
 windows'. A recording no longer than the window is one window: exactly the
-input evaluation gives the same clip, so predictions match `ser.evaluation`.
+input evaluation gives the same clip, so predictions match `ser.eval.evaluate`.
 Defaults: the window a model was trained on (mels: frames x hop = 3 s;
 encoder models: `encoder.max_seconds`), hop = half a window.
 
@@ -55,9 +55,11 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from ser.audio import AudioError, check_audio, condition_span, load_audio
-from ser.classical import LinearModel, is_linear, load_linear
-from ser.features import feature_params_from_meta, mel_input, smile_for_inference
+from ser.features.audio import AudioError, check_audio, condition_span, load_audio
+from ser.features.precompute import feature_params_from_meta, mel_input, smile_for_inference
+from ser.models import encoder_from_probe
+from ser.models.checkpoint import BACKBONE_CACHE, load_checkpoint
+from ser.models.linear import LinearModel, is_linear, load_linear
 from ser.runtime import resolve_device
 
 __all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
@@ -93,7 +95,7 @@ class FileResult:
     duration_s: Optional[float] = None
     windows: list[Window] = field(default_factory=list)
     error: Optional[str] = None
-    reason: Optional[str] = None  # a ser.audio.SKIP_REASONS name (or "error")
+    reason: Optional[str] = None  # a ser.features.audio.SKIP_REASONS name (or "error")
 
     @property
     def ok(self) -> bool:
@@ -166,8 +168,6 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, *, device: str = "auto", window_s: Optional[float] = None,
                  hop_s: Optional[float] = None, batch_size: int = 16) -> None:
-        from ser.checkpoint import BACKBONE_CACHE, load_checkpoint
-
         for name, value in (("--window", window_s), ("--hop", hop_s)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value}")
@@ -214,7 +214,6 @@ class Predictor:
     def _probe_to_encoder(self) -> None:
         """A probe trained on cached embeddings: run its encoder (frozen, with the preprocessor config the
         embeddings were computed with) and the same head on the audio, i.e. the function it was trained as."""
-        from ser.models.encoders import encoder_from_probe
         stored = self.feature_meta.get("encoder") or {}
         model = encoder_from_probe(self.model, preprocessor=stored.get("preprocessor"))
         if stored.get("revision") != model.revision:
@@ -224,7 +223,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
 
     def _init_linear(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
-        """A classical (ser.classical) model: whole-file openSMILE functionals, no windows."""
+        """A classical (ser.models.linear) model: whole-file openSMILE functionals, no windows."""
         if window_s is not None or hop_s is not None:
             raise ValueError("--window/--hop do not apply to a classical model: its openSMILE functionals "
                              "summarise the whole file")
@@ -266,7 +265,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ inference
     def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """A model batch for equal-length segments (what ser.data.collate_batch builds)."""
+        """A model batch for equal-length segments (what ser.features.dataset.collate_batch builds)."""
         if self.input == "mels":
             mels, lengths = zip(*(mel_input(s, self.feature_meta) for s in segments))
             return torch.from_numpy(np.stack(mels)).unsqueeze(1), torch.tensor(lengths, dtype=torch.long)
@@ -276,7 +275,7 @@ class Predictor:
     @torch.no_grad()
     def predict_wave(self, wave: np.ndarray, offset_s: float = 0.0) -> list[Window]:
         """Window probabilities for a mono float32 wave at `self.sample_rate`, already
-        conditioned (ser.audio.condition); window times are shifted by `offset_s`."""
+        conditioned (ser.features.audio.condition); window times are shifted by `offset_s`."""
         if self.linear is not None:  # one whole-file "window" (see the module docstring)
             feats = smile_for_inference(wave, self.feature_meta)
             scores = self.linear.score(self.linear.prepare(feats[None]))[0]

@@ -3,7 +3,7 @@ workspace and in DVC experiments.
 
 Sources:
   workspace    <metrics_dir>/aggregate.json as written by the summarize stage
-               (ser.summary): per model and scope (in_domain, target = a
+               (ser.eval.summary): per model and scope (in_domain, target = a
                cross-corpus study's target corpus, named in `corpus`) the mean
                and std over runs (folds x seeds) and the pooled metrics with
                their bootstrap confidence intervals (`pooled.uar_ci95`, ...).
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from ser.evaluation import SCOPES
+from ser.eval.evaluate import SCOPES
 
 __all__ = ["Row", "read_workspace", "parse_exp_show", "read_experiments", "render_markdown", "plot_rows",
            "write_report", "SCOPE_TITLES"]

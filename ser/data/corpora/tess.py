@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
-from ser.labels import label_table, to_canonical
+from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_hidden, iter_files, nested_hint
+from ser.data.labels import label_table, to_canonical
 
 SPEAKERS = ("oaf", "yaf")
 FOLDER = re.compile(r"^(OAF|YAF)[_\s-]+(.+)$", re.IGNORECASE)

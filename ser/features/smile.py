@@ -2,8 +2,8 @@
 
 One row of utterance-level functionals per clip (Eyben et al. 2016, eGeMAPS:
 88 features; Schuller et al. 2016, ComParE: 6373), computed by the `opensmile`
-wheel (the SMILE C library is bundled, so it runs offline). ser.features
-stores them (`precompute --kind egemaps|compare`) and ser.predict computes the
+wheel (the SMILE C library is bundled, so it runs offline). ser.features.precompute
+stores them (`precompute --kind egemaps|compare`) and ser.infer.predict computes the
 same row for a new file, both through `functionals`.
 
 opensmile converts float audio to 16-bit integers as `int16(x * 32768)`,

@@ -257,29 +257,11 @@ def _glottal_table(oq: float, size: int = 8192) -> np.ndarray:
     return flow.astype(np.float32)
 
 
-def _render_speech(rng: np.random.Generator, style: Style, voice: Voice, sr: int,
-                   vowels: Optional[Sequence[int]], pad: tuple[float, float] = (0.06, 0.2)) -> np.ndarray:
-    """One dry utterance (float32), RMS-normalised to its emotion's and speaker's level.
-
-    `pad` bounds the silence before and after the speech, in seconds.
-    """
-    rate = style.rate * voice.rate * rng.normal(1.0, 0.05)
-    lead, trail = rng.uniform(*pad), rng.uniform(*pad)
-    if vowels is None:  # free speech: length first, then as many syllables as fit
-        target = rng.uniform(1.2, MAX_DURATION_S)
-        vowels = rng.integers(0, len(VOWELS), max(3, round((target - lead - trail) * rate)))
-    vowels = np.asarray(vowels)
-    k = len(vowels)
-    total = float(np.clip(lead + k / rate + trail, MIN_DURATION_S, MAX_DURATION_S))
-    speech = total - lead - trail
+def _glottal_source(rng: np.random.Generator, style: Style, voice: Voice, sr: int, total: float, lead: float,
+                    speech: float, centers: np.ndarray, stress: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The voiced excitation (float32, with aspiration noise) and its 5 ms control grid."""
     n = int(round(total * sr))
     t = np.arange(n) / sr
-
-    w = rng.uniform(0.7, 1.3, k)
-    edges = lead + speech * np.concatenate(([0.0], np.cumsum(w) / w.sum()))
-    centers = 0.5 * (edges[:-1] + edges[1:])
-    stress = rng.uniform(0.0, 1.0, k)
-
     # f0 contour on a 5 ms control grid: accents on stressed syllables, declination,
     # the emotion's final rise/fall and tremor; jitter held for ~1 period.
     step = 0.005
@@ -306,7 +288,14 @@ def _render_speech(rng: np.random.Generator, style: Style, voice: Voice, sr: int
     # Aspiration noise, louder while the glottis is open.
     aspiration = rng.standard_normal(n, dtype=np.float32) * np.where(frac < oq, 1.0, 0.4).astype(np.float32)
     source += np.float32(0.25 * breath) * aspiration
+    return source, tc
 
+
+def _excitation(rng: np.random.Generator, source: np.ndarray, sr: int, tc: np.ndarray, edges: np.ndarray,
+                stress: np.ndarray) -> np.ndarray:
+    """[2, n]: the voiced source under syllable envelopes, and the fricative onsets' noise."""
+    k, n = len(stress), len(source)
+    t = np.arange(n) / sr
     # Syllable envelopes on the control grid, smoothed (no clicks), then to samples.
     seg = np.clip(np.searchsorted(edges, tc, side="right") - 1, 0, k - 1)
     inside = (tc >= edges[0]) & (tc < edges[-1])
@@ -320,11 +309,18 @@ def _render_speech(rng: np.random.Generator, style: Style, voice: Voice, sr: int
     excitation = np.empty((2, n), np.float32)
     excitation[0] = source * np.interp(t, tc, _smooth(env_v, 5))
     excitation[1] = rng.standard_normal(n, dtype=np.float32) * np.interp(t, tc, _smooth(env_c, 3))
+    return excitation
 
-    # Time-varying vocal tract in the STFT domain (~21-32 ms frames): cascade
-    # resonances (DC gain 1) whose F1-F4 glide between the syllables' vowel
-    # targets, fixed higher formants of a neutral tube, and the emotion's spectral
-    # tilt. Fricative onsets get a high band of their own.
+
+def _vocal_tract(rng: np.random.Generator, excitation: np.ndarray, sr: int, style: Style, voice: Voice,
+                 centers: np.ndarray, vowels: np.ndarray) -> np.ndarray:
+    """The excitation through a time-varying vocal tract, in the STFT domain (~21-32 ms frames).
+
+    Cascade resonances (DC gain 1) whose F1-F4 glide between the syllables' vowel
+    targets, fixed higher formants of a neutral tube, and the emotion's spectral
+    tilt. Fricative onsets get a high band of their own.
+    """
+    n = excitation.shape[1]
     nfft = 512 if sr <= 32000 else 1024
     hop = nfft // 4
     spec = _stft(excitation, nfft, hop)
@@ -340,15 +336,41 @@ def _render_speech(rng: np.random.Generator, style: Style, voice: Voice, sr: int
     power = static.astype(np.float32)[None, :]
     f2 = (f ** 2).astype(np.float32)
     targets = VOWELS[vowels] * voice.formant_scale
-    widen = 1.0 + 0.8 * breath  # breathy voices have damped (wider) first formants
+    widen = 1.0 + 0.8 * (style.breath + voice.breath)  # breathy voices have damped (wider) first formants
     for i in range(4):
         fi2 = (np.interp(times, centers, targets[:, i]) ** 2).astype(np.float32)[:, None]
         b2f2 = float(BANDWIDTHS[i] * (widen if i == 0 else 1.0)) ** 2 * f2
         power = power * (fi2 * fi2 / (np.square(fi2 - f2) + b2f2))
     fc = min(rng.uniform(3500.0, 5500.0) * voice.formant_scale, 0.4 * sr)
     h_fric = (3.0 / (1.0 + ((f - fc) / 1500.0) ** 2) * (f > 1200)).astype(np.float32)
-    y = _istft(spec[0] * np.sqrt(power) + spec[1] * h_fric, nfft, hop, n)
+    return _istft(spec[0] * np.sqrt(power) + spec[1] * h_fric, nfft, hop, n)
 
+
+def _render_speech(rng: np.random.Generator, style: Style, voice: Voice, sr: int,
+                   vowels: Optional[Sequence[int]], pad: tuple[float, float] = (0.06, 0.2)) -> np.ndarray:
+    """One dry utterance (float32), RMS-normalised to its emotion's and speaker's level.
+
+    `pad` bounds the silence before and after the speech, in seconds. The random draws
+    happen in a fixed order (timing, source, envelopes, tract, level): a seed gives one clip.
+    """
+    rate = style.rate * voice.rate * rng.normal(1.0, 0.05)
+    lead, trail = rng.uniform(*pad), rng.uniform(*pad)
+    if vowels is None:  # free speech: length first, then as many syllables as fit
+        target = rng.uniform(1.2, MAX_DURATION_S)
+        vowels = rng.integers(0, len(VOWELS), max(3, round((target - lead - trail) * rate)))
+    vowels = np.asarray(vowels)
+    k = len(vowels)
+    total = float(np.clip(lead + k / rate + trail, MIN_DURATION_S, MAX_DURATION_S))
+    speech = total - lead - trail
+
+    w = rng.uniform(0.7, 1.3, k)
+    edges = lead + speech * np.concatenate(([0.0], np.cumsum(w) / w.sum()))
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    stress = rng.uniform(0.0, 1.0, k)
+
+    source, tc = _glottal_source(rng, style, voice, sr, total, lead, speech, centers, stress)
+    excitation = _excitation(rng, source, sr, tc, edges, stress)
+    y = _vocal_tract(rng, excitation, sr, style, voice, centers, vowels)
     level = -27.0 + style.gain_db + voice.level_db + rng.normal(0.0, 1.0)
     active = slice(int(edges[0] * sr), int(edges[-1] * sr))
     return y * np.float32(10 ** (level / 20) / _rms(y[active]))

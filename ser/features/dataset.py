@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ser.stores import FeatureStore, StoreError
+from ser.features.stores import FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ser.errors import SerError
+from ser.errors import CheckpointError, SerError
 from ser.logutil import setup_logging
+from ser.runtime import torch_threads
+from ser.stageutil import ensure_writable
 
-log = logging.getLogger("ser.cli")
+log = logging.getLogger("ser.infer.cli")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ser.predict import collect_audio
-    from ser.runtime import torch_threads
-    from ser.stageutil import ensure_writable
+    from ser.infer.predict import collect_audio  # lazy: torch and the models; `ser report` needs neither
 
     if args.threads is not None and args.threads < 1:
         log.error("--threads must be >= 1, got %d", args.threads)
@@ -37,8 +37,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace, files: list[Path]) -> int:
-    from ser.checkpoint import CheckpointError
-    from ser.predict import Predictor, render, summary
+    from ser.infer.predict import Predictor, render, summary  # lazy: torch and the models
 
     try:
         predictor = Predictor(args.model, device=args.device, window_s=args.window, hop_s=args.hop,
@@ -63,7 +62,7 @@ def _score(args: argparse.Namespace, files: list[Path]) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ser.report import write_report
+    from ser.eval.report import write_report  # lazy: matplotlib; `ser predict` does not need it
 
     try:
         md, png = write_report(args.metrics_dir, args.out_dir, args.repo, experiments=not args.no_experiments)

@@ -34,8 +34,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ser.config import Params
-from ser.evaluation import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
+from ser.eval.evaluate import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
                             plot_layer_weights, write_metrics_json)
+from ser.models.checkpoint import META
 from ser.runs import is_not_run, parse_run_name, run_name
 from ser.runtime import describe_runtimes
 from ser.stats import Predictions, aggregate, compare_models, concat, pooled, read_predictions_csv
@@ -69,8 +70,6 @@ def collect_runs(params: Params, metrics_dir: Path, models_dir: Path,
     file, or one written for another version of the run's model (its
     `model_fingerprint` differs), is an error: the summary never mixes runs.
     """
-    from ser.checkpoint import META
-
     out: dict[tuple[str, str], list[Run]] = {}
     for name, mp in params.models.items():
         labels = params.study(mp.study).labels
@@ -355,8 +354,6 @@ def _train_seconds(params: Params, live_dir: Optional[Path], name: str) -> Optio
 
 
 def _parameters(models_dir: Path, name: str) -> dict[str, Any]:
-    from ser.checkpoint import META
-
     for path in sorted((Path(models_dir) / name).glob(f"*/{META}")):
         return (_read_json(path) or {}).get("parameters", {})
     return {}
@@ -364,8 +361,6 @@ def _parameters(models_dir: Path, name: str) -> dict[str, Any]:
 
 def computed_with(params: Params, models_dir: Path, name: str) -> str:
     """The threads, device and precision of a model's runs (their meta.json `runtime`), as one label."""
-    from ser.checkpoint import META
-
     records = []
     for fold in params.folds:
         for seed in params.seeds:

@@ -1,7 +1,7 @@
 """download-verify: obtain every corpus a study uses, then verify it.
 
 Sources (`corpora.<name>.source` in params.yaml):
-  demo      synthesised offline by `ser.demo.generate_corpus`.
+  demo      synthesised offline by `ser.data.demo.generate_corpus`.
   download  fetched from `url`: resumable (HTTP Range on a `.part` file),
             verified against the published md5/sha256, or else against the
             sha256 pinned in the lock file (recorded on first download, meant
@@ -49,9 +49,9 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from ser.config import CorpusParams, Params
 from ser.errors import SerError
 from ser.fsutil import write_json_atomic
-from ser.config import CorpusParams, Params
 
 __all__ = [
     "CorpusError", "CorpusNotFound", "DownloadError", "IncompleteDownload", "ChecksumMismatch",
@@ -165,9 +165,9 @@ def _rmtree(path: Path) -> None:
 
 
 def _demo_markers() -> set[str]:
-    # ser.demo is imported lazily: profiles with real corpora do not need it.
+    # ser.data.demo is imported lazily: profiles with real corpora do not need it.
     try:
-        from ser.demo import MARKER as DONE, PARTIAL_MARKER as PARTIAL
+        from ser.data.demo import MARKER as DONE, PARTIAL_MARKER as PARTIAL
     except ImportError:
         return set()
     return {DONE, PARTIAL}
@@ -182,7 +182,7 @@ def _check_demo_replaceable(name: str, root: Path) -> None:
     """A demo root is replaced whole by a real corpus: refuse if it holds files the demo did not write."""
     if not _is_demo(root):
         return
-    from ser.demo import foreign_files
+    from ser.data.demo import foreign_files
 
     foreign = foreign_files(root)
     if foreign:
@@ -246,7 +246,7 @@ class ChecksumLock:
     def record(self, url: str, entry: dict) -> None:
         self.sources[url] = {**entry, "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_json_atomic(self.path, {
-            "_comment": "Checksums pinned on first download (ser.download). Commit this file: later "
+            "_comment": "Checksums pinned on first download (ser.data.download). Commit this file: later "
                         "downloads must match. Delete an entry to accept a new version of that source.",
             "sources": self.sources})
         log.info("pinned %s in %s", url, self.path)
@@ -729,7 +729,7 @@ def verify_corpus(name: str, root: Path, expected: Optional[int], *, kind: Optio
 # --------------------------------------------------------------------------- sources
 def _prepare_demo(name: str, cfg: CorpusParams, params: Params) -> int:
     # Imported here: the demo generator is optional for real-corpus profiles.
-    from ser.demo import generate_corpus
+    from ser.data.demo import generate_corpus
 
     if name not in params.demo.clips_per_speaker:
         raise CorpusError(f"corpora.{name} has source: demo but demo.clips_per_speaker has no "

@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ser.errors import SerError
 from ser.config import ModelParams, _build
+from ser.errors import CheckpointError
 from ser.models import SERModel, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "WEIGHTS", "META", "FORMAT", "BACKBONE_CACHE"]
@@ -46,10 +46,6 @@ META = "meta.json"
 BACKBONE_CACHE = "backbone"
 _RESERVED = ("format", "model_params", "build", "backbone", "parameters", "state", "weights_sha256",
              "base_fingerprint")
-
-
-class CheckpointError(ValueError, SerError):
-    """A checkpoint is missing, incomplete, or does not match the model it describes."""
 
 
 def _state_to_save(model: SERModel) -> dict[str, Tensor]:

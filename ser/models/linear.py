@@ -46,9 +46,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ser.config import ClassicalParams, Params
+from ser.errors import CheckpointError
+from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
 from ser.stats import compute_metrics
-from ser.stores import FeatureStore, fold_root
 
 __all__ = ["FORMAT", "LinearModel", "fit_stats", "standardise", "speaker_standardise", "train_classical",
            "evaluate_classical", "load_linear", "save_linear", "is_linear"]
@@ -203,8 +204,6 @@ def is_linear(model_dir: Path) -> bool:
 def load_linear(model_dir: Path) -> tuple[LinearModel, dict[str, Any]]:
     from safetensors.numpy import load_file
 
-    from ser.checkpoint import CheckpointError
-
     model_dir = Path(model_dir)
     meta_path, weights_path = model_dir / META, model_dir / WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
@@ -240,7 +239,7 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
                     timing_path: Optional[Path] = None) -> dict[str, Any]:
     """Fit model `name` (arch linear) per C of its grid, keep the best on val UAR, save it to out_dir.
 
-    Returns the same shape of result as ser.training.train_model (best_epoch 1:
+    Returns the same shape of result as ser.train.loop.train_model (best_epoch 1:
     one fit) plus `C` and `val_uar_by_C`. DVCLive gets one step per C (in
     ascending order) and a summary whose `val` block is the chosen C's.
     """
@@ -319,7 +318,7 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
 # --------------------------------------------------------------------------- evaluation
 def evaluate_classical(model_dir: Path, features_root: Path, split: str = "test",
                        corpus: Optional[str] = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """ser.evaluation.evaluate_model for a linear checkpoint: (metrics, y_true, y_pred) in store order."""
+    """ser.eval.evaluate.evaluate_model for a linear checkpoint: (metrics, y_true, y_pred) in store order."""
     model, meta = load_linear(model_dir)
     store_root = fold_root(features_root, meta["input"], meta["study"], int(meta.get("fold", 1)))
     x, y_true, speakers, store_meta = _split(store_root, split, meta["labels"], meta["input"], corpus)
