@@ -95,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
-    fp = FeatureParams(workers=args.workers)
+    fp = FeatureParams()
     load_before = os.getloadavg()[0]  # the cores may be shared: say how busy they were
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

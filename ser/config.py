@@ -255,7 +255,6 @@ class FeatureParams:
     crop: Literal["center", "start"] = "center"
     min_duration_s: float = 0.25
     silence_dbfs: float = -60.0
-    workers: int = 2
     gain: Literal["none", "peak", "rms", "loudness"] = "loudness"
     gain_dbfs: float = -23.0
     trim_db: Optional[float] = 60.0
@@ -272,7 +271,7 @@ class FeatureParams:
                              f"{list(self.opensmile_sets)}")
         if self.win_length > self.n_fft:
             raise ValueError("win_length must be <= n_fft")
-        for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "frames", "workers"):
+        for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         # Literal fields are checked by the loader; FeatureParams is also built from store meta.
@@ -531,7 +530,6 @@ class TrainParams:
     """Trainer knobs shared by every model."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    num_workers: int = 0
     bucket_by_length: bool = True
     deterministic: bool = True
     # torch intra-op threads; null: the cores this process may use (see ser.runtime.set_torch_threads).
@@ -541,6 +539,21 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or null: the cores available), got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """How fast, never what: knobs that cannot change a result. No stage depends on this section,
+    so changing it re-runs nothing. (Threads, device and precision do change results: they are
+    `train.threads`, `train.device`, `train.mixed_precision`, and every run records them.)"""
+    workers: int = 2        # precompute processes (each clip is computed alone: same store for any count)
+    num_workers: int = 0    # DataLoader workers (crops and batches derive from (seed, epoch, item): same batches)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -572,6 +585,7 @@ class Params:
     train: TrainParams
     models: dict[str, ModelParams]
     evaluation: EvalParams = field(default_factory=EvalParams)
+    runtime: RuntimeParams = field(default_factory=RuntimeParams)
     seed: int = 0
     fold: int = 1
 
@@ -800,6 +814,10 @@ def parse_params(data: dict[str, Any]) -> Params:
         for key, hint in RENAMED.items():
             if key in data:
                 raise ParamsError(f"unknown key {key}: {hint}")
+        for section, key in (("features", "workers"), ("train", "num_workers")):
+            if isinstance(data.get(section), dict) and key in data[section]:
+                raise ParamsError(f"unknown key {section}.{key}: it is now runtime.{key} (the `runtime:` section "
+                                  "holds what cannot change a result, and no stage depends on it)")
         for sname, corpora in (data.get("splits") or {}).items():
             for cname, sp in (corpora or {}).items():
                 if isinstance(sp, dict) and "fold" in sp:

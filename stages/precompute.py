@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     if not wanted:
         log.info("no model reads %s features: nothing to build", args.kind)
     report = {name: KINDS[args.kind](args.manifests, name, args.out_dir / name, params.features,
-                                     labels=study.labels, target=study.target)
+                                     params.runtime.workers, labels=study.labels, target=study.target)
               for name, study in params.studies.items() if name in wanted}
     write_json_atomic(args.report, report, sort_keys=False)
     log.info("wrote %s", args.report)

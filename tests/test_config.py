@@ -352,3 +352,19 @@ def test_run_spec_holds_what_a_model_reads_and_bind_refuses_stale_params(tmp_pat
         check_spec(bind, moved.run_spec("dann"), tmp_path / "dann.json")
     with pytest.raises(BindError, match="records no run spec"):
         check_spec({**bind, "spec": None}, params.run_spec("dann"), tmp_path / "dann.json")
+
+
+def test_runtime_section_holds_speed_knobs_no_stage_depends_on():
+    import yaml
+
+    params = load_params(ROOT / "params.yaml")
+    assert params.runtime.workers >= 1 and params.runtime.num_workers >= 0
+    for section, key in (("features", "workers"), ("train", "num_workers")):
+        data = yaml.safe_load((ROOT / "params.yaml").read_text())
+        data[section][key] = 2
+        with pytest.raises(ParamsError, match=rf"{section}.{key}: it is now runtime.{key}"):
+            parse_params(data)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        keys = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("do", stage).get("params", [])]
+        assert not [k for k in keys if k.split(".")[0] == "runtime"], f"stage {name} depends on runtime"

@@ -322,7 +322,8 @@ def test_unknown_label_fails_early(study: dict) -> None:
 def test_stage_scripts_build_every_study(tmp_path: Path) -> None:
     """The stage scripts loop over params.studies and write one store per study plus the report."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["features"].update(frames=50, workers=2)
+    params["features"].update(frames=50)
+    params["runtime"] = {"workers": 2, "num_workers": 0}
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     manifests = tmp_path / "manifests"

@@ -53,7 +53,7 @@ def _write_store(root: Path) -> Path:
 
 def _tiny_params(path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"] = {"device": "cpu", "mixed_precision": "no", "num_workers": 0, "bucket_by_length": True,
+    params["train"] = {"device": "cpu", "mixed_precision": "no", "bucket_by_length": True,
                        "deterministic": True}
     params["models"] = {"tiny_dann": {
         "study": "cross_corpus", "arch": "crnn", "objective": "dann", "input": "mels", "epochs": EPOCHS,

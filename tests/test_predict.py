@@ -41,7 +41,7 @@ LABELS = ["angry", "happy", "neutral", "sad"]
 TONES = (220.0, 520.0, 1300.0, 3100.0)  # Hz: each class is a tone in its own mel band
 SR = 16000
 FP = FeatureParams(sample_rate=SR, n_mels=16, n_fft=256, win_length=256, hop_length=160, frames=40,
-                   crop="center", min_duration_s=0.15, silence_dbfs=-60.0, workers=1)
+                   crop="center", min_duration_s=0.15, silence_dbfs=-60.0)
 # (format, subtype, sample rate, channels) cycled over the test clips
 TEST_FORMATS = [("WAV", "PCM_16", 16000, 1), ("FLAC", "PCM_16", 44100, 2), ("OGG", "VORBIS", 22050, 1),
                 ("WAV", "FLOAT", 48000, 2)]
@@ -123,7 +123,7 @@ def study(tmp_path_factory, one_thread):
     precompute_embeddings(features / "waves" / "cross_corpus", features / "embeddings" / "cross_corpus",
                           [MODELS["probe"].encoder], device="cpu")
     params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, features=FP, folds=(1,),
-                                 seeds=(5,), train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
+                                 seeds=(5,), train=TrainParams(device="cpu", mixed_precision="no",
                                                                bucket_by_length=True, deterministic=True)
                                  ).for_run(1, 5)
     for name in MODELS:
@@ -259,7 +259,7 @@ def speaker_study(study):
                     labels=LABELS, target="ravdess")
     params = dataclasses.replace(load_params(ROOT / "params.yaml"), models={"crnn": MODELS["crnn"]}, features=fp,
                                  folds=(1,), seeds=(5,),
-                                 train=TrainParams(device="cpu", mixed_precision="no", num_workers=0,
+                                 train=TrainParams(device="cpu", mixed_precision="no",
                                                    bucket_by_length=True, deterministic=True)).for_run(1, 5)
     train_model(params, "crnn", features, root / "models_speaker" / "crnn", root / "ckpt_speaker",
                 root / "live_speaker")

@@ -108,7 +108,7 @@ def base_params():
     # One run per model (fold 1, seed 3): the run the tests train is the whole folds x seeds matrix.
     return dataclasses.replace(params, models=MODELS, lambda_domain=0.5, max_alpha=0.7, folds=(1,), seeds=(3,),
                                fold=1, seed=3,
-                               train=TrainParams(device="cpu", mixed_precision="auto", num_workers=0,
+                               train=TrainParams(device="cpu", mixed_precision="auto",
                                                  bucket_by_length=True, deterministic=True))
 
 
@@ -465,6 +465,17 @@ def test_thread_count_is_recorded_and_a_resume_never_mixes_two(base_params, feat
     assert "starting fresh rather than mixing them" in caplog.text and "'threads': 1" in caplog.text
     runtime = json.loads((dirs["models"] / "meta.json").read_text())["runtime"]
     assert runtime["threads"] == 2 and runtime["device"] == "cpu" and runtime["torch"] == str(torch.__version__)
+
+
+def test_dataloader_workers_do_not_change_the_weights(base_params, features, tmp_path):
+    """runtime.num_workers is a speed knob (no stage depends on it): 0 and 2 loader workers train the
+    same weights, because every crop and batch is drawn from (seed, epoch, item)."""
+    from ser.config import RuntimeParams
+
+    a, da = run(base_params, "crnn_ce", features, tmp_path, "inline")
+    b, db = run(dataclasses.replace(base_params, runtime=RuntimeParams(num_workers=2)), "crnn_ce", features,
+                tmp_path, "workers")
+    _assert_same_run(a, da, b, db)
 
 
 def test_class_weights_inverse_frequency_mean_one():

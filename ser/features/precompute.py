@@ -48,7 +48,7 @@ Store policy:
     Inference has one file and no speaker: `mel_input` uses the file's own
     statistics for its valid frames, exactly what the store holds for a
     speaker with one clip.
-  * Work: a process pool (fp.workers, one BLAS thread each) decodes every
+  * Work: a process pool (`workers`: runtime.workers, one BLAS thread each) decodes every
     file once, in manifest order. Unusable files are skipped, counted and
     listed in the returned report; the stage always finishes.
   * Memory: the clips are collected in a float32 scratch file next to the
@@ -104,7 +104,7 @@ INSTANCE_STD_FLOOR = 1.0
 STORE_SPLITS = ("train", "val", "test", "adapt")
 _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM, larger ones on disk
 
-# FeatureParams fields that define the stored features (workers does not change them).
+# FeatureParams fields that define the stored features (the worker count, runtime.workers, does not).
 # The front end (gain, gain_dbfs, trim_db) shapes every kind; min_duration_s also bounds trimming.
 FRONT_END_KEYS = ("gain", "gain_dbfs", "trim_db")
 _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
@@ -536,7 +536,7 @@ def _study_rows(manifests_dir: Path, study: str, labels: Sequence[str]) -> dict[
 
 
 def _precompute(kind: str, manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
-                workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
+                workers: int, labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
     # One BLAS thread for the whole call, not only around the pool: forking makes
     # OpenBLAS drop its threads, and restoring the thread count re-creates them
     # busy-spinning (~0.1 s each), which on 2 cores would stall the writing phase.
@@ -545,9 +545,8 @@ def _precompute(kind: str, manifests_dir: str | Path, study: str, out_root: str 
 
 
 def _precompute_limited(kind: str, manifests_dir: Path, study: str, out_root: Path, fp: FeatureParams,
-                        workers: Optional[int], labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
+                        workers: int, labels: Sequence[str], target: Optional[str]) -> dict[str, Any]:
     started = time.perf_counter()
-    workers = fp.workers if workers is None else workers
     folds = _study_rows(manifests_dir, study, labels)
     utts = list({u.utt_id: u for rows in folds.values() for u in rows}.values())  # first-seen order
     log.info("%s/%s: %d clips in %d fold(s) -> %s %s with %d worker(s)",
@@ -666,7 +665,7 @@ def _speaker_stats(sink: _Sink) -> dict[str, dict[str, list[float]]]:
 
 
 def precompute_mels(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
-                    workers: Optional[int] = None, *, labels: Sequence[str],
+                    workers: int = 1, *, labels: Sequence[str],
                     target: Optional[str] = None) -> dict[str, Any]:
     """Build one study's log-mel store (see the module docstring); returns a report.
 
@@ -679,7 +678,7 @@ def precompute_mels(manifests_dir: str | Path, study: str, out_root: str | Path,
 
 
 def precompute_waves(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
-                     workers: Optional[int] = None, *, labels: Sequence[str],
+                     workers: int = 1, *, labels: Sequence[str],
                      target: Optional[str] = None) -> dict[str, Any]:
     """Build one study's waveform store: per split, all clips at fp.sample_rate
     concatenated into one float32 array, located by the index offset/length."""
@@ -687,7 +686,7 @@ def precompute_waves(manifests_dir: str | Path, study: str, out_root: str | Path
 
 
 def precompute_smile(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
-                     workers: Optional[int] = None, *, labels: Sequence[str],
+                     workers: int = 1, *, labels: Sequence[str],
                      target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
     """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.features.smile):
     per split a float32 [N, n_features] array of raw functionals, one row per clip."""

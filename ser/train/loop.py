@@ -182,7 +182,7 @@ class RunData:
                              f"{mp.study!r} labels {labels}; re-run the precompute stages (`dvc repro`)")
         cap = max_samples_for(train_store, max_seconds)
         bucket = params.train.bucket_by_length and mp.input == "waves"
-        workers = params.train.num_workers
+        workers = params.runtime.num_workers
         # Reading labels here fails fast (naming the file) on an emotion outside the study's label set.
         self.train_set = FeatureDataset(train_store, labels, max_samples=cap, crop="random", seed=params.seed)
         self.train = make_loader(self.train_set, mp.batch_size, seed=params.seed, shuffle=True, bucket=bucket,
