@@ -103,7 +103,8 @@ def check_spec(bind: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
         why = "it records no run spec (written by an older version)"
     else:
         diff = _differences(spec, bind["spec"])
-        why = "params.yaml changed since: " + "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+        why = "params.yaml changed since: " + "; ".join(diff[:3]) + more
     raise BindError(f"{path}: {why}; run `dvc repro`, which re-runs bind@{bind.get('model')} first")
 
 

@@ -117,7 +117,7 @@ def tone_corpus(tmp_path_factory) -> dict:
     write_manifest(rows, manifests / "cross_corpus" / "f1.csv")
     write_manifest([r for r in rows if r.split != "adapt"], manifests / "multi_corpus" / "f1.csv")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["features"]["workers"] = 2
+    raw["runtime"] = {"workers": 2, "num_workers": 0}
     raw["studies"]["multi_corpus"]["labels"] = LABELS
     raw["studies"].pop("corpus_matrix")
     raw["splits"].pop("corpus_matrix")
