@@ -103,8 +103,7 @@ def check_spec(bind: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
         why = "it records no run spec (written by an older version)"
     else:
         diff = _differences(spec, bind["spec"])
-        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
-        why = "params.yaml changed since: " + "; ".join(diff[:3]) + more
+        why = "params.yaml changed since: " + "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
     raise BindError(f"{path}: {why}; run `dvc repro`, which re-runs bind@{bind.get('model')} first")
 
 
