@@ -33,9 +33,6 @@ class ParamsError(ValueError, SerError):
     """A parameter file is malformed; the message names the key and the problem."""
 
 
-CORPORA = ("iemocap", "ravdess", "crema_d", "tess")
-
-
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class CorpusParams:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                      empty_dirs=[args.live_dir / "plots"])
         return
     set_torch_threads(params.train.threads)
-    from ser.train.loop import train_model
+    from ser.train.learners import train_model
 
     train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir, args.resume_dir,
                 args.live_dir, timing_path=args.timing)

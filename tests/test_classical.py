@@ -27,9 +27,10 @@ from ser.features import precompute as features
 from ser.features import stores
 from ser.features.smile import functionals, smile_meta
 from ser.features.stores import FeatureStore, IndexRow
-from ser.models.linear import (_choose, _weights, fit_stats, is_linear, load_linear, speaker_standardise,
-                           standardise)
-from ser.train.loop import train_model
+from ser.models.learner import load_fitted
+from ser.models.linear import (LinearFitted, _choose, _weights, fit_stats, load_linear, speaker_standardise,
+                               standardise)
+from ser.train.learners import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -192,7 +193,7 @@ def test_linear_model_learns_and_is_a_model_like_the_others(base_params, tmp_pat
     result, model_dir, live_dir = train(params, "lin", feats, tmp_path)
     assert result["val"]["uar"] > 0.9 and result["best_epoch"] == 1
     assert set(result["val_uar_by_C"]) == {"0.001", "0.1", "10"}
-    assert is_linear(model_dir) and sorted(p.name for p in model_dir.iterdir()) == ["meta.json", "model.safetensors"]
+    assert isinstance(load_fitted(model_dir), LinearFitted) and sorted(p.name for p in model_dir.iterdir()) == ["meta.json", "model.safetensors"]
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["C"] == result["C"] and meta["parameters"]["total"] == 4 * 12 + 4
     assert meta["scores"] == ("softmax" if classifier == "logreg" else "decision")
@@ -355,7 +356,7 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
     _, model_dir, _ = train(params, "lin", tone_corpus["features"], tmp_path)
     wav = write_wav(tmp_path / "new.wav", tone(0.6, PITCH["happy"] * 1.01, 0.15, seed=123))
     predictor = Predictor(model_dir)
-    assert predictor.window_s is None and predictor.linear is not None
+    assert predictor.window_s is None and isinstance(predictor.fitted, LinearFitted)
     (result,) = predictor.predict_files([wav])
     assert result.ok and len(result.windows) == 1 and abs(sum(result.probabilities) - 1) < 1e-9
     # exactly the store's features of that file, standardised with the train statistics

@@ -183,8 +183,7 @@ LAYERS = [("floor", ("config", "errors", "fsutil", "logutil", "codegraph", "runt
           ("eval", ("eval",)), ("infer", ("infer",))]
 # Function-level imports of ser modules are allowed only to keep a heavy optional dependency lazy.
 LAZY_OK = {"ser.models.encoders": "transformers, peft, bitsandbytes", "ser.data.demo": "scipy synthesis",
-           "ser.infer.predict": "torch and the models, for `ser report`", "ser.eval.report": "matplotlib",
-           "ser.data.corpora": "the corpus adapters register themselves into it"}
+           "ser.infer.predict": "torch and the models, for `ser report`", "ser.eval.report": "matplotlib"}
 
 
 def _layer(module: str) -> int:

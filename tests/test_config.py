@@ -249,7 +249,10 @@ def test_training_options_load():
 def test_arch_choices_follow_the_model_registry():
     from ser.config import ARCHS
     from ser.models import MODELS
+    from ser.train.learners import LEARNERS, TorchLearner
     assert set(MODELS) <= set(ARCHS), "every registered model must be a valid `arch` in params.yaml"
+    assert set(LEARNERS) == set(ARCHS), "every `arch` of params.yaml needs exactly one learner"
+    assert {a for a, learner in LEARNERS.items() if isinstance(learner, TorchLearner)} == set(MODELS)
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -152,6 +152,30 @@ def test_registry_names_and_unknown_adapter():
         scan_corpus("emodb", cfg("x"), Path("x"))
 
 
+def test_everything_about_a_corpus_is_in_its_own_file():
+    """Adapter, label map, download source, complete-copy check and demo plan of a corpus come from
+    ser/data/corpora/<name>.py; download, demo and metadata read them from the registry only."""
+    import importlib
+
+    from ser.data import demo, download
+    from ser.data.corpora import CORPORA, label_table
+
+    assert set(CORPORA) == set(ADAPTERS)
+    for name, corpus in CORPORA.items():
+        module = importlib.import_module(f"ser.data.corpora.{'csv_corpus' if name == 'csv' else name}")
+        assert module.CORPUS is corpus and corpus.name == name
+        functions = [corpus.scan, corpus.missing, corpus.demo.plan if corpus.demo else None]
+        assert all(f.__module__ == module.__name__ for f in functions if f is not None), name
+        assert label_table(name) == dict(corpus.labels)
+        assert download.DEFAULT_SOURCES.get(name) is corpus.source
+        assert download.LAYOUTS.get(name) is corpus.missing
+        assert demo.DEMOS.get(name) is corpus.demo
+    public = {n for n, c in CORPORA.items() if c.source is not None}
+    assert public == {"ravdess", "crema_d", "tess", "iemocap"}
+    assert all(CORPORA[n].labels and CORPORA[n].demo and CORPORA[n].top_folder for n in public)
+    assert label_table("ravdess", {"02": "neutral"})["02"] == "neutral"  # params override the file's map
+
+
 # --------------------------------------------------------------------------- RAVDESS
 def test_ravdess_parses_speech_ignores_song_and_video(tmp_path, monkeypatch):
     make_ravdess(tmp_path / "ravdess")

@@ -12,8 +12,8 @@ import soundfile as sf
 import soxr
 
 from ser.data import demo
+from ser.data.corpora import label_table, tess, to_canonical
 from ser.data.demo import DEMO_CORPORA, MARKER, PARTIAL_MARKER, generate_corpus
-from ser.data.labels import label_table, to_canonical
 
 SEED = 11
 SIZES = {"iemocap": 6, "ravdess": 8, "crema_d": 1, "tess": 14}  # ravdess 8: every actor has all 8 emotions
@@ -157,7 +157,7 @@ def test_tess_layout_and_awkward_folder_names(corpora):
         assert to_canonical(folder_emotion.lower(), table) == to_canonical(emotion, table) != ""
         per_speaker[speaker][emotion] += 1
     assert set(per_speaker) == {"OAF", "YAF"}
-    assert all(c == Counter({e: 2 for e in demo.TESS_STYLE}) for c in per_speaker.values())  # 2 words x 7
+    assert all(c == Counter({e: 2 for e in tess.TESS_STYLE}) for c in per_speaker.values())  # 2 words x 7
     assert {"OAF_Fear", "OAF_Pleasant_surprise", "YAF_pleasant_surprised"} <= folders
 
 

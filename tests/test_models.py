@@ -51,7 +51,7 @@ def adam_steps(model: SERModel, x, lengths, n_steps: int = 2, optim: OptimParams
 # --------------------------------------------------------------------------- registry
 def test_registry_errors():
     assert sorted(MODELS) == ["crnn", "encoder"]
-    with pytest.raises(KeyError, match=r"unknown model 'transformer'; known: \['crnn', 'encoder'\]"):
+    with pytest.raises(KeyError, match=r"arch 'transformer' is not a torch network; torch archs: \['crnn', 'encoder'\]"):
         build_model(params("transformer"), 4)
     with pytest.raises(ValueError, match=r"models\.baseline\.crnn"):
         build_model(params("crnn"), 4, name="baseline")

@@ -23,7 +23,8 @@ from ser.config import (CrnnParams, EncoderParams, ModelParams, OptimParams, Par
 from ser.eval.evaluate import evaluate_model
 from ser.features.stores import IndexRow, StoreError, fold_root, write_meta, write_store
 from ser.models.checkpoint import load_checkpoint
-from ser.train.loop import TrainingInterrupted, train_model
+from ser.train.learners import train_model
+from ser.train.loop import TrainingInterrupted
 from ser.train.objectives import class_weights
 import ser.train.loop
 
@@ -367,7 +368,7 @@ def test_bad_params_fail_before_training(base_params, features, tmp_path):
 
     write_mels(features)
     bad_arch = dataclasses.replace(base_params, models={"x": dataclasses.replace(MODELS["crnn_ce"], arch="cnn")})
-    with pytest.raises(KeyError, match="unknown model 'cnn'"):
+    with pytest.raises(KeyError, match="unknown arch 'cnn'"):
         run(bad_arch, "x", features, tmp_path)
     assert not (tmp_path / "run" / "dvclive").exists(), "nothing was trained or logged"
 

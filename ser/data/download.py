@@ -42,7 +42,6 @@ import urllib.request
 import zipfile
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -50,6 +49,7 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from ser.config import CorpusParams, Params
+from ser.data.corpora import CORPORA, CorpusSource
 from ser.errors import SerError
 from ser.fsutil import write_json_atomic
 
@@ -95,52 +95,9 @@ class UnsafeArchive(CorpusError):
 
 
 # --------------------------------------------------------------------------- what is known
-@dataclass(frozen=True)
-class CorpusSource:
-    """Where a public corpus comes from and what a complete copy holds."""
-    title: str
-    url: Optional[str]  # default for `source: download`; None: not downloadable
-    expected_files: Optional[int]  # audio files in a complete copy
-    where: str  # for people: what to fetch, from where
-    layout: str  # what the corpus folder holds
-    git_include: Optional[str] = None  # git sources: the only folder checked out and pulled
-    licensed: bool = False  # redistribution forbidden: no download offered
-
-
-# Checksums are not listed: none is published for these files, and an invented
-# one would be worse than the lock file (which pins what was actually fetched).
-DEFAULT_SOURCES: dict[str, CorpusSource] = {
-    "ravdess": CorpusSource(
-        title="RAVDESS (speech, audio only)",
-        url="https://zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip?download=1",
-        expected_files=1440,
-        where="Audio_Speech_Actors_01-24.zip from Zenodo record 1188976 "
-              "(https://zenodo.org/records/1188976)",
-        layout="Actor_01..Actor_24/03-01-EE-II-SS-RR-AA.wav"),
-    "tess": CorpusSource(
-        title="TESS (Toronto emotional speech set)",
-        url="https://borealisdata.ca/api/access/dataset/:persistentId/"
-            "?persistentId=doi:10.5683/SP2/E8H2MF",
-        expected_files=2800,
-        where="the dataset zip of doi:10.5683/SP2/E8H2MF from the University of Toronto "
-              "Dataverse on Borealis (https://doi.org/10.5683/SP2/E8H2MF)",
-        layout="<OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav"),
-    "crema_d": CorpusSource(
-        title="CREMA-D",
-        url="https://github.com/CheyneyComputerScience/CREMA-D.git",
-        expected_files=7442,
-        where="the AudioWAV folder of https://github.com/CheyneyComputerScience/CREMA-D "
-              "(stored in git-lfs: `git lfs pull --include 'AudioWAV/**'`)",
-        layout="AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav",
-        git_include="AudioWAV"),
-    "iemocap": CorpusSource(
-        title="IEMOCAP",
-        url=None,
-        expected_files=None,
-        where="USC SAIL, on request (release form at https://sail.usc.edu/iemocap/)",
-        layout="Session1..Session5/sentences/wav/<dialog>/<utt>.wav",
-        licensed=True),
-}
+# adapter -> where a public corpus comes from and what a complete copy holds (each corpus's file:
+# ser.data.corpora.<name>).
+DEFAULT_SOURCES: dict[str, CorpusSource] = {name: c.source for name, c in CORPORA.items() if c.source}
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -474,20 +431,15 @@ def _extract_tar(archive: Path, dest: Path) -> None:
                                     f"extract anything from this archive") from None
 
 
-# Names of the folders directly under a corpus root, per corpus: a single top folder
-# not named like this is a wrapper added by whoever made the archive.
-_TOP_FOLDERS = {"ravdess": r"Actor_\d+", "crema_d": r"AudioWAV", "iemocap": r"Session\d",
-                "tess": r"(?i)(OAF|YAF)_.+"}
-
-
 def _content_root(tmp: Path, kind: Optional[str]) -> Path:
     """The extracted folder that holds the corpus: archives often wrap it in top folders
     (`CREMA-D-master/`, `IEMOCAP_full_release/`); for known corpora these are unwrapped."""
     content = tmp
-    while kind in _TOP_FOLDERS:
+    top = CORPORA[kind].top_folder if kind in CORPORA else None
+    while top is not None:
         children = [p for p in content.iterdir() if p.name != MARKER]
         if (len(children) != 1 or not children[0].is_dir() or children[0].is_symlink()
-                or re.fullmatch(_TOP_FOLDERS[kind], children[0].name)):
+                or re.fullmatch(top, children[0].name)):
             break
         content = children[0]
         log.info("the archive wraps the corpus in %s/; using its contents", content.relative_to(tmp))
@@ -555,50 +507,9 @@ def safe_extract(archive: Path, target: Path, *, kind: Optional[str] = None,
 
 
 # --------------------------------------------------------------------------- layouts
-_TESS_EMOTIONS = {"angry": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy",
-                  "neutral": "neutral", "sad": "sad", "ps": "ps", "surprise": "ps", "surprised": "ps"}
-
-
-def _missing_ravdess(root: Path, audio: list[str]) -> list[str]:
-    actors = {p.split("/")[0] for p in audio if "/" in p}
-    return [a for a in (f"Actor_{i:02d}" for i in range(1, 25)) if a not in actors]
-
-
-def _missing_crema_d(root: Path, audio: list[str]) -> list[str]:
-    names = [p[len("AudioWAV/"):] for p in audio if p.startswith("AudioWAV/")]
-    if not names:
-        return ["AudioWAV/"]
-    actors = {n.split("_")[0] for n in names}
-    return [f"AudioWAV/{a}_*.wav" for a in range(1001, 1092) if str(a) not in actors]
-
-
-def _missing_tess(root: Path, audio: list[str]) -> list[str]:
-    found = set()
-    for p in audio:
-        parts = Path(p).stem.split("_")
-        if len(parts) >= 2:
-            found.add((parts[0].upper(), _TESS_EMOTIONS.get(parts[-1].lower())))
-    return [f"{spk}_{emo}" for spk in ("OAF", "YAF") for emo in sorted(set(_TESS_EMOTIONS.values()))
-            if (spk, emo) not in found]
-
-
-def _missing_iemocap(root: Path, audio: list[str]) -> list[str]:
-    missing = []
-    for s in range(1, 6):
-        if not any(p.startswith(f"Session{s}/sentences/wav/") for p in audio):
-            missing.append(f"Session{s}/sentences/wav/")
-        if not (root / f"Session{s}" / "dialog" / "EmoEvaluation").is_dir():
-            missing.append(f"Session{s}/dialog/EmoEvaluation/")
-    return missing
-
-
 # kind -> what a copy under root lacks, given its audio files (paths relative to root)
 LAYOUTS: dict[str, Callable[[Path, list[str]], list[str]]] = {
-    "ravdess": _missing_ravdess,
-    "crema_d": _missing_crema_d,
-    "tess": _missing_tess,
-    "iemocap": _missing_iemocap,
-}
+    name: c.missing for name, c in CORPORA.items() if c.missing is not None}
 
 
 # --------------------------------------------------------------------------- verification

@@ -20,8 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 from tqdm import tqdm
 
 from ser.config import Params
-from ser.data.corpora import ScanResult, display_name, scan_corpus
-from ser.data.labels import label_table, to_canonical
+from ser.data.corpora import ScanResult, display_name, label_table, scan_corpus, to_canonical
 from ser.data.manifest import ManifestError, Utterance, manifest_path, validate, write_manifest
 from ser.data.splits import LISTED_SPLITS, assign_splits, fold_count
 from ser.errors import SerError

@@ -17,13 +17,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ser.config import Params, encoder_store_key
-from ser.features.dataset import FeatureDataset, make_loader, max_samples_for
-from ser.features.stores import FeatureStore, fold_root, read_index
-from ser.models.checkpoint import BACKBONE_CACHE, META, WEIGHTS, load_checkpoint
-from ser.models.linear import evaluate_classical, is_linear
+from ser.config import Params
+from ser.features.stores import fold_root, read_index
+from ser.models.checkpoint import META, WEIGHTS
+from ser.models.learner import load_fitted
 from ser.runtime import resolve_device
 from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
 
@@ -38,44 +36,16 @@ MIN_CLUSTER_SPEAKERS = 5  # fewer test speakers: the paired bootstrap resamples 
 
 
 # --------------------------------------------------------------------------- inference
-@torch.no_grad()
 def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", corpus: Optional[str] = None,
                    *, device: str = "auto", batch_size: Optional[int] = None
                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Run a saved model on one split (optionally one corpus) of its feature store.
+    """Run a saved model (any family) on one split (optionally one corpus) of its feature store.
 
     Returns (compute_metrics(...), y_true, y_pred) in store order.
     """
-    model_dir, features_root = Path(model_dir), Path(features_root)
-    if is_linear(model_dir):  # the classical baseline: numpy weights, no torch model
-        return evaluate_classical(model_dir, features_root, split, corpus)
-    target = resolve_device(device)
-    model, meta = load_checkpoint(model_dir, device=str(target), cache_dir=model_dir / BACKBONE_CACHE)
-    model.eval()
-    mp = meta["model_params"]
-    key = (encoder_store_key(mp["encoder"]["backbone"], mp["encoder"]["chunk_seconds"])
-           if mp["input"] == "embeddings" else None)
-    store_root = fold_root(features_root, mp["input"], mp["study"], int(meta.get("fold", 1)), key)
-    store = FeatureStore(store_root, split, corpus=corpus)
-    if store.meta != meta["features"]:
-        raise ValueError(f"{store_root}/meta.json differs from the feature meta {model_dir} was trained on; "
-                         "re-run training (`dvc repro`) after changing feature parameters")
-    if len(store) == 0:
-        raise ValueError(f"{store_root}/{split}.csv has no rows" + (f" for corpus {corpus!r}" if corpus else ""))
-    labels = meta["labels"]
-    max_seconds = (mp.get("encoder") or {}).get("max_seconds")
-    dataset = FeatureDataset(store, labels, max_samples=max_samples_for(store, max_seconds), crop="center")
-    loader = make_loader(dataset, batch_size or mp["batch_size"])
-    log.info("evaluating %s on %s/%s%s (%d utterances) on %s", model_dir, store_root, split,
-             f" [{corpus}]" if corpus else "", len(store), target)
-    preds = []
-    for batch in tqdm(loader, desc=f"eval {model_dir.name}", leave=False, disable=None):
-        x = batch["x"].to(target)
-        lengths = batch["lengths"].to(target) if "lengths" in batch else None
-        preds.append(model(x, lengths).argmax(dim=-1).cpu())
-    y_pred = torch.cat(preds).numpy()
-    y_true = dataset.labels
-    return compute_metrics(y_true, y_pred, labels), y_true, y_pred
+    fitted = load_fitted(Path(model_dir), resolve_device(device))
+    y_true, y_pred = fitted.predict_split(Path(features_root), split, corpus, batch_size=batch_size)
+    return compute_metrics(y_true, y_pred, fitted.labels), y_true, y_pred
 
 
 # --------------------------------------------------------------------------- writers

@@ -52,14 +52,12 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
-import torch
 from tqdm.auto import tqdm
 
 from ser.features.audio import AudioError, check_audio, condition_span, load_audio
 from ser.features.precompute import feature_params_from_meta, mel_input, smile_for_inference
-from ser.models import encoder_from_probe
-from ser.models.checkpoint import BACKBONE_CACHE, load_checkpoint
-from ser.models.linear import LinearModel, is_linear, load_linear
+from ser.models.base import Fitted
+from ser.models.learner import load_fitted
 from ser.runtime import resolve_device
 
 __all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
@@ -162,9 +160,7 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
 
 
 class Predictor:
-    """A loaded checkpoint plus the feature settings it was trained with."""
-
-    linear: Optional[LinearModel] = None  # the classical baseline (then `model` is None)
+    """A loaded model (any family, ser.models.base.Fitted) plus the feature settings it was trained with."""
 
     def __init__(self, model_dir: str | Path, *, device: str = "auto", window_s: Optional[float] = None,
                  hop_s: Optional[float] = None, batch_size: int = 16) -> None:
@@ -176,26 +172,36 @@ class Predictor:
         self.batch_size = batch_size
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
-        if is_linear(self.model_dir):
-            self._init_linear(window_s, hop_s)
-            return
-        # load_checkpoint rebuilds the model from meta.json alone; a QLoRA model
-        # gets its base re-quantized to 4 bits and its adapters loaded, as saved.
-        self.model, self.meta = load_checkpoint(self.model_dir, device=self.device,
-                                                cache_dir=self.model_dir / BACKBONE_CACHE)
-        self.model.eval()
-        self.labels: list[str] = list(self.meta["labels"])
-        self.feature_meta: dict[str, Any] = self.meta["features"]
-        self.input: str = self.meta["model_params"]["input"]
+        # load_fitted rebuilds the model from meta.json alone; a QLoRA model gets its base
+        # re-quantized to 4 bits and its adapters loaded, as saved.
+        fitted = load_fitted(self.model_dir, self.device)
+        self.meta: dict[str, Any] = fitted.meta
+        self.feature_meta: dict[str, Any] = fitted.feature_meta
+        self.input: str = fitted.input
         self._check_feature_meta()
-        if self.input == "embeddings":
-            self._probe_to_encoder()
+        self.fitted: Fitted = fitted.for_audio()  # a probe on cached embeddings runs its encoder on audio
+        self.labels: list[str] = fitted.labels
         self.fp = feature_params_from_meta(self.feature_meta)
         self.sample_rate = int(self.feature_meta["sample_rate"])
-        if self.input == "mels" and self.fp.mel_norm == "speaker":
-            log.warning("%s was trained on log-mels normalised per speaker; a file has no speaker statistics, "
-                        "so each window is normalised with its own per-bin mean/std instead (expect lower "
-                        "accuracy than the model's evaluation, most for short windows)", self.model_dir)
+        caveat = self.fitted.file_caveat()
+        if caveat:
+            log.warning("%s", caveat)
+        self._set_windows(window_s, hop_s)
+
+    @property
+    def model(self) -> Any:
+        """The underlying model (a torch module, or a linear classifier's weights)."""
+        return self.fitted.model
+
+    def _set_windows(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
+        if not self.fitted.windowed:  # functionals summarise a whole file: one "window" per file
+            if window_s is not None or hop_s is not None:
+                raise ValueError("--window/--hop do not apply to a classical model: its openSMILE functionals "
+                                 "summarise the whole file")
+            self.window_s = self.hop_s = self.window = self.hop = None
+            log.info("%s: %s model, labels %s, %s input, whole files", self.model_dir, self.fitted.describe(),
+                     self.labels, self.input)
+            return
         trained = self.trained_window_s()
         self.window_s = float(window_s) if window_s is not None else trained
         self.hop_s = float(hop_s) if hop_s is not None else self.window_s / 2
@@ -208,40 +214,7 @@ class Predictor:
         self.window = round(self.window_s * self.sample_rate)
         self.hop = max(1, round(self.hop_s * self.sample_rate))
         log.info("%s: %s model on %s, labels %s, %s input, window %.2f s, hop %.2f s", self.model_dir,
-                 self.meta["model_params"]["arch"], self.device, self.labels, self.input, self.window_s,
-                 self.hop_s)
-
-    def _probe_to_encoder(self) -> None:
-        """A probe trained on cached embeddings: run its encoder (frozen, with the preprocessor config the
-        embeddings were computed with) and the same head on the audio, i.e. the function it was trained as."""
-        stored = self.feature_meta.get("encoder") or {}
-        model = encoder_from_probe(self.model, preprocessor=stored.get("preprocessor"))
-        if stored.get("revision") != model.revision:
-            raise ValueError(f"{self.model_dir}: its embeddings were computed with {stored.get('spec')!r} at "
-                             f"revision {stored.get('revision')!r}, but that backbone now resolves to revision "
-                             f"{model.revision!r}; restore that revision or retrain")
-        self.model = model.to(self.device).eval()
-
-    def _init_linear(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
-        """A classical (ser.models.linear) model: whole-file openSMILE functionals, no windows."""
-        if window_s is not None or hop_s is not None:
-            raise ValueError("--window/--hop do not apply to a classical model: its openSMILE functionals "
-                             "summarise the whole file")
-        self.model = None
-        self.linear, self.meta = load_linear(self.model_dir)
-        self.labels = list(self.meta["labels"])
-        self.feature_meta = self.meta["features"]
-        self.input = self.meta["model_params"]["input"]
-        self._check_feature_meta()
-        self.fp = feature_params_from_meta(self.feature_meta)
-        self.sample_rate = int(self.feature_meta["sample_rate"])
-        self.window_s = self.hop_s = self.window = self.hop = None
-        if self.linear.standardisation == "speaker":
-            log.warning("%s was trained with per-speaker standardisation; a single file has no speaker "
-                        "statistics, so its features are standardised with the global train statistics "
-                        "instead (expect lower accuracy than the model's evaluation)", self.model_dir)
-        log.info("%s: linear %s model, labels %s, %s input, whole files (%s scores)", self.model_dir,
-                 self.meta["classifier"], self.labels, self.input, self.linear.scores)
+                 self.fitted.describe(), self.device, self.labels, self.input, self.window_s, self.hop_s)
 
     def _check_feature_meta(self) -> None:
         kind = self.feature_meta.get("kind")
@@ -264,35 +237,30 @@ class Predictor:
         return float(self.meta["model_params"]["encoder"]["max_seconds"])
 
     # ------------------------------------------------------------------ inference
-    def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """A model batch for equal-length segments (what ser.features.dataset.collate_batch builds)."""
+    def model_inputs(self, segments: Sequence[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """A model batch for equal-length segments (what the feature stores hold for them: see
+        ser.features.dataset.collate_batch) and each row's valid length (None: functionals)."""
         if self.input == "mels":
             mels, lengths = zip(*(mel_input(s, self.feature_meta) for s in segments))
-            return torch.from_numpy(np.stack(mels)).unsqueeze(1), torch.tensor(lengths, dtype=torch.long)
-        x = torch.from_numpy(np.stack(segments).astype(np.float32, copy=False))
-        return x, torch.full((len(segments),), x.shape[1], dtype=torch.long)
+            return np.stack(mels)[:, None], np.asarray(lengths, dtype=np.int64)
+        if self.input in ("waves", "embeddings"):  # a probe runs its encoder on the wave (for_audio)
+            x = np.stack(segments).astype(np.float32, copy=False)
+            return x, np.full(len(segments), x.shape[1], dtype=np.int64)
+        return np.stack([smile_for_inference(s, self.feature_meta) for s in segments]), None
 
-    @torch.no_grad()
     def predict_wave(self, wave: np.ndarray, offset_s: float = 0.0) -> list[Window]:
-        """Window probabilities for a mono float32 wave at `self.sample_rate`, already
-        conditioned (ser.features.audio.condition); window times are shifted by `offset_s`."""
-        if self.linear is not None:  # one whole-file "window" (see the module docstring)
-            feats = smile_for_inference(wave, self.feature_meta)
-            scores = self.linear.score(self.linear.prepare(feats[None]))[0]
-            return [Window(round(offset_s, 4), round(offset_s + len(wave) / self.sample_rate, 4),
-                           tuple(float(v) for v in scores))]
-        starts = window_starts(len(wave), self.window, self.hop)
-        size = min(self.window, len(wave))
-        probs: list[np.ndarray] = []
-        for i in range(0, len(starts), self.batch_size):
-            x, lengths = self.model_inputs([wave[s:s + size] for s in starts[i:i + self.batch_size]])
-            logits = self.model(x.to(self.device), None if lengths is None else lengths.to(self.device))
-            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-        stacked = np.concatenate(probs)
+        """Window scores for a mono float32 wave at `self.sample_rate`, already conditioned
+        (ser.features.audio.condition); window times are shifted by `offset_s`. A model that is
+        not `windowed` scores the whole wave as one window."""
+        window = self.window if self.window is not None else len(wave)
+        starts = window_starts(len(wave), window, self.hop or window)
+        size = min(window, len(wave))
+        scores = [self.fitted.scores(*self.model_inputs([wave[s:s + size] for s in starts[i:i + self.batch_size]]))
+                  for i in range(0, len(starts), self.batch_size)]
         sr = self.sample_rate
         return [Window(round(offset_s + s / sr, 4), round(offset_s + (s + size) / sr, 4),
                        tuple(float(p) for p in row))
-                for s, row in zip(starts, stacked)]
+                for s, row in zip(starts, np.concatenate(scores))]
 
     def predict_file(self, path: str | Path) -> FileResult:
         result = FileResult(str(path))

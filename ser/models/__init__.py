@@ -35,8 +35,8 @@ def _build_encoder(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n
                       preprocessor=preprocessor)
 
 
-# arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
-# openSMILE baseline) is no torch model: ser.models.linear fits, saves and loads it.
+# torch arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
+# openSMILE baseline) is another family of ser.models.base.Learner: ser.models.linear.
 MODELS: dict[str, tuple[Callable[..., SERModel], str]] = {
     "crnn": (_build_crnn, "crnn"),
     "encoder": (_build_encoder, "encoder"),
@@ -54,10 +54,8 @@ def build_model(mp: ModelParams, n_classes: int, *, with_domain_head: bool = Fal
     the backbone's own).
     name: the model's key under `models:` in params.yaml, for error messages.
     """
-    if mp.arch == "linear":
-        raise ValueError("arch 'linear' is the classical baseline (ser.models.linear), not a torch model")
     if mp.arch not in MODELS:
-        raise KeyError(f"unknown model {mp.arch!r}; known: {sorted(MODELS)}")
+        raise KeyError(f"arch {mp.arch!r} is not a torch network; torch archs: {sorted(MODELS)}")
     builder, section = MODELS[mp.arch]
     if getattr(mp, section) is None:
         raise ValueError(f"models.{name or '<name>'}.{section}: arch {mp.arch!r} needs a '{section}:' section "

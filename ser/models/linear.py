@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -49,10 +48,11 @@ from ser.config import ClassicalParams, Params
 from ser.errors import CheckpointError
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
+from ser.models.base import EpochCallback, Fitted, Learner, read_meta
 from ser.stats import compute_metrics
 
-__all__ = ["FORMAT", "LinearModel", "fit_stats", "standardise", "speaker_standardise", "train_classical",
-           "evaluate_classical", "load_linear", "save_linear", "is_linear"]
+__all__ = ["FORMAT", "LinearModel", "LinearFitted", "LinearLearner", "fit_stats", "standardise",
+           "speaker_standardise", "train_classical", "load_linear", "save_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +192,6 @@ def save_linear(model: LinearModel, out_dir: Path, meta: dict[str, Any]) -> None
     log.info("saved linear model (%d classes x %d features) to %s", *model.W.shape, out_dir)
 
 
-def is_linear(model_dir: Path) -> bool:
-    """True when `model_dir` holds a classical (ser-linear) checkpoint."""
-    path = Path(model_dir) / META
-    try:
-        return json.loads(path.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
-
-
 def load_linear(model_dir: Path) -> tuple[LinearModel, dict[str, Any]]:
     from safetensors.numpy import load_file
 
@@ -209,7 +200,7 @@ def load_linear(model_dir: Path) -> tuple[LinearModel, dict[str, Any]]:
     if not meta_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{model_dir}: not a checkpoint (expected {META} and {WEIGHTS}); "
                               "run the model's train stage (`dvc repro`)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(model_dir)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if _sha256(weights_path) != meta.get("weights_sha256"):
@@ -315,17 +306,54 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
             "C": best_C, "val_uar_by_C": by_C}
 
 
-# --------------------------------------------------------------------------- evaluation
-def evaluate_classical(model_dir: Path, features_root: Path, split: str = "test",
-                       corpus: Optional[str] = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """ser.eval.evaluate.evaluate_model for a linear checkpoint: (metrics, y_true, y_pred) in store order."""
-    model, meta = load_linear(model_dir)
-    store_root = fold_root(features_root, meta["input"], meta["study"], int(meta.get("fold", 1)))
-    x, y_true, speakers, store_meta = _split(store_root, split, meta["labels"], meta["input"], corpus)
-    if store_meta != meta["features"]:
-        raise ValueError(f"{store_root}/meta.json differs from the feature meta {model_dir} was trained on; "
-                         "re-run training (`dvc repro`) after changing feature parameters")
-    log.info("evaluating %s on %s/%s%s (%d clips)", model_dir, store_root, split,
-             f" [{corpus}]" if corpus else "", len(y_true))
-    y_pred = model.predict(model.prepare(x, speakers))
-    return compute_metrics(y_true, y_pred, meta["labels"]), y_true, y_pred
+# --------------------------------------------------------------------------- the learner
+class LinearFitted(Fitted):
+    """A saved linear model: whole-recording functionals in, scores out (ser.models.base.Fitted)."""
+
+    FORMAT = FORMAT
+    windowed = False  # functionals summarise a whole clip: `ser predict` scores whole files
+
+    def __init__(self, model_dir: Path, meta: dict[str, Any], model: LinearModel) -> None:
+        super().__init__(model_dir, meta)
+        self.model = model
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "cpu") -> "LinearFitted":
+        model, meta = load_linear(model_dir)
+        return cls(model_dir, meta, model)
+
+    def save(self, out_dir: Path, meta: dict[str, Any]) -> None:
+        save_linear(self.model, out_dir, meta)
+
+    def scores(self, x: np.ndarray, lengths: Optional[np.ndarray] = None,
+               speakers: Optional[Sequence[str]] = None) -> np.ndarray:
+        return self.model.score(self.model.prepare(np.asarray(x), speakers))
+
+    def predict_split(self, features_root: Path, split: str = "test", corpus: Optional[str] = None, *,
+                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        store = self.open_store(features_root, split, corpus)
+        speakers = [f"{r.corpus}/{r.speaker}" for r in store.index]  # speaker ids are unique per corpus
+        log.info("evaluating %s on %s/%s%s (%d clips)", self.model_dir, store.root, split,
+                 f" [{corpus}]" if corpus else "", len(store))
+        return store.labels(self.labels), self.model.predict(self.model.prepare(store.stack(), speakers))
+
+    def file_caveat(self) -> Optional[str]:
+        if self.model.standardisation != "speaker":
+            return None
+        return (f"{self.model_dir} was trained with per-speaker standardisation; a single file has no speaker "
+                "statistics, so its features are standardised with the global train statistics instead "
+                "(expect lower accuracy than the model's evaluation)")
+
+    def describe(self) -> str:
+        return f"linear {self.meta['classifier']} ({self.model.scores} scores)"
+
+
+class LinearLearner(Learner):
+    """The classical baseline: sklearn fits per C, no epochs (resume_dir and on_epoch_end are unused)."""
+
+    fitted = LinearFitted
+
+    def fit(self, params: Params, name: str, features_root: Path, out_dir: Path, resume_dir: Path,
+            live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,
+            timing_path: Optional[Path] = None) -> dict[str, Any]:
+        return train_classical(params, name, features_root, out_dir, live_dir, timing_path=timing_path)

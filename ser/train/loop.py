@@ -56,8 +56,9 @@ from ser.features.dataset import FeatureDataset, epoch_seed, make_loader, max_sa
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
 from ser.models import build_model
+from ser.models.base import EpochCallback, Learner
 from ser.models.checkpoint import BACKBONE_CACHE, load_checkpoint, save_checkpoint
-from ser.models.linear import train_classical
+from ser.models.learner import TorchFitted
 from ser.runtime import runtime_record
 from ser.stats import compute_metrics
 from ser.train.augment import spec_augment
@@ -66,13 +67,12 @@ from ser.train.resume import load_resume, restore_weights, save_resume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_model", "Trainer", "train_step", "ObjectiveModule", "RunData", "set_epoch", "target_batches",
+__all__ = ["TorchLearner", "Trainer", "train_step", "ObjectiveModule", "RunData", "set_epoch", "target_batches",
            "seed_everything", "set_determinism", "fingerprint", "code_fingerprint", "make_accelerator",
            "TrainingInterrupted"]
 
 BEST_DIR = "best"  # inside resume_dir: the best epoch so far, copied to out_dir at the end
 _AUGMENT_STREAM = 1  # epoch_seed key of the SpecAugment generator (independent of batch order and dropout)
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -490,39 +490,42 @@ def _finish(trainer: Trainer, progress: _Progress, resumed_from: int, meta: dict
     return result
 
 
-def train_model(params: Params, name: str, features_root: Path, out_dir: Path, resume_dir: Path,
-                live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,
-                timing_path: Optional[Path] = None) -> dict[str, Any]:
-    """Train model `name` of params.models; the best epoch (val UAR) is saved to out_dir.
+class TorchLearner(Learner):
+    """The torch networks (CRNN, encoders, probes): fitted by this loop, resumable per epoch."""
 
-    on_epoch_end(epoch, logs) runs after each epoch's state is saved; raising
-    TrainingInterrupted there stops the run resumably. timing_path: a JSON file
-    for the run's wall-clock time (see _write_timing), outside out_dir.
-    """
-    features_root, out_dir, resume_dir, live_dir = map(Path, (features_root, out_dir, resume_dir, live_dir))
-    mp = _model_params(params, name)
-    if mp.arch == "linear":  # the classical baseline is fitted by sklearn, not by this loop
-        return train_classical(params, name, features_root, out_dir, live_dir, timing_path=timing_path)
-    trainer = Trainer(params, name, features_root)
-    progress = _start(trainer, out_dir, resume_dir)
-    resumed_from = progress.epoch
-    trainer.prepare()
-    live = _open_live(live_dir, progress.history) if trainer.main else None
-    # save_checkpoint adds model_params, build arguments and parameter counts itself. No wall-clock
-    # figures here (meta.json must be identical across identical runs); runtime: the threads, device
-    # and precision the weights were computed with (runs are bit-for-bit comparable when equal).
-    meta = {"model": name, "study": mp.study, "labels": trainer.labels, "input": mp.input,
-            "features": trainer.data.meta, "fold": params.fold, "seed": params.seed, "runtime": trainer.runtime}
-    if trainer.dann:
-        meta.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
-    trainer.step_module.train()
-    for epoch in range(progress.epoch, mp.epochs):
-        if progress.stopped_early:
-            break
-        started = time.perf_counter()
-        logs = trainer.epoch(epoch)
-        progress.train_seconds += time.perf_counter() - started
-        _end_epoch(trainer, progress, epoch, logs, meta, resume_dir, live)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, logs)
-    return _finish(trainer, progress, resumed_from, meta, out_dir, resume_dir, live_dir, live, timing_path)
+    fitted = TorchFitted
+
+    def fit(self, params: Params, name: str, features_root: Path, out_dir: Path, resume_dir: Path,
+            live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,
+            timing_path: Optional[Path] = None) -> dict[str, Any]:
+        """Train model `name` of params.models; the best epoch (val UAR) is saved to out_dir.
+
+        on_epoch_end(epoch, logs) runs after each epoch's state is saved; raising
+        TrainingInterrupted there stops the run resumably. timing_path: a JSON file
+        for the run's wall-clock time (see _write_timing), outside out_dir.
+        """
+        out_dir, resume_dir, live_dir = map(Path, (out_dir, resume_dir, live_dir))
+        mp = _model_params(params, name)
+        trainer = Trainer(params, name, Path(features_root))
+        progress = _start(trainer, out_dir, resume_dir)
+        resumed_from = progress.epoch
+        trainer.prepare()
+        live = _open_live(live_dir, progress.history) if trainer.main else None
+        # save_checkpoint adds model_params, build arguments and parameter counts itself. No wall-clock
+        # figures here (meta.json must be identical across identical runs); runtime: the threads, device
+        # and precision the weights were computed with (runs are bit-for-bit comparable when equal).
+        meta = {"model": name, "study": mp.study, "labels": trainer.labels, "input": mp.input,
+                "features": trainer.data.meta, "fold": params.fold, "seed": params.seed, "runtime": trainer.runtime}
+        if trainer.dann:
+            meta.update(lambda_domain=params.lambda_domain, max_alpha=params.max_alpha)
+        trainer.step_module.train()
+        for epoch in range(progress.epoch, mp.epochs):
+            if progress.stopped_early:
+                break
+            started = time.perf_counter()
+            logs = trainer.epoch(epoch)
+            progress.train_seconds += time.perf_counter() - started
+            _end_epoch(trainer, progress, epoch, logs, meta, resume_dir, live)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, logs)
+        return _finish(trainer, progress, resumed_from, meta, out_dir, resume_dir, live_dir, live, timing_path)

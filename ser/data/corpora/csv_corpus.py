@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult
+from ser.data.corpora.base import Corpus, CorpusNotFound, ScanBuilder, ScanResult
 from ser.errors import SerError
 
 REQUIRED = ("path", "speaker", "emotion")
@@ -95,3 +95,7 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
                 speaker=v["speaker"], raw_label=v["emotion"], session=v.get("session", ""),
                 gender=GENDERS[v.get("gender", "").lower()], text=v.get("text", ""))
     return out.result()
+
+
+# No label map (the CSV's emotion column is canonical unless `label_map` maps it), no download, no demo.
+CORPUS = Corpus(name="csv", display="CSV corpus", scan=scan)

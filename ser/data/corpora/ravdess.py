@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 
 from ser.config import CorpusParams
-from ser.data.corpora import CorpusNotFound, ScanBuilder, ScanResult, is_audio, is_hidden, iter_files, nested_hint
+from ser.data.corpora.base import (Corpus, CorpusNotFound, CorpusSource, ScanBuilder, ScanResult, is_audio,
+                                   is_hidden, iter_files, nested_hint)
+from ser.data.synth import (STYLES, Channel, Clip, DemoSpec, Plan, balanced, check_capacity, make_voice, rng_for,
+                            vowels_for)
 
 NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 ACTOR_DIR = re.compile(r"^Actor_(\d\d)$", re.IGNORECASE)
@@ -63,3 +66,60 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
             out.add(path, native_id=path.stem, speaker=actor, raw_label=emotion,
                     gender="M" if int(actor) % 2 else "F", text=statement)
     return out.result()
+
+
+# --------------------------------------------------------------------------- labels (as data)
+EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad",
+                    "05": "angry", "06": "fear", "07": "disgust", "08": "surprise"}
+
+
+# --------------------------------------------------------------------------- a complete copy
+# No checksum is listed: none is published for these files, and an invented one
+# would be worse than the lock file (which pins what was actually fetched).
+SOURCE = CorpusSource(
+    title="RAVDESS (speech, audio only)",
+    url="https://zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip?download=1",
+    expected_files=1440,
+    where="Audio_Speech_Actors_01-24.zip from Zenodo record 1188976 "
+          "(https://zenodo.org/records/1188976)",
+    layout="Actor_01..Actor_24/03-01-EE-II-SS-RR-AA.wav")
+
+
+def missing(root: Path, audio: list[str]) -> list[str]:
+    actors = {p.split("/")[0] for p in audio if "/" in p}
+    return [a for a in (f"Actor_{i:02d}" for i in range(1, 25)) if a not in actors]
+
+
+# --------------------------------------------------------------------------- the demo
+RAVDESS_STYLE = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad",
+                 "05": "angry", "06": "fear", "07": "disgust", "08": "surprise"}
+RAVDESS_INTENSITY = {"01": 0.85, "02": 1.25}  # normal, strong
+# "Kids are talking by the door", "Dogs are sitting by the door": 7 syllables each.
+RAVDESS_STATEMENTS = {"01": ("Kids are talking by the door", 7), "02": ("Dogs are sitting by the door", 7)}
+
+
+def _ravdess_plan(seed: int, n: int, faults: bool) -> Plan:
+    rng = rng_for(seed, "ravdess", 0)
+    pools = []
+    for emo in RAVDESS_STYLE:
+        levels = ("01",) if emo == "01" else ("01", "02")  # neutral has no strong intensity
+        pools.append([(emo, lv, st, rep) for lv in levels for st in ("01", "02") for rep in ("01", "02")])
+    check_capacity("ravdess", n, sum(map(len, pools)))
+    clips = []
+    for actor in range(1, 25):
+        voice = make_voice(rng_for(seed, "ravdess", 1, actor), "M" if actor % 2 else "F")  # odd = male
+        shuffled = [[p[i] for i in rng.permutation(len(p))] for p in pools]
+        for emo, lv, st, rep in balanced(shuffled, n, (actor - 1) * n):
+            style = STYLES["neutral"].toward(STYLES[RAVDESS_STYLE[emo]], RAVDESS_INTENSITY[lv])
+            text, syll = RAVDESS_STATEMENTS[st]
+            clips.append(Clip(rel=f"Actor_{actor:02d}/03-01-{emo}-{lv}-{st}-{rep}-{actor:02d}.wav",
+                               label=emo, speaker=f"{actor:02d}", style=style, voice=voice,
+                               vowels=vowels_for(text, syll)))
+    return Plan(clips, set(), set(), [])
+
+
+DEMO = DemoSpec(48000, Channel(level_db=0.0, noise_db=-82.0, noise_slope=0.0, band=None),
+                   _ravdess_plan, tuple(f"Actor_{a:02d}" for a in range(1, 25)))
+
+CORPUS = Corpus(name="ravdess", display="RAVDESS", scan=scan, labels=EMOTIONS, source=SOURCE,
+                top_folder=r"Actor_\d+", missing=missing, demo=DEMO)
