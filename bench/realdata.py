@@ -89,7 +89,7 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
         if base["studies"].get(mp["study"], {}).get("design") == "matrix":  # bench/realdata_protocols.py runs those
             continue
         mp = {**copy.deepcopy(mp), "study": "cross_corpus"}
-        if epochs is not None and mp.get("arch") != "linear":
+        if epochs is not None and mp.get("arch") != "classical":
             mp["epochs"] = epochs
         models[name] = mp
     params["models"] = models

@@ -22,7 +22,7 @@ from ser.errors import SerError
 
 __all__ = [
     "ParamsError", "Params", "load_params", "parse_params",
-    "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams",
+    "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams", "StoreFrontEnd", "STORE_KINDS",
     "OptimParams", "CrnnParams", "LoraParams", "EncoderParams", "REGIMES", "encoder_store_key", "SpecAugmentParams", "ModelParams",
     "ClassicalParams", "TrainParams", "ARCHS",
     "EvalParams",
@@ -186,6 +186,23 @@ class SplitParams:
             raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
 
 
+STORE_KINDS = ("mels", "waves", "egemaps", "compare")  # the feature stores (ser.features.precompute)
+
+
+@dataclass(frozen=True)
+class StoreFrontEnd:
+    """One feature family's own front end (`features.front_end.<kind>`): unset keys take the
+    `features` values. trim: false turns trimming off for this store (trim_db: its threshold)."""
+    gain: Optional[Literal["none", "peak", "rms", "loudness"]] = None
+    gain_dbfs: Optional[float] = None
+    trim: Optional[bool] = None
+    trim_db: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.trim is False and self.trim_db is not None:
+            raise ValueError("trim: false with a trim_db: drop one of them")
+
+
 @dataclass(frozen=True)
 class FeatureParams:
     """Log-mel and waveform settings (analysis defaults follow the reference study).
@@ -261,8 +278,30 @@ class FeatureParams:
     # openSMILE functionals stores to build (precompute-opensmile@<set>): egemaps
     # (eGeMAPSv02, 88 features), compare (ComParE_2016, 6373 features).
     opensmile_sets: tuple[Literal["egemaps", "compare"], ...] = ("egemaps",)
+    # Per feature family (mels, waves, egemaps, compare): its own gain / gain_dbfs / trim, since the
+    # front end interacts with each family's normalisation differently (see for_store).
+    front_end: Optional[dict[str, StoreFrontEnd]] = None
+
+    def for_store(self, kind: str) -> "FeatureParams":
+        """The settings a store of `kind` is built with: these, with `front_end.<kind>` applied."""
+        override = (self.front_end or {}).get(kind)
+        if override is None:
+            return dataclasses.replace(self, front_end=None)
+        changes: dict[str, Any] = {k: getattr(override, k) for k in ("gain", "gain_dbfs", "trim_db")
+                                   if getattr(override, k) is not None}
+        if override.trim is False:
+            changes["trim_db"] = None
+        return dataclasses.replace(self, front_end=None, **changes)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.front_end or {}) - set(STORE_KINDS))
+        if unknown:
+            raise ValueError(f"front_end: unknown store kind {unknown[0]!r}; kinds: {list(STORE_KINDS)}")
+        for kind in self.front_end or {}:
+            try:
+                self.for_store(kind)  # the settings it results in must be valid too
+            except ValueError as exc:
+                raise ValueError(f"front_end.{kind}: {exc}") from None
         if not self.opensmile_sets or len(set(self.opensmile_sets)) != len(self.opensmile_sets):
             raise ValueError(f"opensmile_sets must list egemaps and/or compare once each, got "
                              f"{list(self.opensmile_sets)}")
@@ -286,8 +325,9 @@ class FeatureParams:
 
 
 # --------------------------------------------------------------------------- models
-# The keys of ser.models.MODELS ("linear": the classical openSMILE baseline); a test keeps them in step.
-Arch = Literal["crnn", "encoder", "linear"]
+# The torch networks of ser.models.MODELS plus "classical" (sklearn heads on openSMILE functionals,
+# ser.models.linear); ser.train.learners maps each to its learner, and a test keeps them in step.
+Arch = Literal["crnn", "encoder", "classical"]
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 
 
@@ -451,21 +491,29 @@ class SpecAugmentParams:
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    """The classical baseline (arch `linear`, ser.models.linear): a linear classifier on openSMILE functionals.
+    """A classical head on openSMILE functionals (arch `classical`, ser.models.linear).
 
-    C: the grid of inverse regularisation strengths; the one with the best
-    validation UAR is kept (ties: the smaller C). standardise: z-score with the
-    train split's statistics ("global") or each speaker's own ("speaker").
+    classifier: `logreg` (logistic regression), `svm` (linear SVM) or `rbf_svm`
+    (an SVM with the RBF kernel exp(-gamma |x - x'|^2)).
+    C: the grid of inverse regularisation strengths; gamma (rbf_svm only): the grid
+    of kernel widths, null: [1 / n_features] (sklearn's "scale" on z-scored features).
+    Every (C, gamma) is fitted on train; the best validation UAR is kept (ties: the
+    smaller C, then the smaller gamma). standardise: z-score with the train split's
+    statistics ("global") or each speaker's own ("speaker").
     """
-    classifier: Literal["svm", "logreg"]
+    classifier: Literal["svm", "logreg", "rbf_svm"]
     C: tuple[float, ...]
     standardise: Literal["global", "speaker"]
     class_weight: Literal["none", "balanced"] = "balanced"
     max_iter: int = 10000
+    gamma: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         if not self.C or min(self.C) <= 0:
             raise ValueError(f"C must be a non-empty list of values > 0, got {list(self.C)}")
+        if self.gamma is not None and (self.classifier != "rbf_svm" or not self.gamma or min(self.gamma) <= 0):
+            raise ValueError("gamma: a non-empty list of values > 0, for classifier rbf_svm only "
+                             f"(got {list(self.gamma)} for {self.classifier})")
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
 
@@ -492,7 +540,7 @@ class ModelParams:
     balance: Literal["none", "loss", "sampler"] = "loss"
     spec_augment: Optional[SpecAugmentParams] = None
     patience: Optional[int] = None
-    # arch linear: epochs, batch_size and optim are required but unused (one fit per C).
+    # arch classical: epochs, batch_size and optim are required but unused (one fit per C).
     classical: Optional[ClassicalParams] = None
 
     @property
@@ -508,18 +556,18 @@ class ModelParams:
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or null: no early stopping), got {self.patience}")
         smile = self.input in ("egemaps", "compare")
-        if (self.arch == "linear") != smile:
+        if (self.arch == "classical") != smile:
             raise ValueError(f"arch {self.arch!r} with input {self.input!r}: the openSMILE inputs (egemaps, "
-                             "compare) go with arch 'linear' and only with it")
-        if self.arch == "linear" and self.objective != "ce":
-            raise ValueError(f"objective {self.objective!r} does not apply to arch 'linear' (a linear classifier "
-                             "on fixed features has no encoder to adapt); use objective: ce")
+                             "compare) go with arch 'classical' and only with it")
+        if self.arch == "classical" and self.objective != "ce":
+            raise ValueError(f"objective {self.objective!r} does not apply to arch 'classical' (a classifier on "
+                             "fixed features has no encoder to adapt); use objective: ce")
         if self.input == "embeddings" and (self.arch != "encoder" or self.encoder is None
                                            or self.encoder.regime != "frozen"):
             raise ValueError("input 'embeddings' (the cached hidden-state means of a frozen encoder) needs arch "
                              "encoder with encoder.regime: frozen; other regimes train on input: waves")
-        if self.arch == "linear" and self.classical is None:
-            raise ValueError("arch 'linear' needs a 'classical:' section (classifier, C, standardise)")
+        if self.arch == "classical" and self.classical is None:
+            raise ValueError("arch 'classical' needs a 'classical:' section (classifier, C, standardise)")
 
 
 @dataclass(frozen=True)
@@ -709,7 +757,7 @@ class Params:
             raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(self.models)}")
         mp = self.models[name]
         spec: dict[str, Any] = {"model": dataclasses.asdict(mp), "study": dataclasses.asdict(self.study(mp.study))}
-        if mp.arch != "linear":
+        if mp.arch != "classical":
             spec["train"] = dataclasses.asdict(self.train)
         if mp.objective == "dann":
             spec["dann"] = {"lambda_domain": self.lambda_domain, "max_alpha": self.max_alpha}
@@ -829,6 +877,9 @@ def parse_params(data: dict[str, Any]) -> Params:
 def _check_model_renames(mname: str, model: dict[str, Any]) -> None:
     """Keys of the wav2vec2-only model schema, with what replaced them."""
     where = f"models.{mname}"
+    if model.get("arch") == "linear":
+        raise ParamsError(f"{where}.arch: 'linear' is now `arch: classical` (logreg, svm or rbf_svm under "
+                          "`classical.classifier`)")
     if model.get("arch") == "wav2vec2":
         raise ParamsError(f"{where}.arch: 'wav2vec2' is now `arch: encoder` (any wav2vec2, HuBERT, WavLM, "
                           "data2vec-audio or Whisper encoder; the backbone's config names the family)")

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     log = logging.getLogger(f"precompute-{args.kind}")
     if not wanted:
         log.info("no model reads %s features: nothing to build", args.kind)
-    report = {name: KINDS[args.kind](args.manifests, name, args.out_dir / name, params.features,
+    fp = params.features.for_store(args.kind)  # this family's own front end (features.front_end.<kind>)
+    report = {name: KINDS[args.kind](args.manifests, name, args.out_dir / name, fp,
                                      params.runtime.workers, labels=study.labels, target=study.target)
               for name, study in params.studies.items() if name in wanted}
     write_json_atomic(args.report, report, sort_keys=False)

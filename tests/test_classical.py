@@ -28,7 +28,7 @@ from ser.features import stores
 from ser.features.smile import functionals, smile_meta
 from ser.features.stores import FeatureStore, IndexRow
 from ser.models.learner import load_fitted
-from ser.models.linear import (LinearFitted, _choose, _weights, fit_stats, load_linear, speaker_standardise,
+from ser.models.linear import (ClassicalFitted, _choose, _weights, fit_stats, load_linear, speaker_standardise,
                                standardise)
 from ser.train.learners import train_model
 
@@ -51,9 +51,9 @@ def write_wav(path: Path, data: np.ndarray) -> Path:
 
 
 def linear(classifier: str = "logreg", C: tuple[float, ...] = (0.01, 1.0), standardise: str = "global",
-           input: str = "egemaps", study: str = "cross_corpus") -> ModelParams:
-    return ModelParams(study=study, arch="linear", objective="ce", input=input, epochs=1, batch_size=1,
-                       optim=OptimParams(), classical=ClassicalParams(classifier, C, standardise))
+           input: str = "egemaps", study: str = "cross_corpus", gamma: tuple[float, ...] | None = None) -> ModelParams:
+    return ModelParams(study=study, arch="classical", objective="ce", input=input, epochs=1, batch_size=1,
+                       optim=OptimParams(), classical=ClassicalParams(classifier, C, standardise, gamma=gamma))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_linear_model_learns_and_is_a_model_like_the_others(base_params, tmp_pat
     result, model_dir, live_dir = train(params, "lin", feats, tmp_path)
     assert result["val"]["uar"] > 0.9 and result["best_epoch"] == 1
     assert set(result["val_uar_by_C"]) == {"0.001", "0.1", "10"}
-    assert isinstance(load_fitted(model_dir), LinearFitted) and sorted(p.name for p in model_dir.iterdir()) == ["meta.json", "model.safetensors"]
+    assert isinstance(load_fitted(model_dir), ClassicalFitted) and sorted(p.name for p in model_dir.iterdir()) == ["meta.json", "model.safetensors"]
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["C"] == result["C"] and meta["parameters"]["total"] == 4 * 12 + 4
     assert meta["scores"] == ("softmax" if classifier == "logreg" else "decision")
@@ -327,19 +327,97 @@ def test_two_class_fit_expands_to_all_labels() -> None:
     assert probs[:, [0, 2]].max() == 0.0
 
 
+def _rbf_store(tmp_path: Path) -> Path:
+    """Classes that no linear rule separates: class k lies on a ring of radius 1.5 (k+1) in features 0-1
+    (feature 2: noise)."""
+    rng = np.random.default_rng(5)
+    out = tmp_path / "features" / "egemaps" / "cross_corpus"
+    speakers = {"train": ["s1", "s2", "s3", "s4"], "val": ["s5", "s6"], "test": ["s7", "s8"]}
+    splits = {}
+    for split, spks in speakers.items():
+        arrays, rows = [], []
+        for spk in spks:
+            for i in range(48):
+                k = i % 4
+                angle = rng.uniform(0, 2 * np.pi)
+                x = 0.15 * rng.normal(size=3)
+                x[:2] += 1.5 * (k + 1) * np.array([np.cos(angle), np.sin(angle)])
+                arrays.append(x.astype(np.float32))
+                rows.append(IndexRow(f"{split}_{spk}_{i}", "iemocap", spk, LABELS[k], 0, len(rows), SR))
+        splits[split] = (np.stack(arrays), rows)
+    stores.write_store(out, splits, {"kind": "egemaps", "sample_rate": SR, "labels": LABELS, "target": None,
+                       "features": {k: getattr(FeatureParams(), k) for k in features._WAVE_KEYS},
+                       "feature_set": "eGeMAPSv02", "feature_names": [f"f{j}" for j in range(3)], "n_features": 3,
+                       "opensmile_version": "test"})
+    return tmp_path / "features"
+
+
+def test_rbf_svm_learns_what_a_linear_head_cannot_and_predicts_like_sklearn(base_params, tmp_path) -> None:
+    from sklearn.svm import SVC
+
+    feats = _rbf_store(tmp_path)
+    params = dataclasses.replace(base_params, models={
+        "rbf": linear("rbf_svm", C=(0.1, 10.0), gamma=(0.05, 0.5, 2.0)), "lin": linear("logreg", C=(0.1, 10.0))})
+    result, model_dir, live_dir = train(params, "rbf", feats, tmp_path)
+    assert set(result["val_uar_by_C"]) == {f"{c:g}/{g:g}" for c in (0.1, 10.0) for g in (0.05, 0.5, 2.0)}
+    best = max(result["val_uar_by_C"].values())
+    assert result["val"]["uar"] == best and result["gamma"] in (0.05, 0.5, 2.0)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["format"] == "ser-rbf/1" and (meta["C"], meta["gamma"]) == (result["C"], result["gamma"])
+    rbf_uar = evaluate_model(model_dir, feats, "test")[0]["uar"]
+    _, lin_dir, _ = train(params, "lin", feats, tmp_path)
+    lin_uar = evaluate_model(lin_dir, feats, "test")[0]["uar"]
+    assert rbf_uar > 0.85 and rbf_uar > lin_uar + 0.3, (rbf_uar, lin_uar)
+
+    # the numpy model is sklearn's SVC: decision values and predictions, after the safetensors round trip
+    model, _ = load_linear(model_dir)
+    x_tr, y_tr = _arrays(feats, "train")
+    x_te, _ = _arrays(feats, "test")
+    mean, std = fit_stats(x_tr)
+    clf = SVC(C=result["C"], gamma=result["gamma"], class_weight="balanced", max_iter=10000, random_state=3,
+              break_ties=True).fit(standardise(x_tr, mean, std), y_tr)
+    xs = model.prepare(x_te)
+    np.testing.assert_allclose(model.score(xs), clf.decision_function(xs), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(model.predict(xs), clf.predict(xs))
+    assert isinstance(load_fitted(model_dir), ClassicalFitted)
+    _, again, _ = train(params, "rbf", feats, tmp_path / "again")  # deterministic bytes
+    assert (again / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+def test_rbf_svm_with_classes_missing_from_train_never_predicts_them() -> None:
+    from sklearn.svm import SVC
+
+    from ser.models.linear import KernelModel, LinearModel, _model_of
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 3))
+    for classes in ((1, 3), (0, 2, 3)):
+        y = np.asarray(classes)[np.argmax(x[:, :len(classes)], axis=1)]
+        clf = SVC(gamma=0.7, break_ties=True).fit(x, y)
+        proto = LinearModel(np.zeros(0), np.zeros(0), np.zeros(3), np.ones(3), "global", "decision")
+        model = _model_of(clf, proto, ClassicalParams("rbf_svm", (1.0,), "global"), 4, 0.7)
+        assert isinstance(model, KernelModel)
+        np.testing.assert_array_equal(model.predict(x), clf.predict(x))
+        absent = [k for k in range(4) if k not in classes]
+        assert (model.score(x)[:, absent] < -1e29).all()
+        if len(classes) > 2:  # sklearn's two-class decision_function is one column
+            np.testing.assert_allclose(model.score(x)[:, list(classes)], clf.decision_function(x), atol=1e-9)
+
+
 # --------------------------------------------------------------------------- params
 def test_params_reject_what_does_not_apply_to_linear(base_params) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    entry = {"study": "cross_corpus", "arch": "linear", "objective": "ce", "input": "egemaps", "epochs": 1,
+    entry = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
              "batch_size": 1, "optim": {}, "classical": {"classifier": "svm", "C": [0.01, 1], "standardise": "speaker"}}
     parsed = parse_params({**raw, "models": {"egemaps_svm": entry}})
     assert parsed.models["egemaps_svm"].classical.C == (0.01, 1.0)
     bad = {
-        "does not apply to arch 'linear'": {"objective": "dann"},
+        "does not apply to arch 'classical'": {"objective": "dann"},
         "needs a 'classical:' section": {"classical": None},
-        "go with arch 'linear'": {"arch": "crnn", "crnn": {}},
+        "go with arch 'classical'": {"arch": "crnn", "crnn": {}},
         "must be a non-empty list": {"classical": {**entry["classical"], "C": [0.0]}},
         "is not one of": {"classical": {**entry["classical"], "standardise": "corpus"}},
+        "for classifier rbf_svm only": {"classical": {**entry["classical"], "gamma": [0.1]}},
+        "'linear' is now `arch: classical`": {"arch": "linear"},
     }
     for message, change in bad.items():
         with pytest.raises(ParamsError, match=message):
@@ -356,7 +434,7 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
     _, model_dir, _ = train(params, "lin", tone_corpus["features"], tmp_path)
     wav = write_wav(tmp_path / "new.wav", tone(0.6, PITCH["happy"] * 1.01, 0.15, seed=123))
     predictor = Predictor(model_dir)
-    assert predictor.window_s is None and isinstance(predictor.fitted, LinearFitted)
+    assert predictor.window_s is None and isinstance(predictor.fitted, ClassicalFitted)
     (result,) = predictor.predict_files([wav])
     assert result.ok and len(result.windows) == 1 and abs(sum(result.probabilities) - 1) < 1e-9
     # exactly the store's features of that file, standardised with the train statistics

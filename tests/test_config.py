@@ -340,8 +340,8 @@ def test_run_spec_holds_what_a_model_reads_and_bind_refuses_stale_params(tmp_pat
     for name, mp in params.models.items():
         spec, other = params.run_spec(name), moved.run_spec(name)
         assert spec["model"]["study"] == mp.study and spec["study"]["labels"] == list(params.study(mp.study).labels)
-        assert ("dann" in spec) == (mp.objective == "dann") and ("train" in spec) == (mp.arch != "linear")
-        if mp.arch == "linear":
+        assert ("dann" in spec) == (mp.objective == "dann") and ("train" in spec) == (mp.arch != "classical")
+        if mp.arch == "classical":
             assert spec == other, name  # neither threads nor lambda reach a classical model
         else:
             assert spec != other and other["train"]["threads"] == 3, name

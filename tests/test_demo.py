@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 import soxr
 
-from ser.data import demo
 from ser.data.corpora import label_table, tess, to_canonical
 from ser.data.demo import DEMO_CORPORA, MARKER, PARTIAL_MARKER, generate_corpus
 

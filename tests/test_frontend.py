@@ -11,7 +11,7 @@ import scipy.signal
 import soundfile as sf
 import yaml
 
-from ser.config import FeatureParams, ParamsError, load_params
+from ser.config import FeatureParams, ParamsError, StoreFrontEnd, load_params
 from ser.data.manifest import Utterance, write_manifest
 from ser.features.audio import active_rms_dbfs, condition, condition_span, load_audio, loudness_lufs, peak_dbfs
 from ser.features.precompute import (SILENCE_DB, feature_params_from_meta, fit_frames, mel_features, mel_input,
@@ -172,6 +172,41 @@ def test_trim_db_null_loads_as_off(tmp_path) -> None:
     path.write_text(yaml.safe_dump(params))
     fp = load_params(path).features
     assert fp.trim_db is None and fp.gain == "peak" and fp.gain_dbfs == -1.0
+
+
+def test_each_store_kind_can_have_its_own_front_end(tmp_path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["features"].update(gain="loudness", trim_db=60.0,
+                              front_end={"egemaps": {"gain": "none", "trim": False}, "waves": {"gain_dbfs": -30}})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    fp = load_params(path).features
+    smile, waves, mels = fp.for_store("egemaps"), fp.for_store("waves"), fp.for_store("mels")
+    assert (smile.gain, smile.trim_db) == ("none", None)
+    assert (waves.gain, waves.gain_dbfs, waves.trim_db) == ("loudness", -30.0, 60.0)
+    assert (mels.gain, mels.gain_dbfs, mels.trim_db) == ("loudness", -23.0, 60.0) and mels.front_end is None
+    for bad, message in (({"spectrogram": {"gain": "none"}}, "front_end: unknown store kind 'spectrogram'"),
+                         ({"mels": {"gain_dbfs": 9}}, r"front_end\.mels: gain_dbfs must be in"),
+                         ({"mels": {"gain": "lufs"}}, r"features\.front_end\.mels\.gain"),
+                         ({"mels": {"trim": False, "trim_db": 30}}, "trim: false with a trim_db")):
+        params["features"]["front_end"] = bad
+        path.write_text(yaml.safe_dump(params))
+        with pytest.raises(ParamsError, match=message):
+            load_params(path)
+
+
+def test_a_store_built_with_its_own_front_end_records_it(tmp_path) -> None:
+    """The store's meta holds the settings it was built with, so training and `ser predict` follow it."""
+    manifest, _ = _manifest(tmp_path)
+    fp = replace(OFF, gain="loudness", gain_dbfs=-23.0, trim_db=60.0,
+                 front_end={"waves": StoreFrontEnd(gain="none", trim=False)})
+    precompute_waves(manifest, "s", tmp_path / "waves", fp.for_store("waves"), 1, labels=["neutral"])
+    meta = _meta(tmp_path / "waves")
+    assert {k: meta["features"][k] for k in ("gain", "trim_db")} == {"gain": "none", "trim_db": None}
+    assert "front_end" not in meta["features"]
+    assert feature_params_from_meta(meta).gain == "none"
+    store = FeatureStore(tmp_path / "waves" / "f1", "test")
+    assert store.index[0].length == int(0.2 * SR) + int(0.7 * SR) + 800 and store[0][0] == 0  # untrimmed
 
 
 def test_old_store_meta_reads_as_front_end_off() -> None:

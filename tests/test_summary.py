@@ -23,7 +23,7 @@ LABELS = ["angry", "happy", "neutral", "sad"]
 
 def params_for(models: dict, folds=(1, 2), seeds=(0,)):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    base = {"study": "cross_corpus", "arch": "linear", "objective": "ce", "input": "egemaps", "epochs": 1,
+    base = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
             "batch_size": 1, "optim": {}, "classical": {"classifier": "svm", "C": [1.0], "standardise": "global"}}
     raw["models"] = {name: {**base, **extra} for name, extra in models.items()}
     raw.update(folds=list(folds), seeds=list(seeds))
@@ -145,7 +145,7 @@ def test_corpus_matrix_table_heatmap_and_the_adapted_cell(tmp_path):
     """Matrix study: fold i trains on corpus i, every corpus's test split is a column; the cross-corpus
     models' target cells join it, marked when they test the very same clips."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    base = {"arch": "linear", "objective": "ce", "input": "egemaps", "epochs": 1, "batch_size": 1, "optim": {},
+    base = {"arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1, "batch_size": 1, "optim": {},
             "classical": {"classifier": "svm", "C": [1.0], "standardise": "global"}}
     raw["models"] = {"mx": {**base, "study": "corpus_matrix"}, "plain": {**base, "study": "cross_corpus"},
                      "adapted": {**raw["models"]["dann"]}}

@@ -16,7 +16,7 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
          speaker: each window is normalised with its own (with a warning),
          so predictions can differ from evaluation's;
   waves  the float waveform at the stored sample rate (16 kHz);
-  egemaps / compare  (arch linear, ser.models.linear) the openSMILE functionals of
+  egemaps / compare  (arch classical, ser.models.linear) the openSMILE functionals of
          the whole conditioned file (ser.features.precompute.smile_for_inference), the
          store's function. No windows: functionals summarise a whole clip, as
          at training, so --window/--hop are refused. A file has no speaker

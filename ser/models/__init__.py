@@ -35,7 +35,7 @@ def _build_encoder(mp: ModelParams, n_classes: int, *, with_domain_head: bool, n
                       preprocessor=preprocessor)
 
 
-# torch arch -> (builder, the ModelParams section it needs). Arch "linear" (the classical
+# torch arch -> (builder, the ModelParams section it needs). Arch "classical" (the
 # openSMILE baseline) is another family of ser.models.base.Learner: ser.models.linear.
 MODELS: dict[str, tuple[Callable[..., SERModel], str]] = {
     "crnn": (_build_crnn, "crnn"),

@@ -55,7 +55,7 @@ class Fitted(ABC):
     slides them); False: it summarises a whole recording (openSMILE functionals).
     """
 
-    FORMAT: ClassVar[str]
+    FORMATS: ClassVar[tuple[str, ...]]  # the meta.json "format" values this family reads
     windowed: ClassVar[bool] = True
 
     def __init__(self, model_dir: Path, meta: dict[str, Any]) -> None:

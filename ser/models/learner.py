@@ -1,6 +1,6 @@
 """Loading a trained model of any family, chosen once from its checkpoint format.
 
-`TorchFitted` wraps a torch checkpoint (ser.models.checkpoint); `LinearFitted`
+`TorchFitted` wraps a torch checkpoint (ser.models.checkpoint); `ClassicalFitted`
 (ser.models.linear) a classical one. Both are ser.models.base.Fitted: evaluation
 and `ser predict` call `load_fitted` and nothing family-specific.
 """
@@ -20,9 +20,9 @@ from ser.features.dataset import FeatureDataset, make_loader, max_samples_for
 from ser.models import SERModel, encoder_from_probe
 from ser.models.base import Fitted, read_meta
 from ser.models.checkpoint import BACKBONE_CACHE, FORMAT as TORCH_FORMAT, load_checkpoint, save_checkpoint
-from ser.models.linear import LinearFitted
+from ser.models.linear import ClassicalFitted
 
-__all__ = ["TorchFitted", "LinearFitted", "FITTED", "load_fitted"]
+__all__ = ["TorchFitted", "ClassicalFitted", "FITTED", "load_fitted"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class TorchFitted(Fitted):
     """A saved torch network (CRNN, encoder, probe): scores are softmax probabilities."""
 
-    FORMAT = TORCH_FORMAT
+    FORMATS = (TORCH_FORMAT,)
 
     def __init__(self, model_dir: Path, meta: dict[str, Any], model: SERModel,
                  device: str | torch.device = "cpu") -> None:
@@ -94,7 +94,7 @@ class TorchFitted(Fitted):
 
 
 # checkpoint format (meta.json "format") -> the family that reads it
-FITTED: dict[str, type[Fitted]] = {cls.FORMAT: cls for cls in (TorchFitted, LinearFitted)}
+FITTED: dict[str, type[Fitted]] = {fmt: cls for cls in (TorchFitted, ClassicalFitted) for fmt in cls.FORMATS}
 
 
 def load_fitted(model_dir: Path, device: str | torch.device = "cpu") -> Fitted:

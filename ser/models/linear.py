@@ -1,6 +1,6 @@
-"""The classical SER baseline: a linear SVM or logistic regression on openSMILE functionals.
+"""The classical SER heads on openSMILE functionals: logistic regression, linear SVM, RBF-kernel SVM.
 
-Arch `linear` in params.yaml (section `classical:`, see ser.config.ClassicalParams),
+Arch `classical` in params.yaml (section `classical:`, see ser.config.ClassicalParams),
 input `egemaps` (88 eGeMAPSv02 functionals) or `compare` (6373 ComParE_2016
 functionals), read from the stores of `stages/precompute.py --kind egemaps|compare`.
 
@@ -11,19 +11,21 @@ Protocol:
     uses features only, never labels, so it applies to test speakers as well
     (statistics over the speaker's clips in the split being scored). A feature
     that does not vary (or a speaker with one clip) is only centred.
-  * Model selection. One fit on the train split per C of the grid; the C
-    with the best validation UAR is kept (ties: the smaller C). The kept model
-    is the train-only fit: there is no refit on train + val, so validation
-    stays an honest selector and the test split is never touched.
-    Deterministic: random_state is params `seed`.
-  * Checkpoint. Both classifiers are linear, so the model is W [n_classes,
-    n_features] and b [n_classes] plus the train-split mean/std, saved as
-    models/<name>/model.safetensors (float64) + meta.json (format
-    "ser-linear/1"; never pickled). Prediction is argmax((x - mean) / std @ W.T + b),
-    exactly sklearn's. Scores: softmax of that for logistic regression (its
-    predict_proba); the raw decision values for the SVM, which has no
-    probabilities (`scores` in meta.json says which). A class with no train
-    rows gets bias -1e30: never predicted.
+  * Model selection. One fit on the train split per C (and, for rbf_svm, per
+    gamma) of the grid; the fit with the best validation UAR is kept (ties: the
+    smaller C, then the smaller gamma). The kept model is the train-only fit:
+    there is no refit on train + val, so validation stays an honest selector and
+    the test split is never touched. Deterministic: random_state is params `seed`.
+  * Checkpoint, never pickled: models/<name>/model.safetensors (float64) + meta.json.
+    logreg and svm are linear: W [n_classes, n_features] and b [n_classes] plus
+    the train-split mean/std (format "ser-linear/1"); prediction is
+    argmax((x - mean) / std @ W.T + b), exactly sklearn's. rbf_svm stores what
+    libsvm does (support vectors, one-vs-one dual coefficients and intercepts,
+    gamma; format "ser-rbf/1"); its decision values are sklearn's
+    SVC.decision_function, recomputed in numpy. Scores: softmax for logistic
+    regression (its predict_proba); the decision values for the SVMs, which have
+    no probabilities (`scores` in meta.json says which). A class with no train
+    rows is never predicted (decision -1e30).
   * `ser predict` scores a whole file (no windows: the functionals summarise
     the clip). A file has no speaker statistics, so a "speaker" model falls
     back to the global train statistics there, with a warning.
@@ -51,12 +53,13 @@ from ser.fsutil import write_json_atomic
 from ser.models.base import EpochCallback, Fitted, Learner, read_meta
 from ser.stats import compute_metrics
 
-__all__ = ["FORMAT", "LinearModel", "LinearFitted", "LinearLearner", "fit_stats", "standardise",
+__all__ = ["FORMAT", "RBF_FORMAT", "LinearModel", "KernelModel", "ClassicalFitted", "ClassicalLearner", "fit_stats", "standardise",
            "speaker_standardise", "train_classical", "load_linear", "save_linear"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ser-linear/1"
+FORMAT = "ser-linear/1"  # logreg, svm: W and b
+RBF_FORMAT = "ser-rbf/1"  # rbf_svm: support vectors and dual coefficients
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 ABSENT_BIAS = -1e30  # bias of a class the train split lacks: never the argmax
@@ -87,16 +90,13 @@ def speaker_standardise(x: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- the model
-@dataclass(frozen=True)
-class LinearModel:
-    """W [K, F], b [K] on standardised features; mean/std: the train split's statistics."""
-    W: np.ndarray
-    b: np.ndarray
+# --------------------------------------------------------------------------- the models
+class _Scored:
+    """What the classical models share: standardisation in, argmax of `decision` out."""
     mean: np.ndarray
     std: np.ndarray
     standardisation: str  # "global" | "speaker"
-    scores: str  # "softmax" (logistic regression) | "decision" (SVM)
+    scores: str  # "softmax" (logistic regression) | "decision" (SVMs)
 
     def prepare(self, x: np.ndarray, speakers: Optional[Sequence[str]] = None) -> np.ndarray:
         """Standardised rows: per speaker for a "speaker" model given speakers, else global."""
@@ -105,13 +105,13 @@ class LinearModel:
         return standardise(x, self.mean, self.std)
 
     def decision(self, xs: np.ndarray) -> np.ndarray:
-        return xs @ self.W.T + self.b
+        raise NotImplementedError
 
     def predict(self, xs: np.ndarray) -> np.ndarray:
         return self.decision(xs).argmax(axis=1)
 
     def score(self, xs: np.ndarray) -> np.ndarray:
-        """[n, K] softmax probabilities (logreg) or decision values (SVM)."""
+        """[n, K] softmax probabilities (logreg) or decision values (SVMs)."""
         d = self.decision(xs)
         if self.scores == "decision":
             return d
@@ -119,14 +119,119 @@ class LinearModel:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def _classifier(cp: ClassicalParams, C: float, seed: int) -> Any:
+@dataclass(frozen=True)
+class LinearModel(_Scored):
+    """W [K, F], b [K] on standardised features; mean/std: the train split's statistics."""
+    W: np.ndarray
+    b: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    standardisation: str
+    scores: str
+    FORMAT = FORMAT
+
+    def decision(self, xs: np.ndarray) -> np.ndarray:
+        return xs @ self.W.T + self.b
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"W": self.W, "b": self.b, "mean": self.mean, "std": self.std}
+
+    @property
+    def size(self) -> int:
+        return int(self.W.size + self.b.size)
+
+
+@dataclass(frozen=True)
+class KernelModel(_Scored):
+    """An RBF-kernel SVM as libsvm stores it: support vectors `sv` [n_sv, F] grouped by class
+    (`n_support` per class of `classes`, the label indices the train split has), one-vs-one
+    dual coefficients `dual` [k-1, n_sv] and intercepts [k(k-1)/2], kernel width `gamma`.
+
+    `decision` is sklearn's SVC.decision_function (one-vs-rest shape: one-vs-one votes plus
+    their confidences scaled into (-1/3, 1/3)) over all `n_classes` labels; a label without
+    train rows gets ABSENT_BIAS. Its argmax is SVC(break_ties=True).predict.
+    """
+    sv: np.ndarray
+    dual: np.ndarray
+    intercept: np.ndarray
+    n_support: np.ndarray
+    classes: np.ndarray
+    gamma: float
+    n_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    standardisation: str
+    scores: str = "decision"
+    FORMAT = RBF_FORMAT
+
+    def decision(self, xs: np.ndarray) -> np.ndarray:
+        xs = np.asarray(xs, dtype=np.float64)
+        d2 = (xs ** 2).sum(1)[:, None] + (self.sv ** 2).sum(1)[None, :] - 2.0 * xs @ self.sv.T
+        kmat = np.exp(-self.gamma * np.maximum(d2, 0.0))
+        starts = np.concatenate([[0], np.cumsum(self.n_support)])
+        k = len(self.classes)
+        pairs = []
+        for i in range(k):
+            for j in range(i + 1, k):
+                si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
+                pairs.append(kmat[:, si] @ self.dual[j - 1, si] + kmat[:, sj] @ self.dual[i, sj])
+        ovo = np.stack(pairs, axis=1) + self.intercept
+        out = np.full((len(xs), self.n_classes), ABSENT_BIAS)
+        out[:, self.classes] = _ovr_decision(ovo, k)
+        return out
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"sv": self.sv, "dual": self.dual, "intercept": self.intercept, "mean": self.mean, "std": self.std,
+                "n_support": self.n_support, "classes": self.classes, "gamma": np.array([self.gamma])}
+
+    @property
+    def size(self) -> int:
+        return int(self.sv.size + self.dual.size + self.intercept.size)
+
+
+def _ovr_decision(ovo: np.ndarray, k: int) -> np.ndarray:
+    """One-vs-one decision values [n, k(k-1)/2] (positive: the pair's first class) -> sklearn's
+    one-vs-rest shape [n, k]: votes plus the summed confidences scaled into (-1/3, 1/3)."""
+    votes = np.zeros((len(ovo), k))
+    confidence = np.zeros((len(ovo), k))
+    p = 0
+    for i in range(k):
+        for j in range(i + 1, k):
+            confidence[:, i] += ovo[:, p]
+            confidence[:, j] -= ovo[:, p]
+            votes[ovo[:, p] >= 0, i] += 1
+            votes[ovo[:, p] < 0, j] += 1
+            p += 1
+    return votes + confidence / (3 * (np.abs(confidence) + 1))
+
+
+def _classifier(cp: ClassicalParams, C: float, seed: int, gamma: Optional[float] = None) -> Any:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
+    from sklearn.svm import SVC, LinearSVC
 
     weight = None if cp.class_weight == "none" else "balanced"
     if cp.classifier == "svm":
         return LinearSVC(C=C, class_weight=weight, max_iter=cp.max_iter, random_state=seed, dual="auto")
+    if cp.classifier == "rbf_svm":
+        return SVC(C=C, kernel="rbf", gamma=gamma, class_weight=weight, max_iter=cp.max_iter, random_state=seed,
+                   decision_function_shape="ovr", break_ties=True)
     return LogisticRegression(C=C, class_weight=weight, max_iter=cp.max_iter, random_state=seed)
+
+
+def _model_of(clf: Any, proto: LinearModel, cp: ClassicalParams, n_classes: int,
+              gamma: Optional[float]) -> "LinearModel | KernelModel":
+    """Our numpy model of a fitted sklearn classifier (the same decisions)."""
+    if cp.classifier != "rbf_svm":
+        return dataclasses.replace(proto, **dict(zip(("W", "b"), _weights(clf, n_classes))))
+    # sklearn flips libsvm's signs for two classes (its decision is then positive for classes_[1]);
+    # the model keeps libsvm's one-vs-one convention (positive: the pair's first class).
+    sign = -1.0 if len(clf.classes_) == 2 else 1.0
+    return KernelModel(sv=np.asarray(clf.support_vectors_, dtype=np.float64),
+                       dual=sign * np.asarray(clf.dual_coef_, dtype=np.float64),
+                       intercept=sign * np.asarray(clf.intercept_, dtype=np.float64),
+                       n_support=np.asarray(clf.n_support_, dtype=np.int64),
+                       classes=np.asarray(clf.classes_, dtype=np.int64), gamma=float(gamma), n_classes=n_classes,
+                       mean=proto.mean, std=proto.std, standardisation=proto.standardisation)
 
 
 def _weights(clf: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,18 +275,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_linear(model: LinearModel, out_dir: Path, meta: dict[str, Any]) -> None:
-    """model.safetensors (W, b, mean, std) + meta.json; a new out_dir appears by one rename."""
+def save_linear(model: "LinearModel | KernelModel", out_dir: Path, meta: dict[str, Any]) -> None:
+    """model.safetensors (W, b or the support vectors; mean, std) + meta.json; a new out_dir appears by one
+    rename."""
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tensors = {"W": model.W, "b": model.b, "mean": model.mean, "std": model.std}
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()},
-                  str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        doc = {**meta, "format": FORMAT, "standardise": model.standardisation, "scores": model.scores,
+        save_file({k: np.ascontiguousarray(v, dtype=np.int64 if v.dtype.kind == "i" else np.float64)
+                   for k, v in model.tensors().items()}, str(tmp / WEIGHTS), metadata={"format": model.FORMAT})
+        doc = {**meta, "format": model.FORMAT, "standardise": model.standardisation, "scores": model.scores,
                "weights_sha256": _sha256(tmp / WEIGHTS)}
         write_json_atomic(tmp / META, doc)
         if out_dir.exists():
@@ -189,10 +294,12 @@ def save_linear(model: LinearModel, out_dir: Path, meta: dict[str, Any]) -> None
         os.rename(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("saved linear model (%d classes x %d features) to %s", *model.W.shape, out_dir)
+    log.info("saved %s model (%d labels x %d features) to %s", meta.get("classifier"), len(meta["labels"]),
+             len(model.mean), out_dir)
 
 
-def load_linear(model_dir: Path) -> tuple[LinearModel, dict[str, Any]]:
+def load_linear(model_dir: Path) -> tuple["LinearModel | KernelModel", dict[str, Any]]:
+    """The classical model saved in `model_dir` and its meta (CheckpointError when damaged)."""
     from safetensors.numpy import load_file
 
     model_dir = Path(model_dir)
@@ -201,23 +308,32 @@ def load_linear(model_dir: Path) -> tuple[LinearModel, dict[str, Any]]:
         raise CheckpointError(f"{model_dir}: not a checkpoint (expected {META} and {WEIGHTS}); "
                               "run the model's train stage (`dvc repro`)")
     meta = read_meta(model_dir)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in (FORMAT, RBF_FORMAT):
+        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} or {RBF_FORMAT!r}")
     if _sha256(weights_path) != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path} does not match {meta_path} (sha256): re-run training")
     t = load_file(str(weights_path))
-    n_features = len(meta["features"]["feature_names"])
-    if t["W"].shape != (len(meta["labels"]), n_features) or t["mean"].shape != (n_features,):
-        raise CheckpointError(f"{weights_path}: W {t['W'].shape} does not fit {len(meta['labels'])} labels x "
-                              f"{n_features} features of {meta_path}")
-    return LinearModel(t["W"], t["b"], t["mean"], t["std"], meta["standardise"], meta["scores"]), meta
+    n_features, n_labels = len(meta["features"]["feature_names"]), len(meta["labels"])
+    if meta["format"] == RBF_FORMAT:
+        model: "LinearModel | KernelModel" = KernelModel(
+            sv=t["sv"], dual=t["dual"], intercept=t["intercept"], n_support=t["n_support"], classes=t["classes"],
+            gamma=float(t["gamma"][0]), n_classes=n_labels, mean=t["mean"], std=t["std"],
+            standardisation=meta["standardise"], scores=meta["scores"])
+        shape_ok = t["sv"].shape[1:] == (n_features,) and int(t["n_support"].sum()) == len(t["sv"])
+    else:
+        model = LinearModel(t["W"], t["b"], t["mean"], t["std"], meta["standardise"], meta["scores"])
+        shape_ok = t["W"].shape == (n_labels, n_features)
+    if not shape_ok or t["mean"].shape != (n_features,):
+        raise CheckpointError(f"{weights_path}: its tensors do not fit {n_labels} labels x {n_features} features "
+                              f"of {meta_path}")
+    return model, meta
 
 
 # --------------------------------------------------------------------------- training
-def _choose(grid: Sequence[tuple[float, float]]) -> int:
-    """Index of the best (C, val UAR) pair: the highest UAR, ties to the smallest C
-    (the most regularised model that does as well)."""
-    return min(range(len(grid)), key=lambda i: (-grid[i][1], grid[i][0]))
+def _choose(grid: Sequence[tuple[float, ...]]) -> int:
+    """Index of the best (C, val UAR[, gamma]) entry: the highest UAR, ties to the smallest C
+    (the most regularised model that does as well), then to the smallest gamma (the smoothest)."""
+    return min(range(len(grid)), key=lambda i: (-grid[i][1], grid[i][0], *grid[i][2:]))
 
 
 def _write_timing(path: Path, name: str, seconds: float, fits: int) -> None:
@@ -226,62 +342,82 @@ def _write_timing(path: Path, name: str, seconds: float, fits: int) -> None:
     log.info("wrote %s", path)
 
 
+def _grid(cp: ClassicalParams, n_features: int) -> list[tuple[float, Optional[float]]]:
+    """(C, gamma) pairs to fit: C ascending; gamma (rbf_svm) ascending, null: [1 / n_features]."""
+    if cp.classifier != "rbf_svm":
+        return [(C, None) for C in sorted(set(cp.C))]
+    gammas = sorted(set(cp.gamma)) if cp.gamma is not None else [1.0 / n_features]
+    return [(C, g) for C in sorted(set(cp.C)) for g in gammas]
+
+
+def _fit_grid(params: Params, name: str, proto: LinearModel, data: tuple[np.ndarray, ...],
+              labels: list[str]) -> tuple[list[dict[str, float]], list["LinearModel | KernelModel"]]:
+    """One fit on train per (C, gamma); the history (train/val UAR per fit) and the fitted models."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    cp = params.models[name].classical
+    xs_tr, y_tr, xs_va, y_va = data
+    history, models = [], []
+    for C, gamma in _grid(cp, xs_tr.shape[1]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf = _classifier(cp, C, params.seed, gamma).fit(xs_tr, y_tr)
+        what = f"C={C:g}" + (f", gamma={gamma:g}" if gamma is not None else "")
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            log.warning("%s %s: %s did not converge in max_iter=%d iterations", name, what, cp.classifier,
+                        cp.max_iter)
+        model = _model_of(clf, proto, cp, len(labels), gamma)
+        val = compute_metrics(y_va, model.predict(xs_va), labels)
+        train_uar = compute_metrics(y_tr, model.predict(xs_tr), labels)["uar"]
+        logs = {"C": float(C), **({"gamma": float(gamma)} if gamma is not None else {}), "train/uar": train_uar,
+                "val/uar": val["uar"], "val/accuracy": val["accuracy"], "val/macro_f1": val["macro_f1"]}
+        history.append(logs)
+        models.append(model)
+        log.info("%s %s: train UAR %.4f, val UAR %.4f", name, what, train_uar, val["uar"])
+    return history, models
+
+
+def _grid_key(h: dict[str, float]) -> str:
+    return f"{h['C']:g}" + (f"/{h['gamma']:g}" if "gamma" in h else "")
+
+
 def train_classical(params: Params, name: str, features_root: Path, out_dir: Path, live_dir: Path, *,
                     timing_path: Optional[Path] = None) -> dict[str, Any]:
-    """Fit model `name` (arch linear) per C of its grid, keep the best on val UAR, save it to out_dir.
+    """Fit model `name` (arch classical) per (C, gamma) of its grid, keep the best on val UAR, save it.
 
-    Returns the same shape of result as ser.train.loop.train_model (best_epoch 1:
-    one fit) plus `C` and `val_uar_by_C`. DVCLive gets one step per C (in
-    ascending order) and a summary whose `val` block is the chosen C's.
+    Returns the same shape of result as the torch learner's (best_epoch 1: one fit) plus `C`,
+    `gamma` (rbf_svm) and `val_uar_by_C` (keys "C" or "C/gamma"). DVCLive gets one step per
+    fit (C ascending, then gamma) and a summary whose `val` block is the chosen fit's.
     """
     from dvclive import Live
-    from sklearn.exceptions import ConvergenceWarning
 
     started = time.perf_counter()
     features_root, out_dir, live_dir = map(Path, (features_root, out_dir, live_dir))
     mp = params.models[name]
     cp = mp.classical
-    if mp.arch != "linear" or cp is None:
-        raise ValueError(f"models.{name}: train_classical needs arch 'linear' with a 'classical:' section")
+    if mp.arch != "classical" or cp is None:
+        raise ValueError(f"models.{name}: train_classical needs arch 'classical' with a 'classical:' section")
     labels = list(params.study(mp.study).labels)
     store_root = fold_root(features_root, mp.input, mp.study, params.fold)
     x_tr, y_tr, spk_tr, store_meta = _split(store_root, "train", labels, mp.input)
     x_va, y_va, spk_va, _ = _split(store_root, "val", labels, mp.input)
-    log.info("read %s: train %d, val %d clips x %d features; %s, standardise %s, C grid %s", store_root,
-             len(y_tr), len(y_va), x_tr.shape[1], cp.classifier, cp.standardise, sorted(set(cp.C)))
+    log.info("read %s: train %d, val %d clips x %d features; %s, standardise %s, C grid %s%s", store_root,
+             len(y_tr), len(y_va), x_tr.shape[1], cp.classifier, cp.standardise, sorted(set(cp.C)),
+             f", gamma grid {sorted(set(cp.gamma))}" if cp.gamma else "")
     mean, std = fit_stats(x_tr)
     proto = LinearModel(np.zeros((0,)), np.zeros((0,)), mean, std, cp.standardise,
                         "softmax" if cp.classifier == "logreg" else "decision")
-    xs_tr, xs_va = proto.prepare(x_tr, spk_tr), proto.prepare(x_va, spk_va)
-
-    history: list[dict[str, float]] = []
-    models: list[LinearModel] = []
-    for C in sorted(set(cp.C)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf = _classifier(cp, C, params.seed).fit(xs_tr, y_tr)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log.warning("%s C=%g: %s did not converge in max_iter=%d iterations", name, C, cp.classifier,
-                        cp.max_iter)
-        model = dataclasses.replace(proto, **dict(zip(("W", "b"), _weights(clf, len(labels)))))
-        val = compute_metrics(y_va, model.predict(xs_va), labels)
-        train_uar = compute_metrics(y_tr, model.predict(xs_tr), labels)["uar"]
-        logs = {"C": float(C), "train/uar": train_uar, "val/uar": val["uar"], "val/accuracy": val["accuracy"],
-                "val/macro_f1": val["macro_f1"]}
-        history.append(logs)
-        models.append(model)
-        log.info("%s C=%g: train UAR %.4f, val UAR %.4f", name, C, train_uar, val["uar"])
-    chosen = _choose([(h["C"], h["val/uar"]) for h in history])
-    model, best_logs = models[chosen], history[chosen]
-    best_uar, best_C = best_logs["val/uar"], best_logs["C"]
-    by_C = {f"{h['C']:g}": h["val/uar"] for h in history}
-    val_block = {k.split("/", 1)[1]: v for k, v in best_logs.items() if k.startswith("val/")}
-    n_params = int(model.W.size + model.b.size)
-
+    data = (proto.prepare(x_tr, spk_tr), y_tr, proto.prepare(x_va, spk_va), y_va)
+    history, models = _fit_grid(params, name, proto, data, labels)
+    chosen = _choose([(h["C"], h["val/uar"], *([h["gamma"]] if "gamma" in h else [])) for h in history])
+    model, best = models[chosen], history[chosen]
+    by_C = {_grid_key(h): h["val/uar"] for h in history}
+    val_block = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("val/")}
+    chosen_params = {k: best[k] for k in ("C", "gamma") if k in best}
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": store_meta,
             "fold": params.fold, "seed": params.seed, "model_params": dataclasses.asdict(mp), "classifier": cp.classifier,
-            "C": best_C, "val_uar_by_C": by_C, "val": val_block, "best_epoch": 1,
-            "parameters": {"total": n_params, "trainable": n_params},
+            **chosen_params, "val_uar_by_C": by_C, "val": val_block, "best_epoch": 1,
+            "parameters": {"total": model.size, "trainable": model.size},
             "refit": "train only (no train+val refit: validation selects C)"}
     save_linear(model, out_dir, meta)
 
@@ -291,34 +427,35 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
         for key, value in logs.items():
             live.log_metric(key, value)
         live.next_step()
-    # The summary (metrics.json) describes the chosen C, not the last step of the grid.
-    live.summary.update({"C": best_C, "train": {"uar": best_logs["train/uar"]}, "val": val_block,
+    # The summary (metrics.json) describes the chosen fit, not the last step of the grid.
+    live.summary.update({**chosen_params, "train": {"uar": best["train/uar"]}, "val": val_block,
                          "val_uar_by_C": by_C})
     live.end()
 
     seconds = time.perf_counter() - started
     if timing_path is not None:
         _write_timing(Path(timing_path), name, seconds, len(history))
-    log.info("finished %s: C=%g, val UAR %.4f; wrote %s and %s", name, best_C, best_uar, out_dir, live_dir)
+    log.info("finished %s: %s, val UAR %.4f; wrote %s and %s", name, _grid_key(best), best["val/uar"], out_dir,
+             live_dir)
     return {"model": name, "best_epoch": 1, "val": val_block, "epochs": 1, "epochs_run": 1,
             "resumed_from_epoch": 0, "train_seconds": seconds,
-            "parameters": {"total": n_params, "trainable": n_params}, "history": history,
-            "C": best_C, "val_uar_by_C": by_C}
+            "parameters": {"total": model.size, "trainable": model.size}, "history": history,
+            **chosen_params, "val_uar_by_C": by_C}
 
 
 # --------------------------------------------------------------------------- the learner
-class LinearFitted(Fitted):
-    """A saved linear model: whole-recording functionals in, scores out (ser.models.base.Fitted)."""
+class ClassicalFitted(Fitted):
+    """A saved classical model: whole-recording functionals in, scores out (ser.models.base.Fitted)."""
 
-    FORMAT = FORMAT
+    FORMATS = (FORMAT, RBF_FORMAT)
     windowed = False  # functionals summarise a whole clip: `ser predict` scores whole files
 
-    def __init__(self, model_dir: Path, meta: dict[str, Any], model: LinearModel) -> None:
+    def __init__(self, model_dir: Path, meta: dict[str, Any], model: "LinearModel | KernelModel") -> None:
         super().__init__(model_dir, meta)
         self.model = model
 
     @classmethod
-    def load(cls, model_dir: Path, device: str = "cpu") -> "LinearFitted":
+    def load(cls, model_dir: Path, device: str = "cpu") -> "ClassicalFitted":
         model, meta = load_linear(model_dir)
         return cls(model_dir, meta, model)
 
@@ -345,13 +482,13 @@ class LinearFitted(Fitted):
                 "(expect lower accuracy than the model's evaluation)")
 
     def describe(self) -> str:
-        return f"linear {self.meta['classifier']} ({self.model.scores} scores)"
+        return f"classical {self.meta['classifier']} ({self.model.scores} scores)"
 
 
-class LinearLearner(Learner):
+class ClassicalLearner(Learner):
     """The classical baseline: sklearn fits per C, no epochs (resume_dir and on_epoch_end are unused)."""
 
-    fitted = LinearFitted
+    fitted = ClassicalFitted
 
     def fit(self, params: Params, name: str, features_root: Path, out_dir: Path, resume_dir: Path,
             live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,

@@ -10,13 +10,13 @@ from typing import Any, Optional
 
 from ser.config import Params
 from ser.models.base import EpochCallback, Learner
-from ser.models.linear import LinearLearner
+from ser.models.linear import ClassicalLearner
 from ser.train.loop import TorchLearner
 
 __all__ = ["LEARNERS", "learner_for", "train_model"]
 
 # arch (params.yaml `models.<name>.arch`) -> its learner; a test keeps the keys equal to config.Arch.
-LEARNERS: dict[str, Learner] = {"crnn": TorchLearner(), "encoder": TorchLearner(), "linear": LinearLearner()}
+LEARNERS: dict[str, Learner] = {"crnn": TorchLearner(), "encoder": TorchLearner(), "classical": ClassicalLearner()}
 
 
 def learner_for(arch: str) -> Learner:
