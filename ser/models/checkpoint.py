@@ -33,6 +33,7 @@ from torch import Tensor
 from ser.config import ModelParams, _build
 from ser.errors import CheckpointError
 from ser.models import SERModel, build_model
+from ser.models.base import read_meta
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "WEIGHTS", "META", "FORMAT", "BACKBONE_CACHE"]
 
@@ -160,12 +161,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
     if not meta_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (expected {META} and {WEIGHTS}); "
                               "run the model's train stage (`dvc repro`)")
-    try:
-        doc = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:  # truncated or edited by hand
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc}); restore it or re-run training") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{meta_path}: expected a JSON object, got {type(doc).__name__}")
+    doc = read_meta(path)
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     missing = [k for k in ("labels", "model_params", "build") if k not in doc]
