@@ -452,3 +452,12 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
     with caplog.at_level(logging.WARNING, logger="ser.infer.predict"):
         (result,) = Predictor(spk_dir).predict_files([wav])
     assert result.ok and "global train statistics" in caplog.text
+
+    # the RBF SVM the same way: its decision values for the file, as the numpy model computes them
+    params = dataclasses.replace(params, models={"rbf": linear("rbf_svm", C=(1.0, 10.0), gamma=(0.01, 0.1))})
+    _, rbf_dir, _ = train(params, "rbf", tone_corpus["features"], tmp_path)
+    (result,) = Predictor(rbf_dir).predict_files([wav])
+    model, _ = load_linear(rbf_dir)
+    expected = model.score(model.prepare(features.smile_for_inference(wave, meta["features"])[None]))[0]
+    np.testing.assert_allclose(result.probabilities, expected, rtol=1e-9, atol=1e-9)
+    assert result.ok and predictor.labels[int(np.argmax(result.probabilities))] == "happy"
