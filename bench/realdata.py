@@ -1,31 +1,43 @@
-"""Real-data check: the pipeline's own params and stages on real EmoDB and RAVDESS recordings.
+"""Real-data check: the pipeline's own params and stages on real EmoDB, RAVDESS and TESS recordings.
 
-Two set-ups, each a DVC project of its own under --workdir (dvc.yaml and
-stages/ copied from this repository, params.yaml written from this
-repository's params.yaml with the corpora, studies and splits replaced, one
-fold and the seed of the round as `seeds: [<seed>]`):
+Each set-up is a DVC project of its own under --workdir (dvc.yaml and stages/ copied from this
+repository, params.yaml written from this repository's params.yaml with the corpora, studies and
+splits replaced, one fold and the seed of the round as `seeds: [<seed>]`), 4 classes (angry, happy,
+neutral, sad):
 
-  cross      EmoDB -> RAVDESS, 4 classes (angry, happy, neutral, sad): EmoDB is
-             the labeled source (validation speakers 03 and 08, no test
-             speakers: it only trains), RAVDESS actors 1-6 are the unlabeled
-             adaptation group, actors 7-12 the test group.
-  in_domain  RAVDESS alone: train actors 1-8, validation 9-10, test 11-12.
+  cross         EmoDB -> RAVDESS: EmoDB is the labeled source (validation speakers 03 and 08, no
+                test speakers: it only trains), RAVDESS actors 1-6 are the unlabeled adaptation
+                group, actors 7-12 the test group.
+  in_domain     RAVDESS alone: train actors 1-8, validation 9-10, test 11-12.
+  multi_source  (--tess) EmoDB + TESS -> RAVDESS: both sources labeled (TESS all train; EmoDB
+                as in `cross`), the same RAVDESS adaptation and test actors as `cross`. DANN's
+                domain label is source (either corpus) vs target.
+  multi_corpus  (--tess) RAVDESS + EmoDB + TESS pooled: RAVDESS as in `in_domain`, EmoDB
+                validation 03, 08 and test 15, 16, TESS held-out words (fold 1 of 6). Reported
+                pooled and per corpus (TESS is easy and must not hide the others).
 
-Every model of params.yaml that reads log-mels or openSMILE features is run
-(cross: all of them; in_domain: those without the DANN objective); the tiny
-random encoder models of the demo profile (wav2vec2 fine-tunes, the WavLM probe) are left out
-(`--with-waves` keeps them; they learn nothing from real speech without pretrained weights). For each
-seed `dvc repro` runs the DAG (a new seed re-runs only training and
-evaluation), then the metrics files are read. Printed per model: UAR and
-accuracy with bootstrap intervals per seed, the mean over seeds, and the share
-of the most-predicted class. Results go to bench/results/realdata.json.
+Every model of the params that reads log-mels or openSMILE features is run (DANN models only
+where there is a target corpus); the tiny random encoder models of the demo profile are left out
+(`--with-waves` keeps them; they learn nothing from real speech without pretrained weights). For
+each seed `dvc repro` runs the DAG (a new seed re-runs only training and evaluation), then the
+metrics files are read. Printed per model: UAR and accuracy with bootstrap intervals per seed,
+mean ± sd over seeds and the mean prediction share of each class; then paired bootstrap tests
+(the seeds' predictions pooled, speakers resampled where a test set has >= 5) of every model
+against the best of the baselines (--baselines) and of each DANN model against its
+non-adversarial twin (the model whose params differ only in the objective). Results go to
+bench/results/realdata.json.
+
+--params FILE: its top-level sections replace those of this repository's params.yaml (a file
+with only `models:` runs other models with the current features); --set KEY=VALUE (repeatable,
+dotted keys, YAML values) changes one value, e.g. --set features.vad=trim.
 
     python bench/realdata.py --emodb ../shared/realdata/emodb \\
-        --ravdess ../shared/realdata/ravdess-actors-01-12 --workdir /tmp/ser-realdata
+        --ravdess ../shared/realdata/ravdess-actors-01-12 --tess ../shared/realdata/tess \\
+        --workdir /tmp/ser-realdata
 
-EmoDB is read through the generic CSV adapter (`metadata.csv`: path, speaker,
-emotion, ...); RAVDESS through its own adapter (Actor_NN/03-01-EE-II-SS-RR-AA).
-Nothing here is tied to these copies: any EmoDB and RAVDESS in those layouts work.
+EmoDB is read through the generic CSV adapter (`metadata.csv`: path, speaker, emotion, ...);
+RAVDESS and TESS through their own adapters. Nothing here is tied to these copies: any EmoDB,
+RAVDESS and TESS in those layouts work.
 """
 from __future__ import annotations
 
@@ -41,7 +53,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from ser.stats import Predictions, paired_bootstrap, read_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -54,33 +69,72 @@ def _emodb(path: Path) -> dict[str, Any]:
             "label_map": EMODB_LABELS}
 
 
-def setups(emodb: Path, ravdess: Path) -> dict[str, dict[str, Any]]:
-    """corpora / studies / splits sections and the scope whose metrics are reported, per set-up."""
+def setups(emodb: Path, ravdess: Path, tess: Path | None = None) -> dict[str, dict[str, Any]]:
+    """corpora / studies / splits sections and the scopes whose metrics are reported, per set-up."""
     corpora = {"emodb": _emodb(emodb), "ravdess": {"source": "local", "path": str(ravdess)}}
-    return {
+    emodb_source = {"protocol": "speakers", "val": ["03", "08"]}
+    ravdess_target = {"protocol": "speakers", "adapt": ["1-6"], "test": ["7-12"]}
+    ravdess_alone = {"protocol": "speakers", "train": ["1-8"], "val": ["9-10"], "test": ["11-12"]}
+    out = {
         "cross": {
             "corpora": corpora,
             "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["emodb", "ravdess"],
                                          "source": "emodb", "target": "ravdess"}},
-            "splits": {"cross_corpus": {"emodb": {"protocol": "speakers", "val": ["03", "08"]},
-                                        "ravdess": {"protocol": "speakers", "adapt": ["1-6"], "test": ["7-12"]}}},
-            "scope": "target",
+            "splits": {"cross_corpus": {"emodb": emodb_source, "ravdess": ravdess_target}},
+            "scopes": ["target"],
         },
         "in_domain": {
             "corpora": {"ravdess": corpora["ravdess"]},
             "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["ravdess"]}},
-            "splits": {"cross_corpus": {"ravdess": {"protocol": "speakers", "train": ["1-8"], "val": ["9-10"],
-                                                    "test": ["11-12"]}}},
-            "scope": "in_domain",
+            "splits": {"cross_corpus": {"ravdess": ravdess_alone}},
+            "scopes": ["in_domain"],
         },
     }
+    if tess is None:
+        return out
+    all3 = {**corpora, "tess": {"source": "local", "path": str(tess)}}
+    out["multi_source"] = {
+        "corpora": all3,
+        "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["emodb", "tess", "ravdess"],
+                                     "source": ["emodb", "tess"], "target": "ravdess"}},
+        "splits": {"cross_corpus": {"emodb": emodb_source, "tess": {"protocol": "speakers", "train": ["OAF", "YAF"]},
+                                    "ravdess": ravdess_target}},
+        "scopes": ["target"],
+    }
+    out["multi_corpus"] = {
+        "corpora": all3,
+        "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["emodb", "ravdess", "tess"]}},
+        "splits": {"cross_corpus": {"emodb": {"protocol": "speakers", "val": ["03", "08"], "test": ["15", "16"]},
+                                    "ravdess": ravdess_alone,
+                                    "tess": {"protocol": "held_out_words", "folds": 6, "val_fraction": 0.1,
+                                             "seed": 0}}},
+        "scopes": ["in_domain", "emodb", "ravdess", "tess"],
+    }
+    return out
+
+
+def overlay(base: dict[str, Any], extra: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """`base` with the top-level sections of `extra` replacing its own, then each KEY=VALUE of `sets`."""
+    out = {**copy.deepcopy(base), **copy.deepcopy(extra)}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. features.vad=trim")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"--set {item!r}: {part!r} is not a section of the params")
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_waves: bool,
                 epochs: int | None) -> dict[str, Any]:
     params = copy.deepcopy(base)
     # Both set-ups split each corpus once (protocol speakers): one fold; one seed per `dvc repro`.
-    params.update({k: setup[k] for k in ("corpora", "studies", "splits")}, seeds=[seed], folds=[1])
+    params.update({k: copy.deepcopy(setup[k]) for k in ("corpora", "studies", "splits")}, seeds=[seed], folds=[1])
     dann_ok = any(s.get("target") for s in setup["studies"].values())
     models = {}
     for name, mp in base["models"].items():
@@ -137,32 +191,86 @@ def read_results(workdir: Path, params: dict[str, Any], scope: str) -> dict[str,
     return out
 
 
+def seed_predictions(workdir: Path, model: str, scope: str, seeds: list[int]) -> Predictions:
+    """One model's per-clip predictions of every seed on one test set, pooled: clip ids are prefixed
+    with the seed, speakers kept (a speaker-resampling bootstrap draws a speaker with all its seeds)."""
+    runs = [read_predictions_csv(workdir / "plots" / model / f"f1-s{seed}" / f"{scope}.csv", LABELS)
+            for seed in seeds]
+    return Predictions(utt_id=[f"s{seed}/{u}" for seed, r in zip(seeds, runs) for u in r.utt_id],
+                       speaker=np.concatenate([r.speaker for r in runs]), y_true=np.concatenate([r.y_true for r in runs]),
+                       y_pred=np.concatenate([r.y_pred for r in runs]), labels=LABELS)
+
+
+def twins(models: dict[str, Any]) -> dict[str, str]:
+    """DANN model -> its non-adversarial twin: the model whose params differ only in the objective."""
+    def strip(mp: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in mp.items() if k != "objective"}, sort_keys=True)
+    ce = {strip(mp): name for name, mp in models.items() if mp["objective"] == "ce"}
+    return {name: ce[strip(mp)] for name, mp in models.items() if mp["objective"] == "dann" and strip(mp) in ce}
+
+
+def comparisons(workdir: Path, params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, Any]]], scope: str,
+                baselines: list[str], n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Paired bootstraps (seeds pooled) of every model against the best baseline, and DANN vs twin."""
+    seeds = sorted(by_seed)
+    models = list(by_seed[seeds[0]])
+    present = [b for b in baselines if b in models]
+    pairs: list[tuple[str, str, str]] = []
+    if present:
+        best = max(present, key=lambda m: statistics.mean(by_seed[s][m]["uar"] for s in seeds))
+        pairs += [(m, best, "vs best baseline") for m in models if m != best]
+    pairs += [(dann, twin, "DANN vs twin") for dann, twin in twins(params["models"]).items() if dann in models]
+    preds = {m: seed_predictions(workdir, m, scope, seeds) for m in {m for pair in pairs for m in pair[:2]}}
+    rows = []
+    for a, b, kind in pairs:
+        speakers = len(set(preds[a].speaker.tolist()))
+        cluster = "speaker" if speakers >= 5 else None
+        test = paired_bootstrap(preds[a], preds[b], "uar", n_boot=n_boot, seed=0, cluster=cluster)
+        rows.append({"a": a, "b": b, "kind": kind, "diff": test["diff"], "ci95": test["ci"], "p": test["p_value"],
+                     "resampled": f"{speakers} speakers" if cluster else f"{len(preds[a])} clips ({speakers} speakers)"})
+    return rows
+
+
 def _fmt(value: float, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
-def report(results: dict[str, dict[int, dict[str, dict[str, Any]]]]) -> str:
+TITLES = {"cross": "EmoDB -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
+          "in_domain": "RAVDESS in-domain (train 1-8, val 9-10, test 11-12)",
+          "multi_source": "EmoDB + TESS -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
+          "multi_corpus": "RAVDESS + EmoDB + TESS pooled (test: RAVDESS 11-12, EmoDB 15-16, TESS held-out words)"}
+
+
+def _shares(by_seed: dict[int, dict[str, dict[str, Any]]], model: str) -> str:
+    """Mean prediction share of each class over the seeds."""
+    seeds = sorted(by_seed)
+    return ", ".join(f"{c} {statistics.mean((by_seed[s][model]['prediction_share'] or {}).get(c, 0.0) for s in seeds):.2f}"
+                     for c in LABELS)
+
+
+def report(results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]],
+           tests: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines = []
-    for setup, by_seed in results.items():
-        seeds = sorted(by_seed)
-        models = list(by_seed[seeds[0]])
-        title = {"cross": "EmoDB -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
-                 "in_domain": "RAVDESS in-domain (train 1-8, val 9-10, test 11-12)"}[setup]
-        lines += [f"## {title}", "",
-                  "| model | seed | UAR [95% CI] | accuracy [95% CI] | most-predicted class (share) |",
-                  "|---|---|---|---|---|"]
-        for model in models:
-            for seed in seeds:
-                r = by_seed[seed][model]
-                lines.append(f"| {model} | {seed} | {_fmt(r['uar'], r['uar_ci95'])} "
-                             f"| {_fmt(r['accuracy'], r['accuracy_ci95'])} | {r['top_class']} ({r['top_class_share']:.2f}) |")
-            uars = [by_seed[s][model]["uar"] for s in seeds]
-            accs = [by_seed[s][model]["accuracy"] for s in seeds]
-            tops = [by_seed[s][model]["top_class_share"] for s in seeds]
-            sd = f" ± {statistics.stdev(uars):.3f}" if len(uars) > 1 else ""
-            lines.append(f"| **{model}** | mean of {len(seeds)} | **{statistics.mean(uars):.3f}{sd}** "
-                         f"| {statistics.mean(accs):.3f} | mean top share {statistics.mean(tops):.2f} |")
-        lines.append("")
+    for setup, scopes in results.items():
+        for scope, by_seed in scopes.items():
+            seeds = sorted(by_seed)
+            models = list(by_seed[seeds[0]])
+            test_set = by_seed[seeds[0]][models[0]]["test_set"]
+            lines += [f"## {TITLES[setup]}: {test_set}", "",
+                      "| model | UAR per seed | UAR mean ± sd | accuracy mean | prediction share (mean over seeds) |",
+                      "|---|---|---|---|---|"]
+            for model in models:
+                uars = [by_seed[s][model]["uar"] for s in seeds]
+                accs = [by_seed[s][model]["accuracy"] for s in seeds]
+                sd = f" ± {statistics.stdev(uars):.3f}" if len(uars) > 1 else ""
+                lines.append(f"| {model} | {', '.join(f'{u:.3f}' for u in uars)} | **{statistics.mean(uars):.3f}{sd}** "
+                             f"| {statistics.mean(accs):.3f} | {_shares(by_seed, model)} |")
+            rows = tests.get(setup, {}).get(scope, [])
+            if rows:
+                lines += ["", "| A | B | test | UAR A - B [95% CI] | p | resampled |", "|---|---|---|---|---|---|"]
+                lines += [f"| {r['a']} | {r['b']} | {r['kind']} | {r['diff']:+.3f} [{r['ci95'][0]:+.3f}, "
+                          f"{r['ci95'][1]:+.3f}] | {r['p']:.3f} | {r['resampled']} |" for r in rows]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -174,32 +282,51 @@ def corpus_arguments(doc: str, workdir: str, seeds: list[int], out: str) -> argp
     ap.add_argument("--workdir", type=Path, default=Path(workdir))
     ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
     ap.add_argument("--epochs", type=int, default=15, help="epochs of the neural models (default 15)")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (models, features)")
+    ap.add_argument("--tess", type=Path, help="TESS folder (<OAF|YAF>_<emotion>/): the multi-source and "
+                    "multi-corpus set-ups")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml",
+                    help="params whose top-level sections replace this repository's params.yaml's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one value (dotted key, YAML value), e.g. features.vad=trim; repeatable")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
     return ap
 
 
+def load_base(args: argparse.Namespace) -> dict[str, Any]:
+    """This repository's params.yaml, overlaid with --params and --set."""
+    return overlay(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(args.params.read_text()),
+                   args.set)
+
+
 def check_corpora(args: argparse.Namespace) -> None:
-    for path in (args.emodb / "metadata.csv", args.ravdess):
+    for path in (args.emodb / "metadata.csv", args.ravdess, *([args.tess] if args.tess else [])):
         if not path.exists():
             raise SystemExit(f"{path}: not found")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = corpus_arguments(__doc__, "/tmp/ser-realdata", [0, 1, 2], "realdata.json")
-    ap.add_argument("--setups", nargs="+", choices=["cross", "in_domain"], default=["cross", "in_domain"])
+    ap.add_argument("--setups", nargs="+", choices=list(TITLES), help="default: cross and in_domain, and with "
+                    "--tess also multi_source and multi_corpus")
+    ap.add_argument("--baselines", nargs="+", default=["egemaps_svm", "egemaps_logreg", "baseline"],
+                    help="the models whose best (mean UAR) every other model is tested against")
     ap.add_argument("--with-waves", action="store_true", help="also run the encoder models (waveforms and cached embeddings)")
     args = ap.parse_args(argv)
     check_corpora(args)
-    base = yaml.safe_load(args.params.read_text())
-    all_setups = setups(args.emodb.resolve(), args.ravdess.resolve())
-    results: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
+    base = load_base(args)
+    all_setups = setups(args.emodb.resolve(), args.ravdess.resolve(), args.tess.resolve() if args.tess else None)
+    chosen = args.setups or list(all_setups)
+    missing = [name for name in chosen if name not in all_setups]
+    if missing:
+        raise SystemExit(f"set-ups {missing} need --tess")
+    results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]] = {}
+    tests: dict[str, dict[str, list[dict[str, Any]]]] = {}
     timings: dict[str, float] = {}
-    for name in args.setups:
+    for name in chosen:
         setup, workdir = all_setups[name], args.workdir / name
         prepare(workdir)
         log = workdir / "repro.log"
-        results[name] = {}
+        results[name] = {scope: {} for scope in setup["scopes"]}
         for seed in args.seeds:
             params = make_params(base, setup, seed, args.with_waves, args.epochs)
             (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -207,16 +334,23 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{name}] seed {seed}: dvc repro in {workdir} (log: {log})", flush=True)
             _dvc(workdir, "repro", log=log)
             timings[f"{name}/seed{seed}"] = round(time.perf_counter() - started, 1)
-            results[name][seed] = read_results(workdir, params, setup["scope"])
-            for model, r in results[name][seed].items():
-                print(f"  {model}: UAR {r['uar']:.3f}, accuracy {r['accuracy']:.3f}, "
-                      f"top class {r['top_class']} {r['top_class_share']:.2f}", flush=True)
-    text = report(results)
+            for scope in setup["scopes"]:
+                results[name][scope][seed] = read_results(workdir, params, scope)
+                for model, r in results[name][scope][seed].items():
+                    print(f"  {model} [{r['test_set']}]: UAR {r['uar']:.3f}, accuracy {r['accuracy']:.3f}, "
+                          f"top class {r['top_class']} {r['top_class_share']:.2f}", flush=True)
+        tests[name] = {scope: comparisons(workdir, params, by_seed, scope, args.baselines)
+                       for scope, by_seed in results[name].items()}
+    text = report(results, tests)
     print("\n" + text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"setups": args.setups, "seeds": args.seeds, "epochs": args.epochs,
-                                    "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()},
-                                    "seconds": timings, "table": text}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"setups": chosen, "seeds": args.seeds, "epochs": args.epochs,
+                                    "params": str(args.params.relative_to(ROOT) if args.params.is_absolute()
+                                                  and args.params.is_relative_to(ROOT) else args.params),
+                                    "set": args.set,
+                                    "results": {s: {sc: {str(k): v for k, v in r.items()} for sc, r in by.items()}
+                                                for s, by in results.items()},
+                                    "tests": tests, "seconds": timings, "table": text}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata import LABELS, _dvc, _emodb, check_corpora, corpus_arguments, prepare  # noqa: E402
+from realdata import LABELS, _dvc, _emodb, check_corpora, corpus_arguments, load_base, prepare  # noqa: E402
 
 
 def make_params(base: dict[str, Any], emodb: Path, ravdess: Path, seeds: list[int], epochs: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def report(aggregate: dict[str, Any], comparisons: list[dict[str, Any]], matrix:
 def main(argv: list[str] | None = None) -> None:
     args = corpus_arguments(__doc__, "/tmp/ser-protocols", [0], "realdata_protocols.json").parse_args(argv)
     check_corpora(args)
-    params = make_params(yaml.safe_load(args.params.read_text()), args.emodb.resolve(), args.ravdess.resolve(),
+    params = make_params(load_base(args), args.emodb.resolve(), args.ravdess.resolve(),
                          args.seeds, args.epochs)
     prepare(args.workdir)
     (args.workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

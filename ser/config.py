@@ -82,7 +82,9 @@ class StudyParams:
     labels: tuple[str, ...]
     corpora: tuple[str, ...]
     design: Literal["pooled", "matrix"] = "pooled"
-    source: Optional[str] = None  # cross-corpus: the labeled training corpus
+    # cross-corpus: the labeled training corpus, or a list of them (multi-source: every source's train
+    # split is pooled; DANN's domain label is source, any of them, vs target). A single name is read as a list.
+    source: Optional[tuple[str, ...]] = None
     target: Optional[str] = None  # cross-corpus: the adaptation / test corpus
     # A target corpus's labels are never trained on unless this says so: its
     # unlisted speakers are left out (not implicit train data), and a train or
@@ -95,14 +97,21 @@ class StudyParams:
                              "train_on_target (a DANN model belongs in a pooled cross-corpus study)")
         if self.design == "matrix" and len(self.corpora) < 2:
             raise ValueError(f"design 'matrix' needs >= 2 corpora, got {list(self.corpora)}")
-        if self.target is not None and self.target == self.source:
+        if self.source is not None and (not self.source or len(set(self.source)) != len(self.source)):
+            raise ValueError(f"source must name one corpus or a list of distinct corpora, got {list(self.source)}")
+        if self.target is not None and self.target in (self.source or ()):
             raise ValueError(f"source and target are the same corpus {self.target!r}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be >= 2 distinct names, got {list(self.labels)}")
-        for role in ("source", "target"):
-            name = getattr(self, role)
-            if name is not None and name not in self.corpora:
-                raise ValueError(f"{role} {name!r} is not in corpora {list(self.corpora)}")
+        for role, names in (("source", self.source or ()), ("target", (self.target,) if self.target else ())):
+            for name in names:
+                if name not in self.corpora:
+                    raise ValueError(f"{role} {name!r} is not in corpora {list(self.corpora)}")
+        if self.source and self.target:
+            others = [c for c in self.corpora if c not in self.source and c != self.target]
+            if others:
+                raise ValueError(f"corpora {others} are neither the source nor the target: every non-target corpus "
+                                 f"is trained on, so list them under source (source: {[*self.source, *others]})")
 
 
 @dataclass(frozen=True)
@@ -187,16 +196,19 @@ class SplitParams:
 
 
 STORE_KINDS = ("mels", "waves", "egemaps", "compare")  # the feature stores (ser.features.precompute)
+VAD_RATES = (8000, 16000)  # the sample rates silero-vad reads (features.vad)
 
 
 @dataclass(frozen=True)
 class StoreFrontEnd:
     """One feature family's own front end (`features.front_end.<kind>`): unset keys take the
-    `features` values. trim: false turns trimming off for this store (trim_db: its threshold)."""
+    `features` values. trim: false turns trimming off for this store (trim_db: its threshold);
+    vad: this store's voice-activity handling."""
     gain: Optional[Literal["none", "peak", "rms", "loudness"]] = None
     gain_dbfs: Optional[float] = None
     trim: Optional[bool] = None
     trim_db: Optional[float] = None
+    vad: Optional[Literal["none", "trim", "pauses"]] = None
 
     def __post_init__(self) -> None:
         if self.trim is False and self.trim_db is not None:
@@ -215,6 +227,11 @@ class FeatureParams:
                      50 ms on each side; null: off. A clip is never trimmed
                      below min_duration_s: a shorter span is widened (within
                      the clip) to that minimum.
+      vad            voice-activity detection (silero-vad, ser.features.vad) after the
+                     energy trim: "trim" keeps first to last detected speech,
+                     "pauses" also drops the pauses (>= 100 ms) inside the clip,
+                     "none" is off. vad_threshold: silero's speech probability
+                     threshold. Needs sample_rate 8000 or 16000.
       gain           per-utterance level normalisation to gain_dbfs:
                      "peak" (sample peak, dBFS), "rms" (RMS over the active
                      frames, within 40 dB of the loudest, dBFS), "loudness"
@@ -272,6 +289,8 @@ class FeatureParams:
     gain: Literal["none", "peak", "rms", "loudness"] = "loudness"
     gain_dbfs: float = -23.0
     trim_db: Optional[float] = 60.0
+    vad: Literal["none", "trim", "pauses"] = "none"
+    vad_threshold: float = 0.5
     instance_norm: Literal["none", "mean", "mean_std"] = "none"
     pad: Literal["silence", "repeat"] = "silence"
     mel_norm: Literal["train", "speaker"] = "train"
@@ -287,7 +306,7 @@ class FeatureParams:
         override = (self.front_end or {}).get(kind)
         if override is None:
             return dataclasses.replace(self, front_end=None)
-        changes: dict[str, Any] = {k: getattr(override, k) for k in ("gain", "gain_dbfs", "trim_db")
+        changes: dict[str, Any] = {k: getattr(override, k) for k in ("gain", "gain_dbfs", "trim_db", "vad")
                                    if getattr(override, k) is not None}
         if override.trim is False:
             changes["trim_db"] = None
@@ -316,6 +335,13 @@ class FeatureParams:
                               ("mel_norm", ("train", "speaker"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.vad not in ("none", "trim", "pauses"):
+            raise ValueError(f"vad must be one of ['none', 'trim', 'pauses'], got {self.vad!r}")
+        if self.vad != "none" and self.sample_rate not in VAD_RATES:
+            raise ValueError(f"vad {self.vad!r}: silero-vad reads {list(VAD_RATES)} Hz audio; set sample_rate to "
+                             f"one of them (now {self.sample_rate}) or vad: none")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
         if not -70.0 <= self.gain_dbfs <= 0.0:
             raise ValueError(f"gain_dbfs must be in [-70, 0] (dBFS or LUFS), got {self.gain_dbfs}")
         if self.trim_db is not None and not 0.0 < self.trim_db <= 120.0:
@@ -327,7 +353,8 @@ class FeatureParams:
 # --------------------------------------------------------------------------- models
 # The torch networks of ser.models.MODELS plus "classical" (sklearn heads on openSMILE functionals,
 # ser.models.linear); ser.train.learners maps each to its learner, and a test keeps them in step.
-Arch = Literal["crnn", "encoder", "classical"]
+Arch = Literal["crnn", "encoder", "mlp", "classical"]
+SMILE_INPUTS = ("egemaps", "compare")  # the openSMILE functionals stores: one [n_features] row per clip
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 
 
@@ -490,6 +517,27 @@ class SpecAugmentParams:
 
 
 @dataclass(frozen=True)
+class MlpParams:
+    """A small MLP on openSMILE functionals (arch `mlp`, ser.models.mlp), trained by the one loop.
+
+    hidden: the layer widths (nkululeko's default MLP is [64, 16]); each layer is
+    Linear -> ReLU -> dropout. standardise: z-score the functionals with the train
+    split's statistics ("global") or each speaker's own ("speaker", ser.features.scaling).
+    domain_hidden: width of the DANN domain classifier's hidden layer (objective dann).
+    """
+    hidden: tuple[int, ...] = (64, 16)
+    dropout: float = 0.2
+    standardise: Literal["global", "speaker"] = "speaker"
+    domain_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {list(self.hidden)}")
+        _check_min(self, ("domain_hidden",))
+        _check_dropout(self.dropout)
+
+
+@dataclass(frozen=True)
 class ClassicalParams:
     """A classical head on openSMILE functionals (arch `classical`, ser.models.linear).
 
@@ -527,6 +575,9 @@ class ModelParams:
     "sampler": class-balanced batches (drawn with replacement); "none".
     spec_augment: SpecAugment masks on training batches (input mels only).
     patience: stop when val UAR has not improved for this many epochs (null: never).
+    select: which epoch's weights the run keeps: "val" the best validation UAR, "last" the
+    final epoch (for DANN, whose source validation UAR swings from epoch to epoch while the
+    adversarial game runs, so its best epoch is close to a random pick).
     """
     study: str
     arch: Arch  # registry key, see ser.models
@@ -542,6 +593,8 @@ class ModelParams:
     patience: Optional[int] = None
     # arch classical: epochs, batch_size and optim are required but unused (one fit per C).
     classical: Optional[ClassicalParams] = None
+    mlp: Optional[MlpParams] = None
+    select: Literal["val", "last"] = "val"
 
     @property
     def store_key(self) -> Optional[str]:
@@ -555,13 +608,16 @@ class ModelParams:
             raise ValueError(f"spec_augment masks log-mels; input {self.input!r} has none (remove spec_augment)")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or null: no early stopping), got {self.patience}")
-        smile = self.input in ("egemaps", "compare")
-        if (self.arch == "classical") != smile:
+        smile = self.input in SMILE_INPUTS
+        if smile != (self.arch in ("classical", "mlp")):
             raise ValueError(f"arch {self.arch!r} with input {self.input!r}: the openSMILE inputs (egemaps, "
-                             "compare) go with arch 'classical' and only with it")
+                             "compare) go with arch 'classical' or 'mlp', and only with them")
         if self.arch == "classical" and self.objective != "ce":
             raise ValueError(f"objective {self.objective!r} does not apply to arch 'classical' (a classifier on "
-                             "fixed features has no encoder to adapt); use objective: ce")
+                             "fixed features has no encoder to adapt); use objective: ce, or arch: mlp")
+        if self.select == "last" and self.patience is not None:
+            raise ValueError("select: last keeps the final epoch; patience (early stopping on val UAR) contradicts "
+                             "it: set patience: null, or select: val")
         if self.input == "embeddings" and (self.arch != "encoder" or self.encoder is None
                                            or self.encoder.regime != "frozen"):
             raise ValueError("input 'embeddings' (the cached hidden-state means of a frozen encoder) needs arch "
@@ -663,13 +719,14 @@ class Params:
             if model.study not in self.studies:
                 raise ValueError(f"models.{mname}.study: unknown study {model.study!r} "
                                  f"(known: {sorted(self.studies)})")
-            needs = {"crnn": (("mels",), "crnn"), "encoder": (("waves", "embeddings"), "encoder")}.get(model.arch)
+            needs = {"crnn": (("mels",), "crnn"), "encoder": (("waves", "embeddings"), "encoder"),
+                     "mlp": (SMILE_INPUTS, "mlp")}.get(model.arch)
             if needs and model.input not in needs[0]:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} reads {' or '.join(needs[0])}; "
                                  f"set input: {needs[0][0]}")
             if needs and getattr(model, needs[1]) is None:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} needs a '{needs[1]}:' section")
-            if model.input in ("egemaps", "compare") and model.input not in self.features.opensmile_sets:
+            if model.input in SMILE_INPUTS and model.input not in self.features.opensmile_sets:
                 raise ValueError(f"models.{mname}: input {model.input!r} needs {model.input!r} in "
                                  f"features.opensmile_sets (now {list(self.features.opensmile_sets)})")
             if model.objective == "dann" and self.studies[model.study].target is None:
@@ -863,6 +920,10 @@ def parse_params(data: dict[str, Any]) -> Params:
             if isinstance(data.get(section), dict) and key in data[section]:
                 raise ParamsError(f"unknown key {section}.{key}: it is now runtime.{key} (the `runtime:` section "
                                   "holds what cannot change a result, and no stage depends on it)")
+        if isinstance(data.get("studies"), dict):  # `source: <corpus>` is a list of one
+            data = {**data, "studies": {k: {**v, "source": [v["source"]]} if isinstance(v, dict)
+                                        and isinstance(v.get("source"), str) else v
+                                        for k, v in data["studies"].items()}}
         for sname, corpora in (data.get("splits") or {}).items():
             for cname, sp in (corpora or {}).items():
                 if isinstance(sp, dict) and "fold" in sp:

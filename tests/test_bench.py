@@ -238,9 +238,23 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
         sys.path.remove(str(REPO / "bench"))
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     emodb, ravdess = tmp_path / "emodb", tmp_path / "ravdess"
-    for name, setup in realdata.setups(emodb, ravdess).items():
+    assert set(realdata.setups(emodb, ravdess)) == {"cross", "in_domain"}
+    for name, setup in realdata.setups(emodb, ravdess, tmp_path / "tess").items():
         params = parse_params(realdata.make_params(base, setup, 0, False, 2))
         assert params.seeds == (0,) and params.folds == (1,), name
+        if name == "multi_source":  # DANN's source is both labeled corpora
+            assert params.studies["cross_corpus"].source == ("emodb", "tess") and "dann" in params.models
+        if name == "multi_corpus":  # no target: no DANN model
+            assert params.studies["cross_corpus"].target is None and "dann" not in params.models
+    # --params replaces whole sections, --set one value
+    over = realdata.overlay(base, {"models": {"m": base["models"]["egemaps_svm"]}}, ["features.vad=trim"])
+    assert list(over["models"]) == ["m"] and over["features"]["vad"] == "trim" and base["features"]["vad"] == "none"
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        realdata.overlay(base, {}, ["features.vad"])
+    # a DANN model's twin: the model whose params differ only in the objective
+    twin = {**base["models"]["dann"], "objective": "ce"}
+    assert realdata.twins({"dann": base["models"]["dann"], "twin": twin, "baseline": base["models"]["baseline"]}) \
+        == {"dann": "twin"}
     params = parse_params(protocols.make_params(base, emodb, ravdess, [0, 1], 3))
     assert params.folds == (1, 2, 3) and params.seeds == (0, 1)
     assert params.studies["matrix"].design == "matrix" and params.studies["cross"].target == "ravdess"

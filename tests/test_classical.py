@@ -25,11 +25,11 @@ from ser.data.manifest import Utterance, write_manifest
 from ser.eval.evaluate import evaluate_model
 from ser.features import precompute as features
 from ser.features import stores
+from ser.features.scaling import fit_stats, speaker_standardise, standardise
 from ser.features.smile import functionals, smile_meta
 from ser.features.stores import FeatureStore, IndexRow
 from ser.models.learner import load_fitted
-from ser.models.linear import (ClassicalFitted, _choose, _weights, fit_stats, load_linear, speaker_standardise,
-                               standardise)
+from ser.models.linear import ClassicalFitted, _choose, _weights, load_linear
 from ser.train.learners import train_model
 
 REPO = Path(__file__).resolve().parents[1]

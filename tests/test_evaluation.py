@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from ser.config import load_params
+from ser.config import ParamsError, load_params, parse_params
 from ser.eval.evaluate import metrics_record, model_scopes, plot_confusion, write_metrics_json
 from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
 
@@ -105,11 +106,27 @@ def test_model_scopes_follow_the_studies():
     params = load_params(ROOT / "params.yaml")
     scopes = {name: [(s.name, s.corpus) for s in model_scopes(params, name)] for name in params.models}
     cross = [("in_domain", "iemocap"), ("target", "ravdess")]
-    assert scopes == {"baseline": cross, "dann": cross, "egemaps_svm": cross, "egemaps_logreg": cross,
-                      "wav2vec_dann": cross, "wavlm_probe": cross, "qlora": [("in_domain", None)],
-                      "finetune": [("in_domain", None)],
-                      # a matrix study: one scope per corpus, named after it
-                      "matrix_logreg": [("iemocap", "iemocap"), ("ravdess", "ravdess")]}
+    # a pooled study of several corpora: all of them, then each alone
+    pooled = [("in_domain", None), ("crema_d", "crema_d"), ("ravdess", "ravdess"), ("tess", "tess")]
+    assert {name: scopes[name] for name in scopes if params.models[name].study != "multi_corpus"
+            and params.models[name].study != "corpus_matrix"} == {name: cross for name in scopes
+                                                                   if params.models[name].study == "cross_corpus"}
+    assert scopes["qlora"] == scopes["finetune"] == pooled
+    # a matrix study: one scope per corpus, named after it
+    assert scopes["matrix_logreg"] == [("iemocap", "iemocap"), ("ravdess", "ravdess")]
+    # multi-source: each source's own test split, then the target
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["studies"]["cross_corpus"].update(corpora=["iemocap", "crema_d", "ravdess"], source=["iemocap", "crema_d"])
+    raw["splits"]["cross_corpus"]["crema_d"] = {"protocol": "speaker_folds", "folds": 6, "seed": 0}
+    multi = parse_params(raw)
+    assert multi.studies["cross_corpus"].source == ("iemocap", "crema_d")
+    assert [(s.name, s.corpus) for s in model_scopes(multi, "dann")] == [
+        ("iemocap", "iemocap"), ("crema_d", "crema_d"), ("target", "ravdess")]
+    assert params.studies["cross_corpus"].source == ("iemocap",)  # one name is a list of one
+    # every non-target corpus is trained on: it must be a source
+    raw["studies"]["cross_corpus"]["source"] = "iemocap"
+    with pytest.raises(ParamsError, match=r"corpora \['crema_d'\] are neither the source nor the target"):
+        parse_params(raw)
     assert model_scopes(params, "dann")[1].test_set == "cross_corpus/test [ravdess]"
     assert model_scopes(params, "matrix_logreg")[1].test_set == "corpus_matrix/test [ravdess]"
 

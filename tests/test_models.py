@@ -50,8 +50,8 @@ def adam_steps(model: SERModel, x, lengths, n_steps: int = 2, optim: OptimParams
 
 # --------------------------------------------------------------------------- registry
 def test_registry_errors():
-    assert sorted(MODELS) == ["crnn", "encoder"]
-    with pytest.raises(KeyError, match=r"arch 'transformer' is not a torch network; torch archs: \['crnn', 'encoder'\]"):
+    assert sorted(MODELS) == ["crnn", "encoder", "mlp"]
+    with pytest.raises(KeyError, match=r"arch 'transformer' is not a torch network; torch archs: \['crnn', 'encoder', 'mlp'\]"):
         build_model(params("transformer"), 4)
     with pytest.raises(ValueError, match=r"models\.baseline\.crnn"):
         build_model(params("crnn"), 4, name="baseline")

@@ -158,8 +158,10 @@ def plot_layer_weights(path: Path, mean: Sequence[float], title: str, std: Optio
 class Scope:
     """One test set of one model: `in_domain` (its study's test split: the source
     corpus of a cross-corpus study, every corpus otherwise) or `target` (a
-    cross-corpus study's target corpus, named in `corpus`); in a `matrix`
-    study, one scope per corpus, named after it (each corpus's test split)."""
+    cross-corpus study's target corpus, named in `corpus`). Scopes named after a
+    corpus hold that corpus's test split alone: in a `matrix` study, in a pooled
+    study of several corpora (beside the pooled `in_domain`), and for each source
+    of a multi-source cross-corpus study."""
     name: str
     study: str
     corpus: Optional[str]  # None: every corpus of the study
@@ -175,10 +177,15 @@ def model_scopes(params: Params, name: str) -> list[Scope]:
     study = params.study(mp.study)
     if study.design == "matrix":
         return [Scope(corpus, mp.study, corpus) for corpus in study.corpora]
-    scopes = [Scope("in_domain", mp.study, study.source if study.target else None)]
-    if study.target:
-        scopes.append(Scope("target", mp.study, study.target))
-    return scopes
+    if not study.target:  # pooled: all corpora, then each corpus alone (an easy corpus must not hide the others)
+        each = study.corpora if len(study.corpora) > 1 else ()
+        return [Scope("in_domain", mp.study, None), *(Scope(corpus, mp.study, corpus) for corpus in each)]
+    sources = study.source or tuple(c for c in study.corpora if c != study.target)
+    if len(sources) == 1:
+        scopes = [Scope("in_domain", mp.study, sources[0])]
+    else:  # multi-source: each source's own test split
+        scopes = [Scope(corpus, mp.study, corpus) for corpus in sources]
+    return [*scopes, Scope("target", mp.study, study.target)]
 
 
 def _test_rows(store_root: Path, corpus: Optional[str]) -> list:
@@ -223,6 +230,7 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
     store_root = fold_root(features_root, mp.input, mp.study, fold, mp.store_key)
     fingerprint = model_fingerprint(model_dir)
     records: dict[str, dict[str, Any]] = {}
+    pooled: Optional[tuple[list, np.ndarray, np.ndarray, list[str]]] = None  # the all-corpora scope's predictions
     for scope in model_scopes(params, name):
         base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
                 "fold": fold, "seed": seed, "model_fingerprint": fingerprint}
@@ -234,8 +242,15 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
             records[scope.name] = {**base, "skipped": reason}
             write_metrics_json(metrics_dir / f"{scope.name}.json", records[scope.name])
             continue
-        metrics, y_true, y_pred = evaluate_model(model_dir, features_root, "test", scope.corpus,
-                                                 device=params.train.device)
+        if scope.corpus is not None and pooled is not None:  # a corpus of the pooled test set: its rows of it
+            keep = np.array([r.corpus == scope.corpus for r in pooled[0]])
+            y_true, y_pred = pooled[1][keep], pooled[2][keep]
+            metrics = compute_metrics(y_true, y_pred, pooled[3])
+        else:
+            metrics, y_true, y_pred = evaluate_model(model_dir, features_root, "test", scope.corpus,
+                                                     device=params.train.device)
+            if scope.corpus is None:
+                pooled = (index, np.asarray(y_true), np.asarray(y_pred), list(metrics["labels"]))
         record = metrics_record(metrics, y_true, y_pred, model=name, test_set=scope.test_set,
                                 n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci,
                                 seed=params.evaluation.seed)

@@ -250,14 +250,16 @@ def corpus_matrix(params: Params, runs: dict[tuple[str, str], list[Run]]) -> dic
         extra = []
         for name, mp in params.models.items():
             other = params.studies[mp.study]
-            if other.design == "matrix" or not other.target or other.source not in corpora \
-                    or other.target not in corpora or set(other.labels) != set(study.labels):
+            # a single-source cross-corpus model is the (source, target) cell of the matrix
+            if other.design == "matrix" or not other.target or len(other.source or ()) != 1 \
+                    or other.source[0] not in corpora or other.target not in corpora \
+                    or set(other.labels) != set(study.labels):
                 continue
             target_runs = runs.get((name, "target"), [])
             uar = _mean_uar(target_runs)
             if uar is None:
                 continue
-            extra.append({"model": name, "study": mp.study, "train": other.source, "test": other.target,
+            extra.append({"model": name, "study": mp.study, "train": other.source[0], "test": other.target,
                           "adapted": mp.objective == "dann", "uar": uar, "n_runs": len(target_runs),
                           "same_test_clips": _clip_set(target_runs) == columns.get(other.target)})
         if models:

@@ -5,8 +5,8 @@ channel mean, soxr "HQ" resampling, length fixed to ceil(n * ratio)) without
 librosa's per-call overhead, so stored features match the librosa definition.
 
 `condition` is the level/silence front end every feature kind applies after
-`check_audio` (see FeatureParams): trimming of leading/trailing silence, then
-per-utterance gain normalisation (peak, RMS over active samples, or ITU-R
+`check_audio` (see FeatureParams): trimming of leading/trailing silence, optional
+voice-activity detection (ser.features.vad), then per-utterance gain normalisation (peak, RMS over active samples, or ITU-R
 BS.1770 gated loudness), with a limiter so no sample exceeds 0 dBFS.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import soundfile as sf
 import soxr
 
 from ser.errors import SerError
+from ser.features.vad import vad_span
 
 if TYPE_CHECKING:
     from ser.config import FeatureParams
@@ -264,14 +265,16 @@ def condition_span(wave: np.ndarray, fp: "FeatureParams") -> tuple[np.ndarray, i
     start, end = 0, wave.shape[0]
     if fp.trim_db is not None and wave.size:
         start, end = trim_span(wave, fp.sample_rate, fp.trim_db, fp.min_duration_s)
-    out = normalise_gain(wave[start:end], fp.sample_rate, fp.gain, fp.gain_dbfs)
-    return np.ascontiguousarray(out, dtype=np.float32), start
+    kept, offset = vad_span(wave[start:end], fp.sample_rate, fp.vad, fp.vad_threshold, fp.min_duration_s)
+    out = normalise_gain(kept, fp.sample_rate, fp.gain, fp.gain_dbfs)
+    return np.ascontiguousarray(out, dtype=np.float32), start + offset
 
 
 def condition(wave: np.ndarray, fp: "FeatureParams") -> np.ndarray:
     """The front end every feature kind applies to a checked clip (see FeatureParams).
 
-    Trim leading/trailing silence (`fp.trim_db`), then normalise the level of
+    Trim leading/trailing silence (`fp.trim_db`), keep what the voice-activity
+    detector calls speech (`fp.vad`: ser.features.vad), then normalise the level of
     what is left (`fp.gain`, `fp.gain_dbfs`), limited to 0 dBFS peak.
     """
     return condition_span(wave, fp)[0]

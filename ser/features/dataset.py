@@ -14,11 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ser.config import SMILE_INPUTS
+from ser.features.scaling import Standardiser, speaker_keys
 from ser.features.stores import FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 
 UNLABELED = -1  # label of items whose emotion must never be used (DANN target data)
+# Stores of one fixed-size row per clip: cached encoder embeddings [hidden states, hidden size]
+# and openSMILE functionals [n_features].
+VECTOR_KINDS = ("embeddings", *SMILE_INPUTS)
 
 __all__ = ["UNLABELED", "FeatureDataset", "collate_batch", "EpochBatchSampler", "class_balanced_weights",
            "padding_waste", "make_loader", "epoch_seed", "max_samples_for"]
@@ -52,12 +57,20 @@ class FeatureDataset(Dataset):
     DANN target corpus, whose emotion column is never read.
     Waveforms longer than `max_samples` are cropped: `crop="random"` draws the
     offset from (seed, epoch, item) (training), `"center"` is fixed (evaluation).
+    `standardiser` (openSMILE functionals): rows standardised once, over the whole split
+    (per speaker: each speaker's statistics over its rows in this split).
     """
 
     def __init__(self, store: FeatureStore, label_names: Optional[Sequence[str]], *,
                  max_samples: Optional[int] = None, crop: Literal["random", "center"] = "center",
-                 seed: int = 0) -> None:
+                 seed: int = 0, standardiser: Optional[Standardiser] = None) -> None:
         self.store = store
+        self.rows: Optional[np.ndarray] = None
+        if standardiser is not None:
+            if store.kind not in SMILE_INPUTS:
+                raise StoreError(f"{store.root}: a {store.kind} store has no functionals to standardise")
+            self.rows = (standardiser.apply(store.stack(), speaker_keys(store)).astype(np.float32)
+                         if len(store) else np.zeros((0, store.array.shape[1]), dtype=np.float32))
         self.labels = (store.labels(label_names) if label_names is not None
                        else np.full(len(store), UNLABELED, dtype=np.int64))
         self.domains = np.array([r.domain for r in store.index], dtype=np.int64)
@@ -79,7 +92,7 @@ class FeatureDataset(Dataset):
         return lengths if self.max_samples is None else np.minimum(lengths, self.max_samples)
 
     def __getitem__(self, i: int) -> dict:
-        x = self.store[i]
+        x = self.store[i] if self.rows is None else self.rows[i]
         if self.max_samples is not None and x.shape[-1] > self.max_samples:
             excess = x.shape[-1] - self.max_samples
             if self.crop == "random":
@@ -88,7 +101,7 @@ class FeatureDataset(Dataset):
                 start = excess // 2
             x = x[..., start:start + self.max_samples]
         item = {"x": x, "y": int(self.labels[i]), "domain": int(self.domains[i]), "index": i}
-        if self.store.kind == "embeddings":  # one fixed-size [hidden states, hidden size] vector per clip
+        if self.store.kind in VECTOR_KINDS:  # one fixed-size vector per clip
             return {**item, "length": 1, "vector": True}
         length = int(self.store.index[i].length) if x.ndim == 2 else int(x.shape[-1])
         return {**item, "length": min(length, int(x.shape[-1]))}
@@ -96,14 +109,14 @@ class FeatureDataset(Dataset):
 
 def collate_batch(items: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Mels -> x [B, 1, n_mels, frames]; waves -> right-padded x [B, T_max]; both with lengths [B];
-    embeddings -> x [B, hidden states, hidden size] (lengths 1).
+    embeddings -> x [B, hidden states, hidden size], functionals -> x [B, n_features] (lengths 1).
 
     Mel lengths are the items' valid frame counts (`length`; all frames when
     an item has none), wave lengths their sample counts; models pool over them.
     """
     batch = {k: torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("y", "domain", "index")}
     first = items[0]["x"]
-    if items[0].get("vector"):  # cached encoder embeddings: x [B, hidden states, hidden size]
+    if items[0].get("vector"):  # embeddings [B, hidden states, hidden size], functionals [B, n_features]
         batch["x"] = torch.from_numpy(np.stack([it["x"] for it in items]).astype(np.float32))
         batch["lengths"] = torch.ones(len(items), dtype=torch.long)
         return batch

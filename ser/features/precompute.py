@@ -105,8 +105,8 @@ STORE_SPLITS = ("train", "val", "test", "adapt")
 _IN_RAM_BYTES = 256 * 2**20  # mel splits up to this size are normalised in RAM, larger ones on disk
 
 # FeatureParams fields that define the stored features (the worker count, runtime.workers, does not).
-# The front end (gain, gain_dbfs, trim_db) shapes every kind; min_duration_s also bounds trimming.
-FRONT_END_KEYS = ("gain", "gain_dbfs", "trim_db")
+# The front end (gain, gain_dbfs, trim_db, vad, vad_threshold) shapes every kind; min_duration_s also bounds trimming.
+FRONT_END_KEYS = ("gain", "gain_dbfs", "trim_db", "vad", "vad_threshold")
 _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin", "fmax",
              "frames", "crop", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS, "instance_norm", "pad",
              "mel_norm")
@@ -114,8 +114,8 @@ _WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS)
 # openSMILE functionals are computed from the decoded wave: the wave keys define them.
 _SMILE_KEYS = _WAVE_KEYS
 # What a store written before the front end existed was built with (its meta lacks these keys).
-_LEGACY_FEATURES = {"gain": "none", "trim_db": None, "instance_norm": "none", "pad": "silence",
-                    "mel_norm": "train"}
+_LEGACY_FEATURES = {"gain": "none", "trim_db": None, "vad": "none", "vad_threshold": 0.5, "instance_norm": "none",
+                    "pad": "silence", "mel_norm": "train"}
 
 
 # --------------------------------------------------------------------------- log-mel

@@ -16,7 +16,7 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
          speaker: each window is normalised with its own (with a warning),
          so predictions can differ from evaluation's;
   waves  the float waveform at the stored sample rate (16 kHz);
-  egemaps / compare  (arch classical, ser.models.linear) the openSMILE functionals of
+  egemaps / compare  (arch classical or mlp) the openSMILE functionals of
          the whole conditioned file (ser.features.precompute.smile_for_inference), the
          store's function. No windows: functionals summarise a whole clip, as
          at training, so --window/--hop are refused. A file has no speaker
@@ -196,7 +196,7 @@ class Predictor:
     def _set_windows(self, window_s: Optional[float], hop_s: Optional[float]) -> None:
         if not self.fitted.windowed:  # functionals summarise a whole file: one "window" per file
             if window_s is not None or hop_s is not None:
-                raise ValueError("--window/--hop do not apply to a classical model: its openSMILE functionals "
+                raise ValueError(f"--window/--hop do not apply to a model on {self.input}: its openSMILE functionals "
                                  "summarise the whole file")
             self.window_s = self.hop_s = self.window = self.hop = None
             log.info("%s: %s model, labels %s, %s input, whole files", self.model_dir, self.fitted.describe(),

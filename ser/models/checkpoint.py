@@ -174,7 +174,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu",
     build = doc["build"]
     preprocessor = (doc.get("backbone") or {}).get("preprocessor")  # what training fed (encoders)
     model = build_model(mp, build["n_classes"], with_domain_head=build["with_domain_head"],
-                        n_mels=build["n_mels"], cache_dir=cache_dir, preprocessor=preprocessor)
+                        n_mels=build["n_mels"], cache_dir=cache_dir, preprocessor=preprocessor,
+                        n_features=build.get("n_features"))
     state = load_file(str(weights_path), device="cpu")
     expected = set(_state_to_save(model))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

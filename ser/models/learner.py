@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ser.config import encoder_store_key
+from ser.config import SMILE_INPUTS, encoder_store_key
 from ser.errors import CheckpointError
 from ser.features.dataset import FeatureDataset, make_loader, max_samples_for
+from ser.features.scaling import Standardiser
 from ser.models import SERModel, encoder_from_probe
 from ser.models.base import Fitted, read_meta
 from ser.models.checkpoint import BACKBONE_CACHE, FORMAT as TORCH_FORMAT, load_checkpoint, save_checkpoint
@@ -39,6 +40,10 @@ class TorchFitted(Fitted):
         enc = meta["model_params"].get("encoder") or {}
         if self.input == "embeddings":
             self.store_key = encoder_store_key(enc["backbone"], enc["chunk_seconds"])
+        # An MLP on functionals: its inputs are standardised as in training, and it scores whole files.
+        make = getattr(model, "standardiser", None)
+        self.standardiser: Optional[Standardiser] = make() if make is not None else None
+        self.windowed = self.input not in SMILE_INPUTS
 
     @classmethod
     def load(cls, model_dir: Path, device: str | torch.device = "cpu") -> "TorchFitted":
@@ -55,6 +60,8 @@ class TorchFitted(Fitted):
 
     def scores(self, x: np.ndarray, lengths: Optional[np.ndarray] = None,
                speakers: Optional[Sequence[str]] = None) -> np.ndarray:
+        if self.standardiser is not None:
+            x = self.standardiser.apply(x, speakers).astype(np.float32)
         logits = self.logits(torch.as_tensor(x), None if lengths is None else torch.as_tensor(lengths))
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
@@ -63,7 +70,8 @@ class TorchFitted(Fitted):
         store = self.open_store(features_root, split, corpus)
         mp = self.meta["model_params"]
         max_seconds = (mp.get("encoder") or {}).get("max_seconds")
-        dataset = FeatureDataset(store, self.labels, max_samples=max_samples_for(store, max_seconds), crop="center")
+        dataset = FeatureDataset(store, self.labels, max_samples=max_samples_for(store, max_seconds), crop="center",
+                                 standardiser=self.standardiser)
         loader = make_loader(dataset, batch_size or mp["batch_size"])
         log.info("evaluating %s on %s/%s%s (%d utterances) on %s", self.model_dir, store.root, split,
                  f" [{corpus}]" if corpus else "", len(store), self.device)
@@ -86,6 +94,10 @@ class TorchFitted(Fitted):
         return TorchFitted(self.model_dir, meta, model.to(self.device).eval(), self.device)
 
     def file_caveat(self) -> Optional[str]:
+        if self.standardiser is not None and self.standardiser.mode == "speaker":
+            return (f"{self.model_dir} was trained with per-speaker standardisation; a single file has no speaker "
+                    "statistics, so its features are standardised with the global train statistics instead "
+                    "(expect lower accuracy than the model's evaluation)")
         if self.input == "mels" and (self.feature_meta.get("features") or {}).get("mel_norm") == "speaker":
             return (f"{self.model_dir} was trained on log-mels normalised per speaker; a file has no speaker "
                     "statistics, so each window is normalised with its own per-bin mean/std instead (expect "

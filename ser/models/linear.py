@@ -5,12 +5,10 @@ input `egemaps` (88 eGeMAPSv02 functionals) or `compare` (6373 ComParE_2016
 functionals), read from the stores of `stages/precompute.py --kind egemaps|compare`.
 
 Protocol:
-  * Standardisation. "global": z-score with the train split's per-feature
-    mean/std. "speaker": z-score every speaker's clips with that speaker's own
-    mean/std (the per-speaker normalisation common in the SER literature); it
-    uses features only, never labels, so it applies to test speakers as well
-    (statistics over the speaker's clips in the split being scored). A feature
-    that does not vary (or a speaker with one clip) is only centred.
+  * Standardisation (ser.features.scaling). "global": z-score with the train
+    split's per-feature mean/std. "speaker": z-score every speaker's clips with
+    that speaker's own mean/std (the per-speaker normalisation common in the SER
+    literature; features only, never labels, so test speakers too).
   * Model selection. One fit on the train split per C (and, for rbf_svm, per
     gamma) of the grid; the fit with the best validation UAR is kept (ties: the
     smaller C, then the smaller gamma). The kept model is the train-only fit:
@@ -48,13 +46,14 @@ import numpy as np
 
 from ser.config import ClassicalParams, Params
 from ser.errors import CheckpointError
+from ser.features.scaling import Standardiser, fit_stats, speaker_keys
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
 from ser.models.base import EpochCallback, Fitted, Learner, read_meta
 from ser.stats import compute_metrics
 
-__all__ = ["FORMAT", "RBF_FORMAT", "LinearModel", "KernelModel", "ClassicalFitted", "ClassicalLearner", "fit_stats", "standardise",
-           "speaker_standardise", "train_classical", "load_linear", "save_linear"]
+__all__ = ["FORMAT", "RBF_FORMAT", "LinearModel", "KernelModel", "ClassicalFitted", "ClassicalLearner",
+           "train_classical", "load_linear", "save_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +62,6 @@ RBF_FORMAT = "ser-rbf/1"  # rbf_svm: support vectors and dual coefficients
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 ABSENT_BIAS = -1e30  # bias of a class the train split lacks: never the argmax
-
-
-# --------------------------------------------------------------------------- standardisation
-def fit_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature float64 mean and std of [n, F] rows; a std that is ~0
-    (relative to the feature's scale) becomes 1, so that feature is only centred."""
-    x = np.asarray(x, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-    return mean, std
-
-
-def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.float64) - mean) / std
-
-
-def speaker_standardise(x: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
-    """Each speaker's rows z-scored with that speaker's own statistics (fit_stats)."""
-    x = np.asarray(x, dtype=np.float64)
-    speakers = np.asarray(speakers)
-    out = np.empty_like(x)
-    for spk in np.unique(speakers):
-        rows = speakers == spk
-        out[rows] = standardise(x[rows], *fit_stats(x[rows]))
-    return out
 
 
 # --------------------------------------------------------------------------- the models
@@ -100,9 +74,7 @@ class _Scored:
 
     def prepare(self, x: np.ndarray, speakers: Optional[Sequence[str]] = None) -> np.ndarray:
         """Standardised rows: per speaker for a "speaker" model given speakers, else global."""
-        if self.standardisation == "speaker" and speakers is not None:
-            return speaker_standardise(x, speakers)
-        return standardise(x, self.mean, self.std)
+        return Standardiser(self.standardisation, self.mean, self.std).apply(x, speakers)
 
     def decision(self, xs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -267,7 +239,7 @@ def _split(store_root: Path, split: str, labels: Sequence[str], kind: str,
         raise ValueError(f"{store_root}/{split}.csv has no rows" + (f" for corpus {corpus!r}" if corpus else ""))
     x = store.stack()
     # corpus/speaker: speaker ids are only unique within a corpus
-    return x, store.labels(labels), [f"{r.corpus}/{r.speaker}" for r in store.index], store.meta
+    return x, store.labels(labels), speaker_keys(store), store.meta
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -469,7 +441,7 @@ class ClassicalFitted(Fitted):
     def predict_split(self, features_root: Path, split: str = "test", corpus: Optional[str] = None, *,
                       batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         store = self.open_store(features_root, split, corpus)
-        speakers = [f"{r.corpus}/{r.speaker}" for r in store.index]  # speaker ids are unique per corpus
+        speakers = speaker_keys(store)
         log.info("evaluating %s on %s/%s%s (%d clips)", self.model_dir, store.root, split,
                  f" [{corpus}]" if corpus else "", len(store))
         return store.labels(self.labels), self.model.predict(self.model.prepare(store.stack(), speakers))

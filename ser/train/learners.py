@@ -16,7 +16,8 @@ from ser.train.loop import TorchLearner
 __all__ = ["LEARNERS", "learner_for", "train_model"]
 
 # arch (params.yaml `models.<name>.arch`) -> its learner; a test keeps the keys equal to config.Arch.
-LEARNERS: dict[str, Learner] = {"crnn": TorchLearner(), "encoder": TorchLearner(), "classical": ClassicalLearner()}
+LEARNERS: dict[str, Learner] = {"crnn": TorchLearner(), "encoder": TorchLearner(), "mlp": TorchLearner(),
+                                "classical": ClassicalLearner()}
 
 
 def learner_for(arch: str) -> Learner:

@@ -51,8 +51,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ser import codegraph
-from ser.config import ModelParams, Params, TrainParams
+from ser.config import SMILE_INPUTS, ModelParams, Params, TrainParams
 from ser.features.dataset import FeatureDataset, epoch_seed, make_loader, max_samples_for
+from ser.features.scaling import Standardiser
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
 from ser.models import build_model
@@ -183,21 +184,26 @@ class RunData:
         cap = max_samples_for(train_store, max_seconds)
         bucket = params.train.bucket_by_length and mp.input == "waves"
         workers = params.runtime.num_workers
+        # Functionals (arch mlp): standardised with the train split's statistics or per speaker.
+        self.standardiser = (Standardiser.fit(mp.mlp.standardise, train_store.stack())
+                             if mp.mlp is not None and len(train_store) else None)
+        std = {"standardiser": self.standardiser}
         # Reading labels here fails fast (naming the file) on an emotion outside the study's label set.
-        self.train_set = FeatureDataset(train_store, labels, max_samples=cap, crop="random", seed=params.seed)
+        self.train_set = FeatureDataset(train_store, labels, max_samples=cap, crop="random", seed=params.seed,
+                                        **std)
         self.train = make_loader(self.train_set, mp.batch_size, seed=params.seed, shuffle=True, bucket=bucket,
                                  num_workers=workers, balance=mp.balance == "sampler")
-        self.val_set = FeatureDataset(val_store, labels, max_samples=cap, crop="center")
+        self.val_set = FeatureDataset(val_store, labels, max_samples=cap, crop="center", **std)
         self.val = make_loader(self.val_set, mp.batch_size, num_workers=workers)
         self.target = self.adapt = None
         self.target_set = None
         if mp.objective == "dann":
             adapt_store = FeatureStore(store_root, "adapt")  # unlabeled: its emotions are never read
             self.target_set = FeatureDataset(adapt_store, None, max_samples=cap, crop="random",
-                                             seed=params.seed + 1)
+                                             seed=params.seed + 1, **std)
             self.target = make_loader(self.target_set, mp.batch_size, seed=params.seed + 1, shuffle=True,
                                       bucket=bucket, num_workers=workers)
-            self.adapt = make_loader(FeatureDataset(adapt_store, None, max_samples=cap, crop="center"),
+            self.adapt = make_loader(FeatureDataset(adapt_store, None, max_samples=cap, crop="center", **std),
                                      mp.batch_size, num_workers=workers)
         log.info("read %s: train %d, val %d%s utterances", store_root, len(self.train_set), len(self.val_set),
                  f", adapt {len(self.target_set)}" if self.target_set is not None else "")
@@ -297,10 +303,13 @@ class Trainer:
         mp, data = self.mp, self.data
         seed_everything(self.params.seed)
         # The mel bands come from the store: the trainer reads no params outside the run spec.
-        mels = {"n_mels": int(data.train_set.store.array.shape[1])} if mp.input == "mels" else {}
+        width = int(data.train_set.store.array.shape[1]) if mp.input in ("mels", *SMILE_INPUTS) else None
+        dims = {"n_mels": width} if mp.input == "mels" else {"n_features": width} if width else {}
         with self.accelerator.main_process_first():  # the main process writes the random-backbone cache
             self.model = build_model(mp, len(self.labels), with_domain_head=self.dann, cache_dir=cache_dir,
-                                     name=self.name, **mels)
+                                     name=self.name, **dims)
+        if data.standardiser is not None:  # saved with the weights: evaluation and `ser predict` reuse them
+            self.model.set_standardiser(data.standardiser)
         frontend = getattr(self.model, "frontend", None)
         if frontend is not None and int(data.meta.get("sample_rate", 0)) != frontend.sampling_rate:
             raise ValueError(f"{self.store_root}/meta.json: waveforms at {data.meta.get('sample_rate')} Hz, but "
@@ -437,14 +446,15 @@ def _end_epoch(trainer: Trainer, progress: _Progress, epoch: int, logs: dict[str
     """Keep the best epoch, record the epoch (DVCLive, history) and save the resume state."""
     mp, name = trainer.mp, trainer.name
     log.info("%s epoch %d/%d: %s", name, epoch + 1, mp.epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-    if logs["val/uar"] > progress.best["uar"]:
+    # select val: the best val UAR so far; select last: every epoch replaces the kept one.
+    if mp.select == "last" or logs["val/uar"] > progress.best["uar"]:
         val = {k.split("/", 1)[1]: v for k, v in logs.items() if k.startswith("val/")}
         progress.best = {"uar": logs["val/uar"], "epoch": epoch + 1, "val": val}
         if trainer.main:
-            # The best model lives beside the resume state until the run ends: DVC deletes
+            # The kept model lives beside the resume state until the run ends: DVC deletes
             # out_dir before re-running a stage, so a resumed run must not depend on it.
             save_checkpoint(trainer.net, resume_dir / BEST_DIR, {**meta, "best_epoch": epoch + 1, "val": val})
-            log.info("new best val UAR %.4f at epoch %d", logs["val/uar"], epoch + 1)
+            log.info("kept epoch %d (select %s, val UAR %.4f)", epoch + 1, mp.select, logs["val/uar"])
     progress.history.append(logs)
     progress.epoch = epoch + 1
     progress.stopped_early = _stops_early(mp, progress.best["epoch"], epoch + 1)
