@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import yaml
@@ -191,14 +191,20 @@ def read_results(workdir: Path, params: dict[str, Any], scope: str) -> dict[str,
     return out
 
 
-def seed_predictions(workdir: Path, model: str, scope: str, seeds: list[int]) -> Predictions:
-    """One model's per-clip predictions of every seed on one test set, pooled: clip ids are prefixed
-    with the seed, speakers kept (a speaker-resampling bootstrap draws a speaker with all its seeds)."""
-    runs = [read_predictions_csv(workdir / "plots" / model / f"f1-s{seed}" / f"{scope}.csv", LABELS)
-            for seed in seeds]
-    return Predictions(utt_id=[f"s{seed}/{u}" for seed, r in zip(seeds, runs) for u in r.utt_id],
-                       speaker=np.concatenate([r.speaker for r in runs]), y_true=np.concatenate([r.y_true for r in runs]),
-                       y_pred=np.concatenate([r.y_pred for r in runs]), labels=LABELS)
+def run_predictions(workdir: Path, models: list[str], scope: str, seed: int) -> dict[str, Predictions]:
+    """Each model's per-clip predictions of this seed's run on one test set (read right after the run:
+    the next seed's `dvc repro` replaces the plots folder)."""
+    return {m: read_predictions_csv(workdir / "plots" / m / f"f1-s{seed}" / f"{scope}.csv", LABELS) for m in models}
+
+
+def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
+    """One model's predictions of every seed on one test set, pooled: clip ids are prefixed with the
+    seed, speakers kept (a speaker-resampling bootstrap draws a speaker with all its seeds)."""
+    seeds = sorted(runs)
+    return Predictions(utt_id=[f"s{seed}/{u}" for seed in seeds for u in runs[seed].utt_id],
+                       speaker=np.concatenate([runs[s].speaker for s in seeds]),
+                       y_true=np.concatenate([runs[s].y_true for s in seeds]),
+                       y_pred=np.concatenate([runs[s].y_pred for s in seeds]), labels=LABELS)
 
 
 def twins(models: dict[str, Any]) -> dict[str, str]:
@@ -209,8 +215,9 @@ def twins(models: dict[str, Any]) -> dict[str, str]:
     return {name: ce[strip(mp)] for name, mp in models.items() if mp["objective"] == "dann" and strip(mp) in ce}
 
 
-def comparisons(workdir: Path, params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, Any]]], scope: str,
-                baselines: list[str], n_boot: int = 2000) -> list[dict[str, Any]]:
+def comparisons(params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, Any]]],
+                preds: dict[int, dict[str, Predictions]], baselines: list[str],
+                n_boot: int = 2000) -> list[dict[str, Any]]:
     """Paired bootstraps (seeds pooled) of every model against the best baseline, and DANN vs twin."""
     seeds = sorted(by_seed)
     models = list(by_seed[seeds[0]])
@@ -220,19 +227,75 @@ def comparisons(workdir: Path, params: dict[str, Any], by_seed: dict[int, dict[s
         best = max(present, key=lambda m: statistics.mean(by_seed[s][m]["uar"] for s in seeds))
         pairs += [(m, best, "vs best baseline") for m in models if m != best]
     pairs += [(dann, twin, "DANN vs twin") for dann, twin in twins(params["models"]).items() if dann in models]
-    preds = {m: seed_predictions(workdir, m, scope, seeds) for m in {m for pair in pairs for m in pair[:2]}}
+    pooled = {m: pool_seeds({s: preds[s][m] for s in seeds}) for m in {m for pair in pairs for m in pair[:2]}}
     rows = []
     for a, b, kind in pairs:
-        speakers = len(set(preds[a].speaker.tolist()))
+        speakers = len(set(pooled[a].speaker.tolist()))
         cluster = "speaker" if speakers >= 5 else None
-        test = paired_bootstrap(preds[a], preds[b], "uar", n_boot=n_boot, seed=0, cluster=cluster)
+        test = paired_bootstrap(pooled[a], pooled[b], "uar", n_boot=n_boot, seed=0, cluster=cluster)
         rows.append({"a": a, "b": b, "kind": kind, "diff": test["diff"], "ci95": test["ci"], "p": test["p_value"],
-                     "resampled": f"{speakers} speakers" if cluster else f"{len(preds[a])} clips ({speakers} speakers)"})
+                     "resampled": f"{speakers} speakers" if cluster else f"{len(pooled[a])} clips ({speakers} speakers)"})
     return rows
 
 
-def _fmt(value: float, ci: list[float] | None) -> str:
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+def _curve(live: Path, key: str) -> list[float]:
+    path = live / "plots" / "metrics" / f"{key}.tsv"
+    if not path.is_file():
+        return []
+    return [float(line.split("\t")[-1]) for line in path.read_text().splitlines()[1:] if line.strip()]
+
+
+def _domain_probe(source: np.ndarray, target: np.ndarray) -> float:
+    """How separable two feature sets are: 5-fold balanced accuracy of an RBF SVM telling source rows
+    from target rows (0.5: indistinguishable). Non-linear, because per-speaker standardised inputs
+    have every speaker's mean at 0, which a linear probe cannot use by construction."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    x = np.concatenate([source, target]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(source)), np.ones(len(target))])
+    probe = make_pipeline(StandardScaler(), SVC(C=1.0, kernel="rbf", gamma="scale", class_weight="balanced"))
+    return float(cross_val_score(probe, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                                 scoring="balanced_accuracy").mean())
+
+
+def domain_evidence(workdir: Path, params: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Per DANN model and its twin (models on functionals), this seed: how separable source (train) and
+    target (test) clips are in the input and in each model's features, and the training curves that
+    say whether the adversarial game settled (domain accuracy) and how noisy validation was."""
+    import torch
+
+    from ser.features.scaling import speaker_keys
+    from ser.features.stores import FeatureStore
+    from ser.models.learner import load_fitted
+
+    rows = []
+    for dann, twin in twins(params["models"]).items():
+        if params["models"][dann]["arch"] != "mlp":
+            continue
+        row: dict[str, Any] = {"dann": dann, "twin": twin, "seed": seed}
+        for role, name in (("dann", dann), ("twin", twin)):
+            fitted = load_fitted(workdir / "models" / name / f"f1-s{seed}")
+            root = workdir / "data" / "features" / fitted.input / "cross_corpus" / "f1"
+            stores = [FeatureStore(root, split) for split in ("train", "test")]
+            inputs = [fitted.standardiser.apply(s.stack(), speaker_keys(s)).astype(np.float32) for s in stores]
+            with torch.no_grad():
+                feats = [fitted.model.embed(torch.from_numpy(x)).numpy() for x in inputs]
+            row["probe_input"] = _domain_probe(*inputs)
+            row[f"probe_{role}"] = _domain_probe(*feats)
+            live = workdir / "dvclive" / name / f"f1-s{seed}"
+            uar = _curve(live, "val/uar")
+            half = uar[len(uar) // 2:]
+            row[f"val_uar_sd_{role}"] = statistics.stdev(half) if len(half) > 1 else None
+            row[f"val_uar_range_{role}"] = [min(uar), max(uar)] if uar else None
+            if role == "dann":
+                dom = _curve(live, "val/domain_accuracy")
+                row["val_domain_accuracy"] = {"first": dom[0], "last": dom[-1], "min": min(dom), "max": max(dom)} \
+                    if dom else None
+        rows.append(row)
+    return rows
 
 
 TITLES = {"cross": "EmoDB -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
@@ -249,7 +312,9 @@ def _shares(by_seed: dict[int, dict[str, dict[str, Any]]], model: str) -> str:
 
 
 def report(results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]],
-           tests: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+           tests: dict[str, dict[str, list[dict[str, Any]]]],
+           evidence: Optional[dict[str, list[dict[str, Any]]]] = None) -> str:
+    evidence = evidence or {}
     lines = []
     for setup, scopes in results.items():
         for scope, by_seed in scopes.items():
@@ -270,6 +335,22 @@ def report(results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]],
                 lines += ["", "| A | B | test | UAR A - B [95% CI] | p | resampled |", "|---|---|---|---|---|---|"]
                 lines += [f"| {r['a']} | {r['b']} | {r['kind']} | {r['diff']:+.3f} [{r['ci95'][0]:+.3f}, "
                           f"{r['ci95'][1]:+.3f}] | {r['p']:.3f} | {r['resampled']} |" for r in rows]
+            lines.append("")
+        rows = evidence.get(setup) or []
+        if rows:
+            lines += [f"### {TITLES[setup]}: is DANN's game settled, and does it align the domains?", "",
+                      "Domain probe: 5-fold balanced accuracy of an RBF SVM telling source train clips "
+                      "from target test clips (0.5: indistinguishable), on the standardised input and on each "
+                      "model's features. Validation: sd of source val UAR over the second half of the epochs.", "",
+                      "| DANN / twin | seed | probe input | probe twin | probe DANN | DANN val domain acc first, "
+                      "last (min-max) | val UAR sd twin / DANN |", "|---|---|---|---|---|---|---|"]
+            for r in rows:
+                d = r.get("val_domain_accuracy") or {}
+                dom = (f"{d['first']:.2f}, {d['last']:.2f} ({d['min']:.2f}-{d['max']:.2f})" if d else "-")
+                sds = "/".join(f"{r[k]:.3f}" if r.get(k) is not None else "-"
+                               for k in ("val_uar_sd_twin", "val_uar_sd_dann"))
+                lines.append(f"| {r['dann']} / {r['twin']} | {r['seed']} | {r['probe_input']:.3f} | "
+                             f"{r['probe_twin']:.3f} | {r['probe_dann']:.3f} | {dom} | {sds} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -321,12 +402,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"set-ups {missing} need --tess")
     results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]] = {}
     tests: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    evidence: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
     for name in chosen:
         setup, workdir = all_setups[name], args.workdir / name
         prepare(workdir)
         log = workdir / "repro.log"
         results[name] = {scope: {} for scope in setup["scopes"]}
+        preds: dict[str, dict[int, dict[str, Predictions]]] = {scope: {} for scope in setup["scopes"]}
+        evidence[name] = []
         for seed in args.seeds:
             params = make_params(base, setup, seed, args.with_waves, args.epochs)
             (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -334,14 +418,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{name}] seed {seed}: dvc repro in {workdir} (log: {log})", flush=True)
             _dvc(workdir, "repro", log=log)
             timings[f"{name}/seed{seed}"] = round(time.perf_counter() - started, 1)
+            if params["studies"]["cross_corpus"].get("target"):
+                evidence[name] += domain_evidence(workdir, params, seed)
             for scope in setup["scopes"]:
                 results[name][scope][seed] = read_results(workdir, params, scope)
+                preds[scope][seed] = run_predictions(workdir, list(params["models"]), scope, seed)
                 for model, r in results[name][scope][seed].items():
                     print(f"  {model} [{r['test_set']}]: UAR {r['uar']:.3f}, accuracy {r['accuracy']:.3f}, "
                           f"top class {r['top_class']} {r['top_class_share']:.2f}", flush=True)
-        tests[name] = {scope: comparisons(workdir, params, by_seed, scope, args.baselines)
+        tests[name] = {scope: comparisons(params, by_seed, preds[scope], args.baselines)
                        for scope, by_seed in results[name].items()}
-    text = report(results, tests)
+    text = report(results, tests, evidence)
     print("\n" + text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"setups": chosen, "seeds": args.seeds, "epochs": args.epochs,
@@ -350,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
                                     "set": args.set,
                                     "results": {s: {sc: {str(k): v for k, v in r.items()} for sc, r in by.items()}
                                                 for s, by in results.items()},
-                                    "tests": tests, "seconds": timings, "table": text}, indent=2) + "\n")
+                                    "tests": tests, "domain_evidence": evidence, "seconds": timings, "table": text}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
