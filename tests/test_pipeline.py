@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "wavlm_probe", "wav2vec_dann", "qlora",
-          "finetune")
-CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "wavlm_probe", "wav2vec_dann")
+MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "egemaps_mlp", "egemaps_dann",
+          "wavlm_probe", "wav2vec_dann", "qlora", "finetune")
+CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "egemaps_mlp", "egemaps_dann", "wavlm_probe",
+         "wav2vec_dann")
 # Folds 1 and 3: every study runs both except corpus_matrix (2 folds, one per corpus), whose fold-3
 # cells are not run; one seed, then a second one is added.
 FOLDS, SEED = (1, 3), 1337
@@ -87,8 +88,9 @@ def test_demo_dag_end_to_end(tmp_path):
     for stage in stages:
         assert f"Running stage '{stage}'" in out, stage
 
+    # the multi-corpus study is scored pooled and on each corpus alone
     scopes = {m: ("in_domain", "target") if m in CROSS else ("iemocap", "ravdess") if m == "matrix_logreg"
-              else ("in_domain",) for m in MODELS}
+              else ("in_domain", "crema_d", "ravdess", "tess") for m in MODELS}
     for model in MODELS:
         for fold in FOLDS:
             run = f"f{fold}-s{SEED}"
@@ -199,8 +201,8 @@ def test_demo_dag_end_to_end(tmp_path):
     # lambda_domain for objective dann only), so only their train@ and evaluate@ cells start.
     out = _run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    dann_cells = {f"{kind}@{m}-{f}-{SEED}" for kind in ("train", "evaluate") for m in ("dann", "wav2vec_dann")
-                  for f in FOLDS}
+    dann_cells = {f"{kind}@{m}-{f}-{SEED}" for kind in ("train", "evaluate")
+                  for m in ("dann", "egemaps_dann", "wav2vec_dann") for f in FOLDS}
     assert {r for r in ran if r.startswith(("train@", "evaluate@"))} == dann_cells, sorted(ran)
     assert not ran & {"download-verify", "build-metadata", "precompute-mels", "precompute-waves"}, ran
 
