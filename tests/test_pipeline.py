@@ -69,6 +69,7 @@ def _is_number(x) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the whole DAG, twice over in parts: ~9 min on a quiet 2-core machine
 def test_demo_dag_end_to_end(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
