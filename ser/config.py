@@ -197,6 +197,8 @@ class SplitParams:
 
 STORE_KINDS = ("mels", "waves", "egemaps", "compare")  # the feature stores (ser.features.precompute)
 VAD_RATES = (8000, 16000)  # the sample rates silero-vad reads (features.vad)
+VadMode = Literal["none", "trim", "pauses"]
+VAD_MODES: tuple[str, ...] = typing.get_args(VadMode)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ class StoreFrontEnd:
     gain_dbfs: Optional[float] = None
     trim: Optional[bool] = None
     trim_db: Optional[float] = None
-    vad: Optional[Literal["none", "trim", "pauses"]] = None
+    vad: Optional[VadMode] = None
 
     def __post_init__(self) -> None:
         if self.trim is False and self.trim_db is not None:
@@ -289,7 +291,7 @@ class FeatureParams:
     gain: Literal["none", "peak", "rms", "loudness"] = "loudness"
     gain_dbfs: float = -23.0
     trim_db: Optional[float] = 60.0
-    vad: Literal["none", "trim", "pauses"] = "none"
+    vad: VadMode = "none"
     vad_threshold: float = 0.5
     instance_norm: Literal["none", "mean", "mean_std"] = "none"
     pad: Literal["silence", "repeat"] = "silence"
@@ -335,8 +337,8 @@ class FeatureParams:
                               ("mel_norm", ("train", "speaker"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.vad not in ("none", "trim", "pauses"):
-            raise ValueError(f"vad must be one of ['none', 'trim', 'pauses'], got {self.vad!r}")
+        if self.vad not in VAD_MODES:
+            raise ValueError(f"vad must be one of {list(VAD_MODES)}, got {self.vad!r}")
         if self.vad != "none" and self.sample_rate not in VAD_RATES:
             raise ValueError(f"vad {self.vad!r}: silero-vad reads {list(VAD_RATES)} Hz audio; set sample_rate to "
                              f"one of them (now {self.sample_rate}) or vad: none")

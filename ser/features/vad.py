@@ -20,11 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ser.config import VAD_RATES
+from ser.config import VAD_MODES, VAD_RATES
 
-__all__ = ["VAD_MODES", "speech_segments", "vad_span"]
+__all__ = ["speech_segments", "vad_span"]
 
-VAD_MODES = ("none", "trim", "pauses")
 VAD_PAD_S = 0.05  # kept around each speech segment (as the energy trim's margin)
 MIN_PAUSE_S = 0.1  # shorter gaps between speech do not split a segment
 MIN_SPEECH_S = 0.1  # shorter detections are not speech
