@@ -10,12 +10,15 @@ seed adds cells and leaves the others untouched.
 study has one) does not run the cells beyond its count: they record
 `not_run.json` with the reason and finish at once, and the summary skips them.
 
-The `bind@<model>` stage writes data/bind/<model>.json: which store a model
-reads, that store's content fingerprint and the model's run spec (the part of
-params.yaml its runs read, `Params.run_spec`). A run's stages depend on that
-file instead of on params keys (a matrix stage cannot look up its model's
-input, study or objective), so they re-run for their own features and
-settings only: `dvc exp run -S lambda_domain=0.3` reaches the DANN models alone.
+The `bind` stage writes data/bind/<model>.json for every model (`write_binds`):
+which store the model reads, that store's content fingerprint and the model's
+run spec (the part of params.yaml its runs read, `Params.run_spec`). A run's
+stages depend on its model's file instead of on params keys (a matrix stage
+cannot look up its model's input, study or objective), so they re-run for their
+own features and settings only: `dvc exp run -S lambda_domain=0.3` rewrites
+every file, changes only the DANN models' and so reaches the DANN models alone.
+One stage for all models, not one per model: DVC spends seconds on each stage
+it runs, and any params change re-runs the bind step.
 train@ and evaluate@ refuse to run when params.yaml no longer matches the spec
 (`check_spec`), so a result never depends on a value DVC did not track.
 """
@@ -25,14 +28,17 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ser.errors import SerError
 from ser.fsutil import write_json_atomic
 
+if TYPE_CHECKING:
+    from ser.config import Params
+
 log = logging.getLogger(__name__)
 
-__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "read_bind", "check_spec", "not_run_reason",
+__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "write_binds", "read_bind", "check_spec", "not_run_reason",
            "mark_not_run", "is_not_run", "BindError"]
 
 NOT_RUN = "not_run.json"
@@ -73,14 +79,35 @@ def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path,
     return record
 
 
+def write_binds(params: "Params", features: Path, out_dir: Path) -> list[dict[str, Any]]:
+    """data/bind/<model>.json for every model of params.yaml (`write_bind`), and no other file in out_dir:
+    a model taken out of params.yaml leaves no bind file behind. All stores are checked before any
+    file is written, so a missing store fails without touching the folder."""
+    out_dir = Path(out_dir)
+    stores = {}
+    for name, mp in params.models.items():
+        store = Path(features) / mp.input / mp.study
+        stores[name] = store / mp.store_key if mp.store_key else store
+        if not (stores[name] / "meta.json").is_file():
+            raise BindError(f"{stores[name]}/meta.json: missing (model {name!r} reads {mp.input}/{mp.study}); run "
+                            f"the precompute stage for {mp.input} first (`dvc repro`)")
+    records = [write_bind(name, mp.input, mp.study, stores[name], out_dir / f"{name}.json",
+                          spec=params.run_spec(name)) for name, mp in params.models.items()]
+    for old in out_dir.glob("*.json"):
+        if old.stem not in params.models:
+            log.info("removing %s: no model %r in params.yaml", old, old.stem)
+            old.unlink()
+    return records
+
+
 def read_bind(path: Path, model: str, input_kind: str, study: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise BindError(f"{path}: missing; run `dvc repro bind@{model}` first")
+        raise BindError(f"{path}: missing; run `dvc repro bind` first")
     record = json.loads(path.read_text())
     if (record.get("input"), record.get("study")) != (input_kind, study):
         raise BindError(f"{path}: binds {record.get('input')}/{record.get('study')}, but params.yaml gives "
-                        f"{model} input {input_kind!r} and study {study!r}; run `dvc repro bind@{model}`")
+                        f"{model} input {input_kind!r} and study {study!r}; run `dvc repro bind`")
     return record
 
 
@@ -104,7 +131,7 @@ def check_spec(bind: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
     else:
         diff = _differences(spec, bind["spec"])
         why = "params.yaml changed since: " + "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-    raise BindError(f"{path}: {why}; run `dvc repro`, which re-runs bind@{bind.get('model')} first")
+    raise BindError(f"{path}: {why}; run `dvc repro`, which re-runs the bind stage first")
 
 
 def not_run_reason(bind: dict[str, Any], fold: int) -> Optional[str]:

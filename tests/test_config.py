@@ -1,6 +1,7 @@
 """Strict params loading: every profile loads; bad files fail naming the key."""
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -355,6 +356,33 @@ def test_run_spec_holds_what_a_model_reads_and_bind_refuses_stale_params(tmp_pat
         check_spec(bind, moved.run_spec("dann"), tmp_path / "dann.json")
     with pytest.raises(BindError, match="records no run spec"):
         check_spec({**bind, "spec": None}, params.run_spec("dann"), tmp_path / "dann.json")
+
+
+def test_write_binds_writes_one_file_per_model_and_nothing_else(tmp_path):
+    """The bind stage: data/bind/<model>.json for every model, a dropped model's file removed; a missing
+    store fails naming it before any file is written; an unchanged model's file keeps its bytes."""
+    import dataclasses
+
+    from ser.runs import BindError, write_binds
+
+    params = load_params(ROOT / "params.yaml")
+    features, out = tmp_path / "features", tmp_path / "bind"
+    for mp in params.models.values():
+        store = features / mp.input / mp.study / (mp.store_key or "")
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "meta.json").write_text(f'{{"folds": [1, 2], "content_sha256": "{mp.input}"}}')
+    out.mkdir()
+    (out / "gone.json").write_text("{}")
+    write_binds(params, features, out)
+    assert sorted(p.stem for p in out.glob("*.json")) == sorted(params.models)
+    before = {p.name: p.read_bytes() for p in out.glob("*.json")}
+    write_binds(dataclasses.replace(params, lambda_domain=0.3), features, out)
+    changed = {p.name for p in out.glob("*.json") if p.read_bytes() != before[p.name]}
+    assert changed == {f"{n}.json" for n, mp in params.models.items() if mp.objective == "dann"}
+    shutil.rmtree(features / "mels")
+    with pytest.raises(BindError, match=r"mels/cross_corpus/meta.json: missing \(model 'baseline'"):
+        write_binds(params, features, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_runtime_section_holds_speed_knobs_no_stage_depends_on():
