@@ -33,6 +33,13 @@ class ParamsError(ValueError, SerError):
     """A parameter file is malformed; the message names the key and the problem."""
 
 
+class UnknownModel(KeyError, SerError):
+    """A model name that params.yaml `models` does not define (a stage or `ser` argument)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class CorpusParams:
@@ -796,6 +803,12 @@ class Params:
     def embedding_plan(self) -> dict[str, dict[str, str]]:
         """{study: {store key: backbone}}: what precompute-embeddings builds (check-params writes it)."""
         return {study: {e.store_key: e.backbone for e in encs} for study, encs in self.probe_encoders().items()}
+
+    def model(self, name: str) -> "ModelParams":
+        """The `models` entry `name`, or UnknownModel listing the names params.yaml defines."""
+        if name not in self.models:
+            raise UnknownModel(f"unknown model {name!r}; params.yaml `models` defines: {sorted(self.models)}")
+        return self.models[name]
 
     def study(self, name: str) -> StudyParams:
         if name not in self.studies:

@@ -7,6 +7,28 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | Path) -> None:
+    """Give `root` and everything under it the modes a plain mkdir/open would under the umask.
+
+    tempfile.mkdtemp makes 0700 folders and some writers (safetensors) 0600 files, whatever the
+    umask: on a shared server nobody else could read a model. Call it before the rename that
+    publishes a folder built in a temporary one."""
+    mask = current_umask()
+    root = Path(root)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = True) -> None:
     """Write JSON through a temporary sibling and a rename: readers never see half a file."""
     path = Path(path)

@@ -2,7 +2,10 @@
 
 The first stage of the DAG depends on the whole params file and on the schema,
 so a misspelled key (`lamda_domain: 0.3`) or a misspelled model section fails
-the run at once, naming the key, even when no other stage depends on it. The
+the run at once, naming the key, even when no other stage depends on it. So does
+an encoder backbone that the local disk already refutes: an unknown `random:`
+preset, a directory that is not there, or a backbone that expects audio at
+another rate than `features.sample_rate` (ser.backbones.check_backbones). The
 report it writes changes only with the schema's verdict, so a valid edit does
 not re-run anything downstream by itself.
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
+from ser.backbones import check_backbones
 from ser.config import load_params
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     ensure_writable(files=[args.out, *(p for p in (args.plan, args.embedding_plan) if p)])
     params = load_params(args.params)  # raises ParamsError naming the key
+    check_backbones(params)  # presets, local directories, the audio rate they expect
     write_json_atomic(args.out, {"params": str(args.params), "valid": True})
     if args.plan:
         write_json_atomic(args.plan, params.store_plan())

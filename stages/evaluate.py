@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    if args.bind is not None and args.model in params.models:
-        mp = params.models[args.model]
+    mp = params.model(args.model)
+    if args.bind is not None:
         check_spec(read_bind(args.bind, args.model, mp.input, mp.study), params.run_spec(args.model), args.bind)
     ensure_writable(args.metrics_dir, args.plots_dir)
     if is_not_run(args.model_dir):

@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    if args.model not in params.models:
-        raise KeyError(f"unknown model {args.model!r}; params.yaml `models` defines: {sorted(params.models)}")
-    mp = params.models[args.model]
+    mp = params.model(args.model)
     # Before the first epoch, not after the last: a bad path fails in a second.
     ensure_writable(args.out_dir, args.resume_dir, args.live_dir, files=[args.timing] if args.timing else [])
     bind = read_bind(args.bind, args.model, mp.input, mp.study)

@@ -206,6 +206,7 @@ def test_stage_seconds_run_from_one_stage_start_to_the_next(tmp_path):
     assert groups["train@"] == {"stages": 2, "seconds": 8.5, "max": 7.5}
     table = pipeline.format_groups(groups, per_stage)
     assert "train@" in table and "slowest stages: evaluate@a-1-1 9.0 s" in table
+    assert pipeline.format_groups(groups, per_stage, title="experiment").startswith("experiment by stage family")
     # run() times the stages from the output as it streams
     script = tmp_path / "fake_dvc.py"
     script.write_text("import time\nprint(\"Running stage 'a':\", flush=True)\ntime.sleep(0.3)\n"

@@ -145,3 +145,31 @@ def test_lora_checkpoint_refuses_a_different_base(tmp_path):
     save_file(base, str(weights), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="different weights"):
         load_checkpoint(tmp_path / "lora", cache_dir=cache)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_saved_models_follow_the_umask(cache, tmp_path, mask):
+    """A model folder and its files get the modes a plain mkdir/open would (mkdtemp alone gives 0700, and
+    safetensors 0600 files): on a shared server, colleagues can read the models when the umask lets them.
+    The classical heads' save_linear and the random-backbone cache share the helper."""
+    import os
+    import stat
+
+    from ser.fsutil import apply_umask
+
+    model = trained("crnn", cache)
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "models" / "crnn" / "f1-s1"
+        save_checkpoint(model, out, {"labels": LABELS, "features": FEATURES})
+        loose = tmp_path / "loose"
+        loose.mkdir(mode=0o700)
+        (loose / "w").write_text("x")
+        os.chmod(loose / "w", 0o600)
+        apply_umask(loose)
+    finally:
+        os.umask(old)
+    for folder in (out, loose):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
+        for f in folder.iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f

@@ -326,6 +326,9 @@ def test_csv_adapter_reads_rows(tmp_path):
     (["path,speaker,emotion", "wav/a.wav,s1,sad", "wav/b.wav,s1,sad", "wav/./a.wav,s2,sad"],
      r"line 4: duplicate path 'wav/./a.wav' \(first on line 2\)"),
     (["path,speaker,emotion,gender", "wav/a.wav,s1,sad,X"], r"line 2: gender 'X'"),
+    # a.wav and a.flac would be one clip id: refused, naming both files, instead of one silently dropped
+    (["path,speaker,emotion", "wav/a.wav,s1,sad", "wav/a.flac,s1,angry"],
+     r"line 3: 'wav/a.flac' and 'wav/a.wav' \(line 2\) would share the clip id 'wav/a'"),
 ])
 def test_csv_adapter_errors_name_file_line_and_problem(tmp_path, lines, expected):
     root = _csv_corpus(tmp_path / "emo", lines)

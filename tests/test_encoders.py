@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +310,47 @@ def test_a_clips_output_does_not_depend_on_its_batch_mates(family, cache):
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     expected = {"hubert": False, "data2vec": False}.get(family, True)  # the tiny presets' configs
     assert model.padding_invariant() is expected
+
+
+def test_check_backbone_refutes_what_the_local_disk_refutes(tmp_path):
+    """check-params catches, naming the key: an unknown preset, a missing or config-less directory, and a
+    backbone whose preprocessor expects another audio rate than features.sample_rate; a hub id that is
+    not cached is left to the stage that fetches it (no request here)."""
+    from ser.config import ParamsError
+    from ser.backbones import check_backbone
+
+    key = "models.m.encoder.backbone"
+    check_backbone("random:wav2vec2-tiny", 16000, key)
+    with pytest.raises(ParamsError, match=r"models.m.encoder.backbone: unknown random encoder preset 'wav2vec2-tinyy'"):
+        check_backbone("random:wav2vec2-tinyy", 16000, key)
+    with pytest.raises(ParamsError, match=r"models.m.encoder.backbone: .*expects 16000 Hz audio .* features.sample_rate "
+                                          r"is 16001; set features.sample_rate: 16000"):
+        check_backbone("random:wavlm-tiny", 16001, key)
+    with pytest.raises(ParamsError, match=r"backbone directory ./no/such/dir does not exist"):
+        check_backbone("./no/such/dir", 16000, key)
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(ParamsError, match="has no config.json"):
+        check_backbone(str(model), 16000, key)
+    (model / "config.json").write_text("{}")
+    check_backbone(str(model), 16000, key)  # no preprocessor config: nothing to compare
+    (model / "preprocessor_config.json").write_text('{"sampling_rate": 8000}')
+    with pytest.raises(ParamsError, match="expects 8000 Hz audio"):
+        check_backbone(str(model), 16000, key)
+    check_backbone("nobody/not-cached-model", 16000, key)
+
+
+def test_check_params_stage_fails_on_a_bad_backbone_naming_the_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    bad = tmp_path / "params.yaml"
+    bad.write_text((root / "params.yaml").read_text().replace('"random:wavlm-tiny"', '"random:wavlm-tinyy"'))
+    proc = subprocess.run([sys.executable, "stages/check_params.py", "--params", str(bad), "--out",
+                           str(tmp_path / "check.json")], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "models.wavlm_probe.encoder.backbone: unknown random encoder preset 'wavlm-tinyy'" in proc.stderr
+    assert not (tmp_path / "check.json").exists()

@@ -44,6 +44,23 @@ def test_train_checks_its_output_folders_before_training(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", ["--model", "nosuch", "--fold", "1", "--seed", "1", "--bind", "b.json"],
+     "train failed: unknown model 'nosuch'; params.yaml `models` defines: ['baseline'"),
+    ("evaluate.py", ["--model", "nosuch"], "evaluate failed: unknown model 'nosuch'"),
+    ("evaluate.py", ["--model", "baseline"], "meta.json is missing: not a model directory"),
+])
+def test_a_stage_run_by_hand_with_a_bad_argument_is_one_message(tmp_path, script, args, message):
+    """An unknown model or a model folder that does not exist: one line naming it, status 1, no traceback."""
+    dirs = (["--out-dir", str(tmp_path / "m"), "--resume-dir", str(tmp_path / "c"), "--live-dir", str(tmp_path / "l")]
+            if script == "train.py" else
+            ["--model-dir", str(tmp_path / "missing"), "--metrics-dir", str(tmp_path / "m"),
+             "--plots-dir", str(tmp_path / "p")])
+    proc = _stage(script, *args, *dirs)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_stage_exits_with_the_message_and_keeps_tracebacks_for_bugs():
     def expected():
         raise OutputNotWritable("nowhere/: no")

@@ -20,7 +20,7 @@ import torch
 
 from ser.config import Params
 from ser.features.stores import fold_root, read_index
-from ser.models.checkpoint import META, WEIGHTS
+from ser.models.base import WEIGHTS, read_meta
 from ser.models.learner import load_fitted
 from ser.runtime import resolve_device
 from ser.stats import Predictions, bootstrap_ci, compute_metrics, write_predictions_csv
@@ -219,13 +219,9 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
     set without clips (e.g. a source corpus used only for training) is skipped,
     logged, and recorded as {"skipped": reason}, so the metrics say so too.
     """
-    if name not in params.models:
-        raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
-    mp = params.models[name]
+    mp = params.model(name)
     model_dir, metrics_dir, plots_dir = Path(model_dir), Path(metrics_dir), Path(plots_dir)
-    if not (model_dir / META).is_file():
-        raise FileNotFoundError(f"{model_dir / META} is missing: train {name!r} first (`dvc repro`)")
-    run = json.loads((model_dir / META).read_text())
+    run = read_meta(model_dir)
     fold, seed = int(run.get("fold", 1)), int(run.get("seed", 0))
     store_root = fold_root(features_root, mp.input, mp.study, fold, mp.store_key)
     fingerprint = model_fingerprint(model_dir)

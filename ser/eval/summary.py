@@ -36,7 +36,7 @@ import numpy as np
 from ser.config import Params
 from ser.eval.evaluate import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
                             plot_layer_weights, write_metrics_json)
-from ser.models.checkpoint import META
+from ser.models.base import META
 from ser.runs import is_not_run, parse_run_name, run_name
 from ser.runtime import describe_runtimes
 from ser.stats import Predictions, aggregate, compare_models, concat, pooled, read_predictions_csv

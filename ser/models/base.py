@@ -25,10 +25,11 @@ from ser.config import ModelParams, OptimParams, Params
 from ser.errors import CheckpointError
 from ser.features.stores import FeatureStore, fold_root
 
-__all__ = ["SERModel", "Fitted", "Learner", "read_meta", "EpochCallback"]
+__all__ = ["SERModel", "Fitted", "Learner", "read_meta", "EpochCallback", "META", "WEIGHTS"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-META = "meta.json"
+META = "meta.json"             # every model folder: what it is and how it was trained
+WEIGHTS = "model.safetensors"  # and its tensors (torch state dict, or a classical head's arrays)
 
 
 def read_meta(model_dir: Path) -> dict[str, Any]:

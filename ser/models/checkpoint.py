@@ -32,16 +32,15 @@ from torch import Tensor
 
 from ser.config import ModelParams, _build
 from ser.errors import CheckpointError
+from ser.fsutil import apply_umask
 from ser.models import SERModel, build_model
-from ser.models.base import read_meta
+from ser.models.base import META, WEIGHTS, read_meta
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "WEIGHTS", "META", "FORMAT", "BACKBONE_CACHE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "BACKBONE_CACHE"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ser-checkpoint/1"
-WEIGHTS = "model.safetensors"
-META = "meta.json"
 # Random encoder presets are materialised inside the model directory, so that
 # models/<name> alone is enough to rebuild the model (evaluation and `ser predict` do).
 BACKBONE_CACHE = "backbone"
@@ -136,6 +135,7 @@ def save_checkpoint(model: SERModel, out_dir: Path, meta: dict[str, Any]) -> Non
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         doc["weights_sha256"] = _sha256(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        apply_umask(tmp)
         try:
             os.rename(tmp, out_dir)  # atomic; fails when out_dir exists
         except OSError:

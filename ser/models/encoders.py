@@ -48,8 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ser.backbones import FAMILIES, PRESETS
+from ser.backbones import preset as preset_spec
 from ser.config import EncoderParams, LoraParams
 from ser.errors import SerError
+from ser.fsutil import apply_umask
 from ser.models.base import SERModel
 from ser.models.grl import DomainHead
 from ser.models.quant_cache import load_4bit
@@ -65,86 +68,10 @@ HEAD_DROPOUT = 0.1   # dropout inside the emotion and domain heads (after poolin
 # (the input interface, as embeddings are for LLMs) and WavLM's 8-output position gate.
 FULL_PRECISION_MODULES = ["feature_projection", "gru_rel_pos_linear", "projector", "classifier"]
 
-# model_type (config.json) -> (transformers config class, model class) names
-FAMILIES: dict[str, tuple[str, str]] = {
-    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
-    "hubert": ("HubertConfig", "HubertModel"),
-    "wavlm": ("WavLMConfig", "WavLMModel"),
-    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel"),
-    "whisper": ("WhisperConfig", "WhisperForAudioClassification"),  # .encoder is used
-}
-
-_REG = dict(hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
-            mask_time_prob=0.05)
-# Architecturally real models at ~40k parameters: conv strides (5, 8, 8) give the real total
-# stride 320 (50 frames/s), so lengths, masks and pooling behave as with the real backbones.
-_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8), conv_bias=True,
-             layerdrop=0.0, **_REG)
-_BASE_CONV = dict(conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
-_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-             **_BASE_CONV, **_REG)
-_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-              **_BASE_CONV, **_REG)
-_GROUP_POSTNORM = dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
-_LAYER_PRENORM = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
-_POSCONV_TINY = dict(num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-_POSCONV = dict(num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
-
-
-def _waveform_fe(normalize: bool, mask: bool) -> dict[str, Any]:
-    return {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000,
-            "padding_value": 0.0, "padding_side": "right", "do_normalize": normalize, "return_attention_mask": mask}
-
-
-_WHISPER_FE = {"feature_extractor_type": "WhisperFeatureExtractor", "sampling_rate": 16000, "hop_length": 160,
-               "chunk_length": 30, "n_fft": 400, "padding_value": 0.0, "return_attention_mask": False}
-_WHISPER_TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                     decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-                     dropout=0.1, encoder_layerdrop=0.0)
-
-# preset -> (model_type, config kwargs, feature extractor config). The architecture values and the
-# extractors' do_normalize / return_attention_mask are those of the hub checkpoints named.
-PRESETS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "wav2vec2-tiny": ("wav2vec2", {**_TINY, **_POSCONV_TINY, "feat_extract_norm": "layer",
-                                   "do_stable_layer_norm": True}, _waveform_fe(True, True)),
-    # facebook/wav2vec2-base (94.4M); layerdrop: fairseq's base setting
-    "wav2vec2-base": ("wav2vec2", {**_BASE, **_POSCONV, **_GROUP_POSTNORM, "layerdrop": 0.05},
-                      _waveform_fe(True, False)),
-    # facebook/wav2vec2-large-xlsr-53 (315.4M)
-    "wav2vec2-large-xlsr": ("wav2vec2", {**_LARGE, **_POSCONV, **_LAYER_PRENORM, "layerdrop": 0.1},
-                            _waveform_fe(True, True)),
-    "hubert-tiny": ("hubert", {**_TINY, **_POSCONV_TINY, "feat_extract_norm": "group",
-                               "do_stable_layer_norm": False}, _waveform_fe(False, False)),
-    "hubert-base": ("hubert", {**_BASE, **_POSCONV, **_GROUP_POSTNORM, "layerdrop": 0.05},  # hubert-base-ls960
-                    _waveform_fe(False, False)),
-    "hubert-large": ("hubert", {**_LARGE, **_POSCONV, **_LAYER_PRENORM, "layerdrop": 0.1},  # hubert-large-ll60k
-                     _waveform_fe(True, True)),
-    "wavlm-tiny": ("wavlm", {**_TINY, **_POSCONV_TINY, "feat_extract_norm": "layer",
-                             "do_stable_layer_norm": True, "num_buckets": 32, "max_bucket_distance": 64},
-                   _waveform_fe(True, True)),
-    "wavlm-base": ("wavlm", {**_BASE, **_POSCONV, **_GROUP_POSTNORM, "layerdrop": 0.05},  # wavlm-base-plus
-                   _waveform_fe(False, True)),
-    "wavlm-large": ("wavlm", {**_LARGE, **_POSCONV, **_LAYER_PRENORM, "layerdrop": 0.1},  # microsoft/wavlm-large
-                    _waveform_fe(True, True)),
-    "data2vec-tiny": ("data2vec-audio", {**_TINY, "num_conv_pos_embedding_groups": 4}, _waveform_fe(True, True)),
-    "data2vec-base": ("data2vec-audio", {**_BASE, "conv_bias": True, "layerdrop": 0.0},  # data2vec-audio-base
-                      _waveform_fe(True, True)),
-    "data2vec-large": ("data2vec-audio", {**_LARGE, "conv_bias": True, "layerdrop": 0.0},
-                       _waveform_fe(True, True)),
-    "whisper-tiny": ("whisper", _WHISPER_TINY, {**_WHISPER_FE, "feature_size": 80}),
-    # openai/whisper-base (encoder 20.6M) and openai/whisper-large-v3 (encoder 635M, 128 mel bins)
-    "whisper-base": ("whisper", dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-                                     decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
-                                     num_mel_bins=80), {**_WHISPER_FE, "feature_size": 80}),
-    "whisper-large": ("whisper", dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20,
-                                      encoder_ffn_dim=5120, decoder_layers=32, decoder_attention_heads=20,
-                                      decoder_ffn_dim=5120, num_mel_bins=128), {**_WHISPER_FE, "feature_size": 128}),
-}
 _STAMP = "ser_random_backbone.json"
 
 
-class BackboneNotFound(OSError, SerError):
+class BackboneNotFound(FileNotFoundError, SerError):
     """A pretrained backbone is neither a local directory nor in the Hugging Face cache."""
 
 
@@ -162,15 +89,8 @@ def _classes(model_type: str) -> tuple[Any, Any]:
     return getattr(transformers, config_name), getattr(transformers, model_name)
 
 
-def _preset(preset: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    if preset not in PRESETS:
-        raise KeyError(f"unknown random encoder preset {preset!r}; known: {sorted(PRESETS)} "
-                       f"(backbone: 'random:<preset>')")
-    return PRESETS[preset]
-
-
 def _preset_config(preset: str) -> Any:
-    model_type, kwargs, _fe = _preset(preset)
+    model_type, kwargs, _fe = preset_spec(preset)
     return _classes(model_type)[0](**kwargs)
 
 
@@ -181,7 +101,7 @@ def random_backbone_dir(preset: str, cache_dir: Optional[Path] = None) -> Path:
     every machine builds the same model). The directory is written under a temporary name and
     renamed, so a concurrent or interrupted build never leaves a half-written model behind.
     """
-    model_type, kwargs, fe = _preset(preset)
+    model_type, kwargs, fe = preset_spec(preset)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / preset
     stamp = {"preset": preset, "seed": RANDOM_SEED, "family": model_type,
@@ -199,6 +119,7 @@ def random_backbone_dir(preset: str, cache_dir: Optional[Path] = None) -> Path:
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(fe, indent=2))
         (tmp / _STAMP).write_text(json.dumps({**stamp, "torch": torch.__version__}, indent=2))
+        apply_umask(tmp)
         if _stamp_matches(target, stamp):  # a concurrent run finished the same build first
             return target
         if target.exists():  # stale: built from another preset definition
@@ -240,11 +161,11 @@ def resolve_source(spec: str, cache_dir: Optional[Path] = None) -> tuple[str, bo
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"encoder backbone directory {path} has no config.json; "
-                                    "point the backbone at a save_pretrained / snapshot directory")
+            raise BackboneNotFound(f"encoder backbone directory {path} has no config.json; "
+                                   "point the backbone at a save_pretrained / snapshot directory")
         return str(path), False
     if spec.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"encoder backbone directory {spec} does not exist")
+        raise BackboneNotFound(f"encoder backbone directory {spec} does not exist")
     return spec, True
 
 

@@ -48,8 +48,8 @@ from ser.config import ClassicalParams, Params
 from ser.errors import CheckpointError
 from ser.features.scaling import Standardiser, fit_stats, speaker_keys
 from ser.features.stores import FeatureStore, fold_root
-from ser.fsutil import write_json_atomic
-from ser.models.base import EpochCallback, Fitted, Learner, read_meta
+from ser.fsutil import apply_umask, write_json_atomic
+from ser.models.base import META, WEIGHTS, EpochCallback, Fitted, Learner, read_meta
 from ser.stats import compute_metrics
 
 __all__ = ["FORMAT", "RBF_FORMAT", "LinearModel", "KernelModel", "ClassicalFitted", "ClassicalLearner",
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "ser-linear/1"  # logreg, svm: W and b
 RBF_FORMAT = "ser-rbf/1"  # rbf_svm: support vectors and dual coefficients
-WEIGHTS = "model.safetensors"
-META = "meta.json"
 ABSENT_BIAS = -1e30  # bias of a class the train split lacks: never the argmax
 
 
@@ -261,6 +259,7 @@ def save_linear(model: "LinearModel | KernelModel", out_dir: Path, meta: dict[st
         doc = {**meta, "format": model.FORMAT, "standardise": model.standardisation, "scores": model.scores,
                "weights_sha256": _sha256(tmp / WEIGHTS)}
         write_json_atomic(tmp / META, doc)
+        apply_umask(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)

@@ -35,6 +35,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ser.fsutil import apply_umask
+
 __all__ = ["load_4bit", "cache_key", "cache_entry", "default_cache_dir", "count_4bit_layers", "STAMP"]
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ def _save(model: nn.Module, root: Path, target: Path, key: dict[str, Any], spec:
     try:
         model.save_pretrained(tmp)
         (tmp / STAMP).write_text(json.dumps({"spec": spec, "key": key}, indent=2))
+        apply_umask(tmp)
         if _is_complete(target, key):  # a concurrent run saved the same copy first
             return
         if target.exists():  # unreadable or half-written by an older version

@@ -30,9 +30,7 @@ def train_model(params: Params, name: str, features_root: Path, out_dir: Path, r
                 live_dir: Path, *, on_epoch_end: Optional[EpochCallback] = None,
                 timing_path: Optional[Path] = None) -> dict[str, Any]:
     """Fit model `name` of params.models with its arch's learner (see Learner.fit)."""
-    if name not in params.models:
-        raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
-    learner = learner_for(params.models[name].arch)
+    learner = learner_for(params.model(name).arch)
     return learner.fit(params, name, Path(features_root), Path(out_dir), Path(resume_dir), Path(live_dir),
                        on_epoch_end=on_epoch_end, timing_path=timing_path)
 

@@ -157,9 +157,7 @@ def fingerprint(params: Params, name: str, feature_meta: dict[str, Any], runtime
 
 
 def _model_params(params: Params, name: str) -> ModelParams:
-    if name not in params.models:
-        raise KeyError(f"unknown model {name!r}; params.yaml `models` defines: {sorted(params.models)}")
-    mp = params.models[name]
+    mp = params.model(name)
     if mp.input in ("waves", "embeddings") and mp.encoder is None:
         raise ValueError(f"models.{name}: input {mp.input!r} needs an `encoder` section")
     if mp.input == "mels" and mp.arch == "encoder":

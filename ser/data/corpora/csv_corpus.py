@@ -33,6 +33,11 @@ class CsvCorpusError(ValueError, SerError):
     """A corpus metadata CSV is malformed; the message names the file, lines and problems."""
 
 
+def native_id(path: str) -> str:
+    """A clip's id within the corpus: its CSV path without the extension (a.wav and a.flac would collide)."""
+    return Path(path).with_suffix("").as_posix().lstrip("/")
+
+
 def metadata_path(name: str, cfg: CorpusParams, root: Path) -> Path:
     if not cfg.csv:
         raise CsvCorpusError(f"corpora.{name}: adapter 'csv' needs `csv:` naming the metadata file "
@@ -57,6 +62,7 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
             raise CsvCorpusError(f"{table}: missing column(s) {missing}; found {sorted(columns)}. "
                                  f"Needed: {', '.join(REQUIRED)} (optional: {', '.join(OPTIONAL)})")
         first_line: dict[str, int] = {}
+        first_id: dict[str, tuple[str, int]] = {}
         for rec in reader:
             line = reader.line_num
             v = {k: (rec.get(columns[k]) or "").strip() for k in REQUIRED + OPTIONAL if k in columns}
@@ -72,10 +78,16 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
             if v["path"]:
                 audio = root / v["path"]  # an absolute path in the CSV stays absolute
                 key = os.path.normpath(audio)
+                clip_id = native_id(v["path"])
                 if key in first_line:
                     bad.append(f"duplicate path {v['path']!r} (first on line {first_line[key]})")
+                elif clip_id in first_id:
+                    other, other_line = first_id[clip_id]
+                    bad.append(f"{v['path']!r} and {other!r} (line {other_line}) would share the clip id "
+                               f"{clip_id!r} (the path without its extension); rename one of the files")
                 else:
                     first_line[key] = line
+                    first_id[clip_id] = (v["path"], line)
                     if not audio.is_file():
                         bad.append(f"audio file {audio} not found")
             if bad:
@@ -91,7 +103,7 @@ def scan(name: str, cfg: CorpusParams, root: Path) -> ScanResult:
         raise CorpusNotFound(f"{name}: metadata CSV {table} has no rows")
     out = ScanBuilder(name)
     for audio, v in out.progress(entries):
-        out.add(audio, native_id=Path(v["path"]).with_suffix("").as_posix().lstrip("/"),
+        out.add(audio, native_id=native_id(v["path"]),
                 speaker=v["speaker"], raw_label=v["emotion"], session=v.get("session", ""),
                 gender=GENDERS[v.get("gender", "").lower()], text=v.get("text", ""))
     return out.result()
