@@ -7,19 +7,24 @@
 - `ensure_writable(...)`: create the output folders and prove a file can be
   written in each *before* the long work starts, so a typo in a path fails in
   a second instead of after the last training epoch.
+- `staged(...)`: write outputs DVC does not cache (metrics, plots, timing)
+  beside them and publish them only when the stage succeeds, so a failed run
+  leaves the previous run's files in place (dvc.yaml marks them `persist`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn, Optional
+from typing import Callable, Iterable, Iterator, NoReturn, Optional
 
 from ser.errors import SerError
 
-__all__ = ["OutputNotWritable", "run_stage", "ensure_writable"]
+__all__ = ["OutputNotWritable", "run_stage", "ensure_writable", "staged"]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +72,41 @@ def ensure_writable(*folders: str | Path, files: Iterable[str | Path] = ()) -> N
         except OSError as exc:
             raise OutputNotWritable(f"cannot write to {folder}/ ({exc.strerror or exc}); fix the path "
                                     "or its permissions and run again") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def staged(*outputs: str | Path) -> Iterator[list[Path]]:
+    """Yield a staging path per output (its sibling `.<name>.staging`) for the stage to write instead.
+
+    DVC deletes a stage's outputs before running it, unless they are `persist: true`; an output it
+    does not cache (DVCLive metrics and plots, timing, evaluation metrics) could then never be
+    restored after a failed run. dvc.yaml marks those `persist`, and the stage writes them here:
+    when the block succeeds, each staged folder or file replaces its output whole (an output the
+    run did not write is removed, as DVC would have); when it fails, the staged copies are
+    removed and the previous run's files stay as they were.
+    """
+    outputs = [Path(p) for p in outputs]
+    staging = [p.with_name(f".{p.name}.staging") for p in outputs]
+    for path in staging:  # left by a killed run
+        _remove(path)
+    try:
+        yield staging
+    except BaseException:
+        for path in staging:
+            _remove(path)
+        raise
+    for out, new in zip(outputs, staging):
+        old = out.with_name(f".{out.name}.previous")
+        _remove(old)
+        if out.exists() or out.is_symlink():
+            os.replace(out, old)
+        if new.exists():
+            os.replace(new, out)
+        _remove(old)

@@ -17,7 +17,7 @@ from ser.config import load_params
 from ser.logutil import setup_logging
 from ser.runs import NOT_RUN, check_spec, is_not_run, mark_not_run, read_bind
 from ser.runtime import set_torch_threads
-from ser.stageutil import ensure_writable, run_stage
+from ser.stageutil import ensure_writable, run_stage, staged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     set_torch_threads(params.train.threads)
     from ser.eval.evaluate import evaluate_model_scopes
 
-    evaluate_model_scopes(params, args.model, args.model_dir, args.features, args.metrics_dir, args.plots_dir)
+    # Not cached by DVC: written aside, they replace the previous run's only when evaluation succeeds.
+    with staged(args.metrics_dir, args.plots_dir) as (metrics_dir, plots_dir):
+        evaluate_model_scopes(params, args.model, args.model_dir, args.features, metrics_dir, plots_dir)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from ser.config import load_params
 from ser.logutil import setup_logging
 from ser.runs import check_spec, mark_not_run, not_run_reason, read_bind
 from ser.runtime import set_torch_threads
-from ser.stageutil import ensure_writable, run_stage
+from ser.stageutil import ensure_writable, run_stage, staged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,8 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     set_torch_threads(params.train.threads)
     from ser.train.learners import train_model
 
-    train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir, args.resume_dir,
-                args.live_dir, timing_path=args.timing)
+    # The DVCLive folder (its metrics, plots and, in it, timing.json) is not cached by DVC: it is
+    # written aside and replaces the previous run's only when training succeeds.
+    timing_inside = args.timing is not None and args.live_dir in args.timing.parents
+    outputs = [args.live_dir] + ([args.timing] if args.timing is not None and not timing_inside else [])
+    with staged(*outputs) as (live_dir, *rest):
+        timing = live_dir / args.timing.relative_to(args.live_dir) if timing_inside else (rest[0] if rest else None)
+        train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir,
+                    args.resume_dir, live_dir, timing_path=timing)
 
 
 if __name__ == "__main__":

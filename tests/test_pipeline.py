@@ -198,6 +198,28 @@ def test_demo_dag_end_to_end(tmp_path):
     params_path.write_text(original)
     assert "up to date" in _run(["dvc", "status"], repo)
 
+    # A failed single-stage run keeps what DVC cannot restore (issue: DVC deletes a stage's outputs before
+    # its command runs). With a value the bind file does not hold, `dvc repro -s` of a train and an evaluate
+    # cell fails; the cell's DVCLive metrics, plots and timing and its evaluation are the previous run's,
+    # byte for byte, and the model, which DVC caches, comes back with `dvc checkout`.
+    run = f"f1-s{SEED}"
+    uncached = [repo / "dvclive" / "egemaps_svm" / run, repo / "metrics" / "models" / "egemaps_svm" / run,
+                repo / "plots" / "egemaps_svm" / run]
+    kept = {p: p.read_bytes() for d in uncached for p in d.rglob("*") if p.is_file()}
+    assert any(p.name == "timing.json" for p in kept) and any(p.suffix == ".png" for p in kept)
+    params["seeds"] = [SEED]
+    params["models"]["egemaps_svm"]["epochs"] = 2
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in (f"train@egemaps_svm-1-{SEED}", f"evaluate@egemaps_svm-1-{SEED}"):
+        proc = subprocess.run(["dvc", "repro", "-s", stage], cwd=repo, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+        assert proc.returncode != 0 and "params.yaml changed since" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+        _run(["dvc", "checkout"], repo)  # the model DVC deleted before the failed train command
+    assert {p: p.read_bytes() for d in uncached for p in d.rglob("*") if p.is_file()} == kept
+    params_path.write_text(original)
+    _run(["dvc", "checkout"], repo)
+    assert "up to date" in _run(["dvc", "status"], repo)
+
     # Changing lambda_domain reaches the DANN models alone: their bind files change (the run spec holds
     # lambda_domain for objective dann only), so only their train@ and evaluate@ cells start.
     out = _run(["dvc", "exp", "run", "-S", "lambda_domain=0.3"], repo)

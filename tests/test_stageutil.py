@@ -118,3 +118,30 @@ def test_available_cores_is_at_least_one_and_at_most_the_affinity():
     from ser.runtime import available_cores
 
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_staged_outputs_replace_the_old_ones_only_on_success(tmp_path):
+    """A failed stage leaves the previous run's uncached outputs as they were; a successful one replaces
+    them whole (no stale file of the old folder survives), and an output it did not write is removed."""
+    from ser.stageutil import staged
+
+    live, timing, gone = tmp_path / "live", tmp_path / "timing.json", tmp_path / "gone.json"
+    (live / "plots").mkdir(parents=True)
+    (live / "metrics.json").write_text("old")
+    (live / "plots" / "old.tsv").write_text("old")
+    timing.write_text("old")
+    gone.write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged(live, timing) as (new_live, new_timing):
+            new_live.mkdir()
+            (new_live / "metrics.json").write_text("half")
+            raise RuntimeError("training failed")
+    assert (live / "metrics.json").read_text() == "old" and timing.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone.json", "live", "timing.json"]  # no staging left
+    with staged(live, timing, gone) as (new_live, new_timing, _):
+        (new_live / "plots").mkdir(parents=True)
+        (new_live / "metrics.json").write_text("new")
+        new_timing.write_text("new")
+    assert (live / "metrics.json").read_text() == "new" and timing.read_text() == "new"
+    assert not (live / "plots" / "old.tsv").exists() and not gone.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "timing.json"]
