@@ -8,6 +8,8 @@ Runs unchanged under `accelerate launch --multi_gpu --num_processes N stages/tra
 from __future__ import annotations
 
 import argparse
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
@@ -48,10 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     from ser.train.learners import train_model
 
     # The DVCLive folder (its metrics, plots and, in it, timing.json) is not cached by DVC: it is
-    # written aside and replaces the previous run's only when training succeeds.
+    # written aside and replaces the previous run's only when training succeeds. Under `accelerate
+    # launch` only rank 0 writes them (ser.train.loop), so only rank 0 stages and publishes them.
     timing_inside = args.timing is not None and args.live_dir in args.timing.parents
     outputs = [args.live_dir] + ([args.timing] if args.timing is not None and not timing_inside else [])
-    with staged(*outputs) as (live_dir, *rest):
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with staged(*outputs) if rank0 else nullcontext(outputs) as (live_dir, *rest):
         timing = live_dir / args.timing.relative_to(args.live_dir) if timing_inside else (rest[0] if rest else None)
         train_model(params.for_run(args.fold, args.seed), args.model, args.features, args.out_dir,
                     args.resume_dir, live_dir, timing_path=timing)

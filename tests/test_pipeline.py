@@ -200,8 +200,9 @@ def test_demo_dag_end_to_end(tmp_path):
 
     # A failed single-stage run keeps what DVC cannot restore (issue: DVC deletes a stage's outputs before
     # its command runs). With a value the bind file does not hold, `dvc repro -s` of a train and an evaluate
-    # cell fails; the cell's DVCLive metrics, plots and timing and its evaluation are the previous run's,
-    # byte for byte, and the model, which DVC caches, comes back with `dvc checkout`.
+    # cell fails (forced: a run depends on its bind file, not on params.yaml); the cell's DVCLive metrics,
+    # plots and timing and its evaluation are the previous run's, byte for byte, and the model, which DVC
+    # caches, comes back with `dvc checkout`.
     run = f"f1-s{SEED}"
     uncached = [repo / "dvclive" / "egemaps_svm" / run, repo / "metrics" / "models" / "egemaps_svm" / run,
                 repo / "plots" / "egemaps_svm" / run]
@@ -211,7 +212,7 @@ def test_demo_dag_end_to_end(tmp_path):
     params["models"]["egemaps_svm"]["epochs"] = 2
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in (f"train@egemaps_svm-1-{SEED}", f"evaluate@egemaps_svm-1-{SEED}"):
-        proc = subprocess.run(["dvc", "repro", "-s", stage], cwd=repo, capture_output=True, text=True, timeout=300,
+        proc = subprocess.run(["dvc", "repro", "-f", "-s", stage], cwd=repo, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
         assert proc.returncode != 0 and "params.yaml changed since" in proc.stdout + proc.stderr, proc.stdout[-3000:]
         _run(["dvc", "checkout"], repo)  # the model DVC deleted before the failed train command
