@@ -299,6 +299,25 @@ def run_precompute(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "wall_seconds_per_audio_hour": round(child["wall_seconds"] / audio_h, 1)}
 
 
+def precompute_only(args: argparse.Namespace, load_before: float, t_all: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = run_precompute(args, Path(tmp))
+    pre["load_average_before"] = round(load_before, 2)
+    hours = pre["audio_seconds"] / 3600
+    print(f"embedding precompute ({args.backbone}, {pre['device']}{', bf16' if pre['bf16'] else ''}): "
+          f"{pre['clips']} clips, {pre['audio_seconds'] / 60:.1f} min of audio; embed {pre['embed_seconds']:.2f} s "
+          f"({hours * 3600 / max(pre['embed_seconds'], 1e-9):.0f} s of audio per second), wall {pre['wall_seconds']:.2f} s"
+          + (f", CUDA peak {pre['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in pre else ""))
+    result = {"settings": {"backbone": args.backbone, "precompute_minutes": args.precompute_minutes,
+                           "precompute_device": args.precompute_device, "clip_seconds": list(args.clip_seconds),
+                           "synthetic": True},
+              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
+              "precompute": pre, "total_seconds": round(time.perf_counter() - t_all, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
 # --------------------------------------------------------------------------- main
 def _seconds_range(text: str) -> tuple[float, float]:
     low, _, high = text.partition(",")
@@ -333,6 +352,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=REPO / "bench" / ".cache",
                     help="where random:<preset> backbones are built (once)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "probe_cache.json")
+    ap.add_argument("--precompute-only", action="store_true",
+                    help="only (2), the embedding precompute (bench/gpu_check.sh: on CUDA)")
     ap.add_argument("--child-precompute", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -344,6 +365,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]  # the cores may be shared: say how busy they were
     t_all = time.perf_counter()
+    if args.precompute_only:
+        precompute_only(args, load_before, t_all)
+        return
     train = run_training(args)
     load_precompute = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

@@ -216,7 +216,10 @@ def model_throughput(params: Params, name: str, features_root: Path, *, steps: i
         stream = target_batches(trainer.target_loader, data.target_set, trainer.target_sampler, 0)
         targets = [next(stream) for _ in range(needed)]
     trainer.step_module.train()
-    sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
+    cuda = accelerator.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     seconds, clips, audio_s = 0.0, 0, 0.0
     for i in range(needed):
         target = targets[i] if targets else None
@@ -244,6 +247,7 @@ def model_throughput(params: Params, name: str, features_root: Path, *, steps: i
         "loader_samples_per_s": loader["samples_per_s"],
         "padding_waste": (padding_waste(data.train_set.lengths, [b["index"].tolist() for b in batches])
                           if mp.input == "waves" else None),
+        "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None,
     }
     result["loader_over_model"] = result["loader_samples_per_s"] / result["samples_per_s"]
     del trainer, batches, targets

@@ -8,6 +8,7 @@ Layers, each importing only the ones above it in this list (tests/test_codegraph
     models     CRNN, encoders (+ cached embeddings), linear learners, checkpoints
     train      the one training loop and its objectives
     eval       per-run evaluation, the summary over runs, `ser report`
+    fanout     pending stages as jobs on SLURM (submitit) or local processes, recorded in dvc.lock
     infer      `ser predict` and the `ser` command line
 """
 __version__ = "0.1.0"

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ser.config import ParamsError
-from ser.errors import SerError
+from ser.errors import SerError, UnknownName
 
 if TYPE_CHECKING:
     from ser.config import Params
 
-__all__ = ["FAMILIES", "PRESETS", "UnknownPreset", "preset", "check_backbone", "check_backbones"]
+__all__ = ["FAMILIES", "PRESETS", "UnknownPreset", "BackboneNotFound", "preset", "local_dir", "check_backbone",
+           "check_backbones"]
 
 # model_type (config.json) -> (transformers config class, model class) names
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -98,11 +99,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-class UnknownPreset(KeyError, SerError):
+class UnknownPreset(UnknownName):
     """A `random:<preset>` backbone names no preset of PRESETS."""
 
-    def __str__(self) -> str:  # KeyError's would quote the message
-        return str(self.args[0]) if self.args else ""
+
+class BackboneNotFound(FileNotFoundError, SerError):
+    """An encoder backbone that is neither a model directory, a reachable hub id nor a preset."""
 
 
 def preset(name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -111,6 +113,23 @@ def preset(name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         raise UnknownPreset(f"unknown random encoder preset {name!r}; known: {sorted(PRESETS)} "
                             f"(backbone: 'random:<preset>')")
     return PRESETS[name]
+
+
+def local_dir(spec: str) -> Optional[Path]:
+    """The model directory a backbone spec names, None for a hub id or a `random:` preset; a path-like
+    spec (/, ., ~) that is no directory, or a directory without config.json, is BackboneNotFound."""
+    if spec.startswith("random:"):
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        if spec.startswith(("/", ".", "~")):
+            raise BackboneNotFound(f"backbone directory {spec} does not exist; give a save_pretrained or hub "
+                                   "snapshot directory, a hub id, or 'random:<preset>'")
+        return None
+    if not (path / "config.json").is_file():
+        raise BackboneNotFound(f"backbone directory {path} has no config.json; point it at a save_pretrained "
+                               "or hub snapshot directory")
+    return path
 
 
 def _local_json(path: Path) -> Optional[dict[str, Any]]:
@@ -136,23 +155,14 @@ def check_backbone(spec: str, sample_rate: int, key: str) -> None:
     preset must exist; a path must be a model directory; the audio rate the backbone's preprocessor
     expects (preset, local directory, or a hub id already in the cache) must be `sample_rate`.
     Raises ParamsError naming `key`; a hub id not cached is left to the stage that fetches it."""
-    if spec.startswith("random:"):
-        preset = spec.split(":", 1)[1]
-        if preset not in PRESETS:
-            raise ParamsError(f"{key}: unknown random encoder preset {preset!r}; known: {sorted(PRESETS)}")
-        preprocessor: Optional[dict[str, Any]] = PRESETS[preset][2]
-    else:
-        path = Path(spec).expanduser()
-        if path.is_dir() or spec.startswith(("/", ".", "~")):
-            if not path.is_dir():
-                raise ParamsError(f"{key}: backbone directory {spec} does not exist; give a save_pretrained or "
-                                  "hub snapshot directory, a hub id, or 'random:<preset>'")
-            if not (path / "config.json").is_file():
-                raise ParamsError(f"{key}: backbone directory {path} has no config.json; point it at a "
-                                  "save_pretrained or hub snapshot directory")
-            preprocessor = _local_json(path / "preprocessor_config.json")
+    try:
+        if spec.startswith("random:"):
+            preprocessor: Optional[dict[str, Any]] = preset(spec.split(":", 1)[1])[2]
         else:
-            preprocessor = _cached_preprocessor(spec)
+            path = local_dir(spec)
+            preprocessor = _local_json(path / "preprocessor_config.json") if path else _cached_preprocessor(spec)
+    except (UnknownPreset, BackboneNotFound) as exc:
+        raise ParamsError(f"{key}: {exc}") from None
     rate = (preprocessor or {}).get("sampling_rate")
     if rate and int(rate) != int(sample_rate):
         raise ParamsError(f"{key}: {spec} expects {int(rate)} Hz audio (its preprocessor config), but "

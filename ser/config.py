@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from ser.errors import SerError
+from ser.errors import SerError, UnknownName
 
 __all__ = [
     "ParamsError", "Params", "load_params", "parse_params",
@@ -33,11 +33,8 @@ class ParamsError(ValueError, SerError):
     """A parameter file is malformed; the message names the key and the problem."""
 
 
-class UnknownModel(KeyError, SerError):
+class UnknownModel(UnknownName):
     """A model name that params.yaml `models` does not define (a stage or `ser` argument)."""
-
-    def __str__(self) -> str:  # KeyError's would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------- data

@@ -8,7 +8,7 @@ catch it.
 """
 from __future__ import annotations
 
-__all__ = ["SerError", "CheckpointError"]
+__all__ = ["SerError", "UnknownName", "CheckpointError"]
 
 
 class SerError(Exception):
@@ -18,3 +18,10 @@ class SerError(Exception):
 class CheckpointError(ValueError, SerError):
     """A model folder (torch checkpoint or linear model) is missing, incomplete, or does not match the
     model it describes."""
+
+
+class UnknownName(KeyError, SerError):
+    """A name (a model, an encoder preset) that is not defined where it is looked up."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""

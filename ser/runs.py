@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_name", "parse_run_name", "NOT_RUN", "write_bind", "write_binds", "read_bind", "check_spec", "not_run_reason",
+__all__ = ["run_name", "parse_run_name", "NOT_RUN", "bind_record", "write_bind", "write_binds", "read_bind", "check_spec", "not_run_reason",
            "mark_not_run", "is_not_run", "BindError"]
 
 NOT_RUN = "not_run.json"
@@ -64,35 +64,43 @@ def parse_run_name(name: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path,
-               spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """data/bind/<model>.json from the store's meta (its path, folds and content fingerprint)
-    and the model's run spec (`Params.run_spec`)."""
+def bind_record(model: str, input_kind: str, study: str, store: Path,
+                spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What data/bind/<model>.json holds: the store's path, folds and content fingerprint (its meta.json)
+    and the model's run spec (`Params.run_spec`); BindError when the store has not been built."""
     meta_path = Path(store) / "meta.json"
     if not meta_path.is_file():
-        raise BindError(f"{meta_path}: missing; run the precompute stage for {input_kind} first (`dvc repro`)")
+        raise BindError(f"{meta_path}: missing (model {model!r} reads {input_kind}/{study}); run the precompute "
+                        f"stage for {input_kind} first (`dvc repro`)")
     meta = json.loads(meta_path.read_text())
-    record = {"model": model, "input": input_kind, "study": study, "store": str(store),
-              "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256"), "spec": spec}
+    return {"model": model, "input": input_kind, "study": study, "store": str(store),
+            "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256"), "spec": spec}
+
+
+def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path,
+               spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """data/bind/<model>.json (`bind_record`), written atomically."""
+    return _publish(bind_record(model, input_kind, study, store, spec), out)
+
+
+def _publish(record: dict[str, Any], out: Path) -> dict[str, Any]:
     write_json_atomic(out, record)
-    log.info("%s reads %s (folds %s)", model, store, record["folds"])
+    log.info("%s reads %s (folds %s)", record["model"], record["store"], record["folds"])
     return record
 
 
 def write_binds(params: "Params", features: Path, out_dir: Path) -> list[dict[str, Any]]:
-    """data/bind/<model>.json for every model of params.yaml (`write_bind`), and no other file in out_dir:
-    a model taken out of params.yaml leaves no bind file behind. All stores are checked before any
-    file is written, so a missing store fails without touching the folder."""
+    """data/bind/<model>.json for every model of params.yaml, and no other file in out_dir: a model taken
+    out of params.yaml leaves no bind file behind. Every record is made before any file is written, so a
+    missing store fails without touching the folder."""
     out_dir = Path(out_dir)
-    stores = {}
+    records = []
     for name, mp in params.models.items():
         store = Path(features) / mp.input / mp.study
-        stores[name] = store / mp.store_key if mp.store_key else store
-        if not (stores[name] / "meta.json").is_file():
-            raise BindError(f"{stores[name]}/meta.json: missing (model {name!r} reads {mp.input}/{mp.study}); run "
-                            f"the precompute stage for {mp.input} first (`dvc repro`)")
-    records = [write_bind(name, mp.input, mp.study, stores[name], out_dir / f"{name}.json",
-                          spec=params.run_spec(name)) for name, mp in params.models.items()]
+        records.append(bind_record(name, mp.input, mp.study, store / mp.store_key if mp.store_key else store,
+                                   spec=params.run_spec(name)))
+    for record in records:
+        _publish(record, out_dir / f"{record['model']}.json")
     for old in out_dir.glob("*.json"):
         if old.stem not in params.models:
             log.info("removing %s: no model %r in params.yaml", old, old.stem)

@@ -268,3 +268,30 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     assert not {"wav2vec_dann", "wavlm_probe"} & set(cross["models"])
     with_encoders = realdata.make_params(base, realdata.setups(emodb, ravdess)["cross"], 0, True, 2)
     assert {"wav2vec_dann", "wavlm_probe"} <= set(with_encoders["models"])
+
+
+def test_gpu_check_without_cuda_exits_at_once_saying_why(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run for real")
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "gpu_check: no CUDA device" in proc.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_step_and_reports_one_that_ran_out_of_time(tmp_path):
+    """GPU_CHECK_SMOKE=1: the same three steps on the CPU with tiny backbones; the QLoRA step gets
+    1 second, runs out of time, is reported as such, and the other two still run."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SMOKE": "1", "GPU_CHECK_LIMITS": "120 1 120"}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=400, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    states = {name: step["state"] for name, step in doc["steps"].items()}
+    assert states == {"train": "ok", "qlora": "timed out", "embed": "ok"}
+    rows = "\n".join(doc["readme_rows"])
+    assert "training step, wav2vec_dann (random:wav2vec2-tiny" in rows and "| qlora | timed out" in rows
+    assert "embedding precompute (random:wav2vec2-tiny, cpu)" in rows

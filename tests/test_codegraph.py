@@ -180,7 +180,7 @@ def test_dvc_lock_and_model_folders_hold_no_leftovers():
 # The layers of ser/__init__.py's docstring, bottom up: a module imports only from its own layer or below.
 LAYERS = [("floor", ("config", "errors", "fsutil", "logutil", "codegraph", "runtime", "stageutil", "stats", "runs")),
           ("data", ("data",)), ("features", ("features",)), ("models", ("models",)), ("train", ("train",)),
-          ("eval", ("eval",)), ("infer", ("infer",))]
+          ("eval", ("eval",)), ("fanout", ("fanout",)), ("infer", ("infer",))]
 # Function-level imports of ser modules are allowed only to keep a heavy optional dependency lazy.
 LAZY_OK = {"ser.models.encoders": "transformers, peft, bitsandbytes", "ser.data.demo": "scipy synthesis",
            "ser.infer.predict": "torch and the models, for `ser report`", "ser.eval.report": "matplotlib"}

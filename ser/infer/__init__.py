@@ -1,1 +1,1 @@
-"""Layer 6, inference and the command line: `ser predict` (predict) and the `ser` CLI (cli)."""
+"""Layer 7, inference and the command line: `ser predict` (predict) and the `ser` CLI (cli)."""

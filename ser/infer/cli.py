@@ -1,4 +1,5 @@
-"""The `ser` command: `ser predict` (emotions of audio files) and `ser report` (results table and chart).
+"""The `ser` command: `ser predict` (emotions of audio files), `ser report` (results table and chart) and
+`ser fanout` (the pending pipeline stages as SLURM or local jobs).
 
 Exit status: 0 on success; 1 when some input failed (predict: an unreadable,
 empty, silent or too-short file; its error row is in the output) or there is
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ser.errors import CheckpointError, SerError
+from ser.fanout.driver import run_pending
+from ser.fanout.engines import ENGINES, SubmititEngine
 from ser.logutil import setup_logging
 from ser.runtime import torch_threads
 from ser.stageutil import ensure_writable
@@ -73,6 +76,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fanout(args: argparse.Namespace) -> int:
+    extra = {}
+    for item in args.slurm_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            log.error("--slurm-opt takes KEY=VALUE (an sbatch option without its dashes), got %r", item)
+            return 2
+        extra[key.replace("-", "_")] = value
+    if args.jobs < 1 or args.retries < 0:
+        log.error("--jobs must be >= 1 and --retries >= 0")
+        return 2
+    root = args.repo.resolve()
+    engine = SubmititEngine(args.engine, args.log_dir or root / ".dvc/tmp/fanout/jobs", gpus_per_job=args.gpus_per_job,
+                            cpus_per_job=args.cpus_per_job, time_min=args.time_min, partition=args.partition,
+                            slurm_extra=extra)
+    records = run_pending(root, engine, targets=args.targets or None, max_jobs=args.jobs, retries=args.retries,
+                          report=args.report)
+    log.info("fan-out finished: %d stage(s) run and recorded; `dvc status` is clean for them",
+             sum(r.status == "done" for r in records.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -80,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="log warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,report,fanout}")
 
     p = sub.add_parser(
         "predict", parents=[common], help="predict the emotion of audio files with a trained model",
@@ -114,6 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository holding the experiments")
     r.add_argument("--no-experiments", action="store_true", help="report the workspace metrics only")
     r.set_defaults(func=_report)
+
+    f = sub.add_parser(
+        "fanout", parents=[common], help="run the pending pipeline stages as SLURM or local jobs, recorded in dvc.lock",
+        description="Run the stages `dvc repro` would run (optionally only TARGETS and what they need) as jobs, "
+                    "in dependency order: each stage's own command, one job per stage, recorded with `dvc commit` "
+                    "when it succeeds, so that a following `dvc repro` is a no-op. Failed jobs are retried, then "
+                    "reported and not recorded. Run it from the repository on the shared filesystem.")
+    f.add_argument("targets", nargs="*", help="stage names or patterns, e.g. 'train@dann-*' (default: every stage)")
+    f.add_argument("--engine", choices=ENGINES, default="local",
+                   help="slurm: one sbatch job per stage (submitit); local: processes on this machine")
+    f.add_argument("--jobs", "-j", type=int, default=2, help="stages running at once (default: 2)")
+    f.add_argument("--retries", type=int, default=2, help="re-submissions of a failed stage (default: 2)")
+    f.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per stage (SLURM --gpus-per-node; default 0)")
+    f.add_argument("--cpus-per-job", type=int, default=1, help="CPUs per stage (SLURM --cpus-per-task; default 1)")
+    f.add_argument("--time-min", type=int, default=240, help="time limit per job in minutes (default: 240)")
+    f.add_argument("--partition", default=None, help="SLURM partition")
+    f.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="another sbatch option, e.g. account=mylab or qos=high (repeatable)")
+    f.add_argument("--log-dir", type=Path, default=None, help="job scripts and logs (default: .dvc/tmp/fanout/jobs)")
+    f.add_argument("--report", type=Path, default=None, help="write per-stage times and overhead as JSON here")
+    f.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: .)")
+    f.set_defaults(func=_fanout)
     return parser
 
 

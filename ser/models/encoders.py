@@ -48,10 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ser.backbones import FAMILIES, PRESETS
+from ser.backbones import FAMILIES, PRESETS, BackboneNotFound, local_dir
 from ser.backbones import preset as preset_spec
 from ser.config import EncoderParams, LoraParams
-from ser.errors import SerError
 from ser.fsutil import apply_umask
 from ser.models.base import SERModel
 from ser.models.grl import DomainHead
@@ -69,10 +68,6 @@ HEAD_DROPOUT = 0.1   # dropout inside the emotion and domain heads (after poolin
 FULL_PRECISION_MODULES = ["feature_projection", "gru_rel_pos_linear", "projector", "classifier"]
 
 _STAMP = "ser_random_backbone.json"
-
-
-class BackboneNotFound(FileNotFoundError, SerError):
-    """A pretrained backbone is neither a local directory nor in the Hugging Face cache."""
 
 
 def default_cache_dir() -> Path:
@@ -158,15 +153,8 @@ def resolve_source(spec: str, cache_dir: Optional[Path] = None) -> tuple[str, bo
     """(what from_pretrained gets, whether it is a hub id); random presets are materialised."""
     if spec.startswith("random:"):
         return str(random_backbone_dir(spec.split(":", 1)[1], cache_dir)), False
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BackboneNotFound(f"encoder backbone directory {path} has no config.json; "
-                                   "point the backbone at a save_pretrained / snapshot directory")
-        return str(path), False
-    if spec.startswith(("/", ".", "~")):
-        raise BackboneNotFound(f"encoder backbone directory {spec} does not exist")
-    return spec, True
+    path = local_dir(spec)
+    return (str(path), False) if path else (spec, True)
 
 
 def encoder_config(spec: str, cache_dir: Optional[Path] = None) -> Any:
