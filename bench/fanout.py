@@ -1,11 +1,14 @@
 """Benchmark and check: `ser fanout` against a sequential `dvc repro` on the demo's real cells.
 
-    python bench/fanout.py [--repo .] [--set lambda_domain=0.3] [--engine slurm|local] [--jobs 2]
+    python bench/fanout.py [--repo .] [--set KEY=VALUE ...] [--engine slurm|local] [--jobs 2]
                            [--workdir DIR] [--keep] [TARGET ...]
+
+Default: --set lambda_domain=0.3 --set train.threads=1 '*dann-*' (the three DANN models' cells, one
+torch thread per job so that 2 jobs share 2 cores without oversubscribing them).
 
 Needs a reproduced workspace (`make repro`, then `dvc status` clean). Two copies of the workspace
 (code, params, dvc.lock and every output; not .venv, the DVC cache or resume checkpoints) share its DVC
-cache; each gets the same params change (`--set`, as `dvc exp run -S` would make it). One runs `dvc repro --no-run-cache` (every stage the
+cache; each gets the same params changes (`--set`, as `dvc exp run -S` would make them). One runs `dvc repro --no-run-cache` (every stage the
 change touches, one at a time), the other `ser fanout` with --jobs workers: through SLURM (a one-node
 cluster on 127.0.0.1 started here, ser.fanout.localslurm, unless SLURM_CONF names one) or local
 processes. TARGETs (stage names or patterns, as `ser fanout` takes them) limit both runs to those
@@ -37,6 +40,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import REPO, run, stages_run  # noqa: E402
 
+DEFAULT_SET = ("lambda_domain=0.3", "train.threads=1")
+DEFAULT_TARGETS = ("*dann-*",)
 # Uncached outputs that hold results (wall-clock times live in timing.json and the summary).
 RESULT_GLOBS = ("metrics/models/**/*.json", "dvclive/*/*/metrics.json")
 
@@ -59,7 +64,7 @@ def apply_set(params: Path, assignment: str) -> None:
 SKIP = {".venv", "checkpoints", "dvc_plots", "__pycache__", ".pytest_cache"}
 
 
-def prepare(repo: Path, dest: Path, assignment: str, env: dict[str, str]) -> None:
+def prepare(repo: Path, dest: Path, assignments: list[str], env: dict[str, str]) -> None:
     """A copy of the reproduced workspace that uses the workspace's DVC cache, with the params change."""
     def ignore(folder: str, names: list[str]) -> set[str]:
         skipped = SKIP & set(names)
@@ -69,7 +74,8 @@ def prepare(repo: Path, dest: Path, assignment: str, env: dict[str, str]) -> Non
 
     shutil.copytree(repo, dest, symlinks=True, ignore=ignore)
     subprocess.run(["dvc", "cache", "dir", "--local", str(repo / ".dvc" / "cache")], cwd=dest, env=env, check=True)
-    apply_set(dest / "params.yaml", assignment)
+    for assignment in assignments:
+        apply_set(dest / "params.yaml", assignment)
 
 
 def expand(repo: Path, targets: list[str], env: dict[str, str]) -> list[str]:
@@ -85,8 +91,10 @@ def expand(repo: Path, targets: list[str], env: dict[str, str]) -> list[str]:
 
 
 def lock_outs(root: Path) -> dict[str, list[str]]:
+    """Each stage's outputs and their hashes in dvc.lock; timing.json (wall-clock seconds) aside."""
     stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    return {name: sorted(f"{o['path']}:{o.get('md5')}" for o in st.get("outs", [])) for name, st in stages.items()}
+    return {name: sorted(f"{o['path']}:{o.get('md5')}" for o in st.get("outs", [])
+                         if not o["path"].endswith("timing.json")) for name, st in stages.items()}
 
 
 def result_files(root: Path) -> dict[str, bytes]:
@@ -110,13 +118,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="*", help="stage names or patterns (default: every stage)")
     ap.add_argument("--repo", type=Path, default=REPO)
-    ap.add_argument("--set", dest="assignment", default="lambda_domain=0.3")
+    ap.add_argument("--set", dest="assignments", action="append", default=None, metavar="KEY=VALUE")
     ap.add_argument("--engine", choices=("slurm", "local"), default="slurm")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the clones")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fanout.json")
     args = ap.parse_args(argv)
+    if args.assignments is None and not args.targets:
+        args.assignments, args.targets = list(DEFAULT_SET), list(DEFAULT_TARGETS)
+    args.assignments = args.assignments or []
     repo = args.repo.resolve()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ser-fanout-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -142,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in ("sequential", "fanout"):
             root = work / name
             env = {**base_env, "PYTHONPATH": str(root)}
-            prepare(repo, root, args.assignment, env)
+            prepare(repo, root, args.assignments, env)
             if name == "sequential":
                 seconds, output, _ = run(["dvc", "repro", "--no-run-cache", *selected], root, env, log)
                 rows[name] = {"seconds": round(seconds, 1), "stages_run": stages_run(output)}
@@ -168,13 +179,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         if sorted(c["stage"] for c in cells) != ran_seq:
             problems.append(f"stages differ: sequential ran {ran_seq}, fan-out {sorted(c['stage'] for c in cells)}")
         result = {
-            "commit": commit, "set": args.assignment, "targets": args.targets, "engine": args.engine, "jobs": args.jobs,
+            "commit": commit, "set": args.assignments, "targets": args.targets, "engine": args.engine, "jobs": args.jobs,
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "sequential_s": rows["sequential"]["seconds"], "fanout_s": fan["seconds"],
             "fanout / sequential": round(fan["seconds"] / rows["sequential"]["seconds"], 3),
             "stages": len(cells),
             "overhead_per_job_s": {"mean": fan["report"]["mean_overhead_s"],
-                                   "max": max((c["overhead_s"] for c in cells), default=None)},
+                                   "max": max((c["overhead_s"] for c in cells), default=None),
+                                   "start_latency_mean": fan["report"]["mean_start_latency_s"],
+                                   "end_latency_mean": fan["report"]["mean_end_latency_s"]},
             "record_per_job_s": fan["report"]["mean_record_s"],
             "identical": not problems, "problems": problems, "cells": fan["report"]["cells"],
         }
@@ -183,11 +196,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             cluster.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.assignment}: {len(cells)} stages; sequential dvc repro {result['sequential_s']:.1f} s, "
+    print(f"{' '.join(args.assignments)} {' '.join(args.targets)}: {len(cells)} stages; sequential dvc repro {result['sequential_s']:.1f} s, "
           f"ser fanout --engine {args.engine} --jobs {args.jobs} {result['fanout_s']:.1f} s "
           f"(ratio {result['fanout / sequential']:.2f})")
-    print(f"overhead per job: mean {result['overhead_per_job_s']['mean']} s, max {result['overhead_per_job_s']['max']:.2f} s "
-          f"(job wall time minus the stage command's); dvc commit per stage: mean {result['record_per_job_s']} s")
+    o = result["overhead_per_job_s"]
+    print(f"overhead per job: mean {o['mean']} s, max {o['max']:.2f} s (job wall time minus the stage command's: "
+          f"submit to start {o['start_latency_mean']} s, end to seen {o['end_latency_mean']} s); "
+          f"dvc commit per stage: mean {result['record_per_job_s']} s")
     print("identical weights and metrics, clean dvc status, no-op dvc repro: " +
           ("yes" if not problems else "NO\n  " + "\n  ".join(problems)))
     print(f"wrote {args.out}")

@@ -238,3 +238,15 @@ def test_slurm_job_that_leaves_the_queue_without_a_result_is_retried(tmp_path, s
     canceller.join()
     assert cancelled and records["work@a"].attempts == 2 and records["work@a"].status == "done"
     assert set(_status(root)) == {"work@b", "work@c", "total"}  # only the target and what it needs ran
+
+
+def test_cli_usage_errors_are_one_line(tmp_path):
+    root = _project(tmp_path / "p")
+    ser = str(BIN / "ser")
+    bad_target = subprocess.run([ser, "fanout", "train@nosuch"], cwd=root, capture_output=True, text=True)
+    assert bad_target.returncode == 2 and "no stage matches train@nosuch" in bad_target.stderr
+    assert "Traceback" not in bad_target.stderr
+    bad_opt = subprocess.run([ser, "fanout", "--engine", "slurm", "--slurm-opt", "account"], cwd=root,
+                             capture_output=True, text=True)
+    assert bad_opt.returncode == 2 and "--slurm-opt takes KEY=VALUE" in bad_opt.stderr
+    assert not (root / "dvc.lock").exists()  # nothing ran

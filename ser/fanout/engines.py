@@ -32,11 +32,14 @@ class Cell:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended: ok, the command's own wall time, and the tail of its error output."""
+    """How a job ended: ok, the command's own wall time, its start and end (time.time() on the node),
+    and the tail of its error output."""
 
     ok: bool
     seconds: float
     message: str = ""
+    started: Optional[float] = None
+    ended: Optional[float] = None
 
 
 class CellCommand(submitit.helpers.Checkpointable):
@@ -46,12 +49,12 @@ class CellCommand(submitit.helpers.Checkpointable):
     def __init__(self, cmd: str, wdir: str, env: Optional[dict[str, str]] = None) -> None:
         self.cmd, self.wdir, self.env = cmd, wdir, dict(env or {})
 
-    def __call__(self) -> float:
-        start = time.perf_counter()
+    def __call__(self) -> dict[str, float]:
+        started, t0 = time.time(), time.perf_counter()
         code = subprocess.call(["/bin/sh", "-c", self.cmd], cwd=self.wdir, env={**os.environ, **self.env})
         if code != 0:
             raise RuntimeError(f"exit status {code}: {self.cmd}")
-        return time.perf_counter() - start
+        return {"seconds": time.perf_counter() - t0, "started": started, "ended": time.time()}
 
 
 class Job(Protocol):
@@ -73,11 +76,13 @@ class _SubmititJob:
     """A submitit job; a SLURM job that left the queue without a result (killed node, scancel) is lost."""
 
     LOST_AFTER_S = 20.0  # squeue and the result file may lag a job's end by a few seconds
+    SQUEUE_EVERY_S = 10.0  # squeue is a client of slurmctld: ask it at most this often per job
 
     def __init__(self, job: Any, cluster: str, release: Callable[[], None] = lambda: None) -> None:
         self.job, self.cluster, self._release = job, cluster, release
         self.job_id = str(job.job_id)
         self._gone_since: Optional[float] = None
+        self._asked = 0.0
 
     def poll(self) -> Optional[Outcome]:
         outcome = self._poll()
@@ -88,19 +93,23 @@ class _SubmititJob:
     def _poll(self) -> Optional[Outcome]:
         if self.job.done():
             try:
-                return Outcome(True, float(self.job.result()))
+                result = self.job.result()
+                return Outcome(True, float(result["seconds"]), started=result["started"], ended=result["ended"])
             except Exception as exc:  # the command failed, or submitit could not run it
                 first = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
                 return Outcome(False, 0.0, f"{first[0][:300]}\n{_tail(self.job.paths.stderr)}\n"
                                            f"(log: {self.job.paths.stderr})")
-        if self.cluster == "slurm" and not _in_squeue(self.job_id):
-            now = time.monotonic()
-            self._gone_since = self._gone_since or now
-            if now - self._gone_since > self.LOST_AFTER_S:
-                return Outcome(False, 0.0, f"SLURM job {self.job_id} left the queue without a result "
-                                           f"(killed, cancelled or its node failed); log: {self.job.paths.stderr}")
-        else:
+        now = time.monotonic()
+        if self.cluster != "slurm" or now - self._asked < self.SQUEUE_EVERY_S:
+            return None
+        self._asked = now
+        if _in_squeue(self.job_id):
             self._gone_since = None
+            return None
+        self._gone_since = self._gone_since or now
+        if now - self._gone_since > self.LOST_AFTER_S:
+            return Outcome(False, 0.0, f"SLURM job {self.job_id} left the queue without a result "
+                                       f"(killed, cancelled or its node failed); log: {self.job.paths.stderr}")
         return None
 
     def cancel(self) -> None:
