@@ -19,7 +19,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ser.errors import SerError
 from ser.fanout.engines import Cell, Engine, Job, Outcome
@@ -38,8 +38,8 @@ class FanoutError(SerError):
 # --------------------------------------------------------------------------- locks
 class CellLock:
     """`.dvc/tmp/fanout/locks/<stage>.lock`, created exclusively, naming the launch that holds it. A lock
-    left by a dead launch on this host is taken over; one from another host is honoured until removed
-    (`ser fanout --break-locks`)."""
+    left by a dead launch on this host is taken over; one from another host is honoured until its file
+    is removed by hand (the file names the host, process and launch)."""
 
     def __init__(self, root: Path, stage: str, launch: str) -> None:
         self.path = Path(root) / LOCK_DIR / f"{stage}.lock"
@@ -156,33 +156,45 @@ def _replan(root: Path, targets: Optional[list[str]], attempts: int = 3) -> Plan
     raise AssertionError("unreachable")
 
 
-def _prepare(root: Path, stage: str) -> None:
-    """What `dvc repro` does before a stage's command: remove its outputs that are not `persist`."""
-    with _repo(root) as repo, repo.lock:
-        (target,) = [s for s in repo.index.stages if s.addressing == stage]
-        target.remove_outs(ignore_remove=False, force=False)
-
-
-def _record(root: Path, stages: list[str], attempts: int = 30) -> None:
-    """What `dvc repro` does after a stage's command, for each stage: hash and cache its outputs, write its
-    dvc.lock entry and save the run to the run cache. One DVC session for all of them."""
+def _while_locked(what: str, action: Callable[[], None], attempts: int = 30) -> None:
+    """Run `action` (a DVC session that takes the repository lock), waiting while another launch holds it."""
     from dvc.lock import LockError
 
-    todo = list(stages)
     for attempt in range(attempts):
         try:
-            with _repo(root) as repo:
-                while todo:
-                    for st in repo.commit(todo[0], force=True):
-                        try:
-                            repo.stage_cache.save(st)
-                        except Exception as exc:  # the run cache is an optimisation; dvc.lock is the record
-                            log.debug("run cache not saved for %s: %s", todo[0], exc)
-                    todo.pop(0)
+            action()
             return
-        except LockError:  # another launch is writing dvc.lock
+        except LockError:  # another launch is preparing or recording a cell
             time.sleep(1.0 + attempt * 0.5)
-    raise FanoutError(f"could not record {', '.join(todo)}: the DVC repository stayed locked")
+    raise FanoutError(f"could not {what}: the DVC repository stayed locked")
+
+
+def _prepare(root: Path, stage: str) -> None:
+    """What `dvc repro` does before a stage's command: remove its outputs that are not `persist`."""
+    def remove_outs() -> None:
+        with _repo(root) as repo, repo.lock:
+            (target,) = [s for s in repo.index.stages if s.addressing == stage]
+            target.remove_outs(ignore_remove=False, force=False)
+
+    _while_locked(f"prepare {stage}", remove_outs)
+
+
+def _record(root: Path, stages: list[str]) -> None:
+    """What `dvc repro` does after a stage's command, for each stage: hash and cache its outputs, write its
+    dvc.lock entry and save the run to the run cache. One DVC session for all of them."""
+    todo = list(stages)
+
+    def commit() -> None:
+        with _repo(root) as repo:
+            while todo:
+                for st in repo.commit(todo[0], force=True):
+                    try:
+                        repo.stage_cache.save(st)
+                    except Exception as exc:  # the run cache is an optimisation; dvc.lock is the record
+                        log.debug("run cache not saved for %s: %s", todo[0], exc)
+                todo.pop(0)
+
+    _while_locked(f"record {', '.join(stages)}", commit)
 
 
 # --------------------------------------------------------------------------- the loop
