@@ -246,7 +246,7 @@ class _Launch:
         cell's upstream stages were up to date, and finishing other cells does not change them."""
         busy = set(self.running) | self.failed | self.elsewhere | self.unrecorded
         for stage in self.current.ready(busy):
-            if len(self.running) >= self.max_jobs or not getattr(self.engine, "can_take", lambda: True)():
+            if len(self.running) >= self.max_jobs or not self.engine.can_take():
                 return
             rec = self.records.setdefault(stage, CellRecord(stage))
             if rec.status == "done":

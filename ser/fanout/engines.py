@@ -69,6 +69,9 @@ class Job(Protocol):
 class Engine(Protocol):
     name: str
 
+    def can_take(self) -> bool:
+        """Whether a job could start now (locally: enough free GPUs)."""
+
     def submit(self, cell: Cell) -> Job: ...
 
 
