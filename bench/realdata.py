@@ -27,6 +27,10 @@ against the best of the baselines (--baselines) and of each DANN model against i
 non-adversarial twin (the model whose params differ only in the objective). Results go to
 bench/results/realdata.json.
 
+--fuse A+B (repeatable): also report the late fusion of models A and B, the mean of their class
+probabilities per clip (read from the predictions CSVs' score columns), as a model of its own, with the
+same tables and paired tests.
+
 --params FILE: its top-level sections replace those of this repository's params.yaml (a file
 with only `models:` runs other models with the current features); --set KEY=VALUE (repeatable,
 dotted keys, YAML values) changes one value, e.g. --set features.vad=trim.
@@ -204,7 +208,31 @@ def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
     return Predictions(utt_id=[f"s{seed}/{u}" for seed in seeds for u in runs[seed].utt_id],
                        speaker=np.concatenate([runs[s].speaker for s in seeds]),
                        y_true=np.concatenate([runs[s].y_true for s in seeds]),
-                       y_pred=np.concatenate([runs[s].y_pred for s in seeds]), labels=LABELS)
+                       y_pred=np.concatenate([runs[s].y_pred for s in seeds]), labels=LABELS,
+                       scores=(np.concatenate([runs[s].scores for s in seeds])
+                               if all(runs[s].scores is not None for s in seeds) else None))
+
+
+def fuse(name: str, members: list[str], runs: dict[str, Predictions], test_set: str) -> tuple[dict[str, Any], Predictions]:
+    """Late fusion of one seed's run: the mean of the members' class probabilities, argmax; its result
+    in read_results' shape and its predictions. Members must score with probabilities (softmax models:
+    the MLP, the CRNN, logistic regression), not an SVM's decision values."""
+    from ser.eval.evaluate import metrics_record
+    from ser.stats import align_to, compute_metrics
+
+    first = runs[members[0]]
+    parts = [first] + [align_to(first, runs[m]) for m in members[1:]]
+    for m, part in zip(members, parts):
+        if part.scores is None or not np.allclose(part.scores.sum(axis=1), 1.0, atol=1e-4):
+            raise SystemExit(f"--fuse {name}: {m} has no class probabilities in its predictions CSV "
+                             "(an SVM scores with decision values; fuse softmax models)")
+    scores = np.mean([p.scores for p in parts], axis=0)
+    preds = Predictions(first.utt_id, first.speaker, first.y_true, scores.argmax(axis=1), first.labels, scores)
+    record = metrics_record(compute_metrics(preds.y_true, preds.y_pred, list(LABELS)), preds.y_true, preds.y_pred,
+                            model=name, test_set=test_set)
+    keys = ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class", "top_class_share", "prediction_share", "n",
+            "test_set", "single_class")
+    return {k: record.get(k) for k in keys}, preds
 
 
 def twins(models: dict[str, Any]) -> dict[str, str]:
@@ -391,12 +419,20 @@ def main(argv: list[str] | None = None) -> None:
                     "--tess also multi_source and multi_corpus")
     ap.add_argument("--baselines", nargs="+", default=["egemaps_svm", "egemaps_logreg", "baseline"],
                     help="the models whose best (mean UAR) every other model is tested against")
+    ap.add_argument("--fuse", action="append", default=[], metavar="A+B[+C]",
+                    help="also report the late fusion of these models (mean of their class probabilities per "
+                         "clip, argmax) as a model of its own; repeatable")
     ap.add_argument("--with-waves", action="store_true", help="also run the encoder models (waveforms and cached embeddings)")
     args = ap.parse_args(argv)
     check_corpora(args)
     base = load_base(args)
     all_setups = setups(args.emodb.resolve(), args.ravdess.resolve(), args.tess.resolve() if args.tess else None)
     chosen = args.setups or list(all_setups)
+    for fused in args.fuse:
+        unknown = [m for m in fused.split("+") if m not in base["models"]]
+        if len(fused.split("+")) < 2 or unknown:
+            raise SystemExit(f"--fuse {fused}: name two or more models of the params joined by '+'"
+                             + (f"; unknown: {unknown}" if unknown else ""))
     missing = [name for name in chosen if name not in all_setups]
     if missing:
         raise SystemExit(f"set-ups {missing} need --tess")
@@ -423,6 +459,11 @@ def main(argv: list[str] | None = None) -> None:
             for scope in setup["scopes"]:
                 results[name][scope][seed] = read_results(workdir, params, scope)
                 preds[scope][seed] = run_predictions(workdir, list(params["models"]), scope, seed)
+                for fused in args.fuse:
+                    members = fused.split("+")
+                    test_set = results[name][scope][seed][members[0]]["test_set"]
+                    results[name][scope][seed][fused], preds[scope][seed][fused] = fuse(
+                        fused, members, preds[scope][seed], test_set)
                 for model, r in results[name][scope][seed].items():
                     print(f"  {model} [{r['test_set']}]: UAR {r['uar']:.3f}, accuracy {r['accuracy']:.3f}, "
                           f"top class {r['top_class']} {r['top_class_share']:.2f}", flush=True)

@@ -24,6 +24,7 @@ train@ and evaluate@ refuse to run when params.yaml no longer matches the spec
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -66,15 +67,21 @@ def parse_run_name(name: str) -> Optional[tuple[int, int]]:
 
 def bind_record(model: str, input_kind: str, study: str, store: Path,
                 spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """What data/bind/<model>.json holds: the store's path, folds and content fingerprint (its meta.json)
-    and the model's run spec (`Params.run_spec`); BindError when the store has not been built."""
+    """What data/bind/<model>.json holds: the store's path, folds, content fingerprint and the sha256 of its
+    whole meta.json, and the model's run spec (`Params.run_spec`); BindError when the store has not been built.
+
+    The meta hash makes a run depend on everything the model's meta.json copies from the store (an
+    embedding store's stamp with its code hash, the front end, the openSMILE version), not only on the
+    feature values: a store rebuilt with equal values but another stamp re-runs its models too."""
     meta_path = Path(store) / "meta.json"
     if not meta_path.is_file():
         raise BindError(f"{meta_path}: missing (model {model!r} reads {input_kind}/{study}); run the precompute "
                         f"stage for {input_kind} first (`dvc repro`)")
     meta = json.loads(meta_path.read_text())
+    meta_sha256 = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     return {"model": model, "input": input_kind, "study": study, "store": str(store),
-            "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256"), "spec": spec}
+            "folds": meta.get("folds", [1]), "content_sha256": meta.get("content_sha256"),
+            "meta_sha256": meta_sha256, "spec": spec}
 
 
 def write_bind(model: str, input_kind: str, study: str, store: Path, out: Path,

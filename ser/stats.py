@@ -53,24 +53,27 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compute_metrics", "bootstrap_ci", "Predictions", "read_predictions_csv", "write_predictions_csv",
+__all__ = ["compute_metrics", "bootstrap_ci", "Predictions", "align_to", "read_predictions_csv", "write_predictions_csv",
            "concat", "point_metrics", "metrics_from_confusion", "aggregate",
            "pooled", "paired_bootstrap", "mcnemar_exact", "holm", "compare_models", "METRIC_NAMES"]
 
 METRIC_NAMES = ("accuracy", "uar", "macro_f1", "cohen_kappa")
 CSV_COLUMNS = ("utt_id", "speaker", "actual", "predicted")
+SCORE_PREFIX = "score_"  # optional per-class score columns of the predictions CSV
 _BOOT_CHUNK = 256  # replicates per matrix product: bounds memory at _BOOT_CHUNK x clusters counts
 
 
 # --------------------------------------------------------------------------- predictions
 @dataclass(frozen=True)
 class Predictions:
-    """Per-utterance predictions of one model on one test set: class indices into `labels`."""
+    """Per-utterance predictions of one model on one test set: class indices into `labels`, and
+    optionally the model's scores [n, len(labels)] (probabilities, or an SVM's decision values)."""
     utt_id: np.ndarray   # str, unique
     speaker: np.ndarray  # str
     y_true: np.ndarray   # int64
     y_pred: np.ndarray   # int64
     labels: tuple[str, ...]
+    scores: Optional[np.ndarray] = None  # float64 [n, K]
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -80,6 +83,10 @@ class Predictions:
         set_("y_pred", np.asarray(self.y_pred, dtype=np.int64))
         set_("labels", tuple(self.labels))
         n = len(self.utt_id)
+        if self.scores is not None:
+            set_("scores", np.asarray(self.scores, dtype=np.float64))
+            if self.scores.shape != (n, len(self.labels)):
+                raise ValueError(f"scores have shape {self.scores.shape}, expected ({n}, {len(self.labels)})")
         lengths = {k: len(getattr(self, k)) for k in ("utt_id", "speaker", "y_true", "y_pred")}
         if any(v != n for v in lengths.values()):
             raise ValueError(f"Predictions columns differ in length: {lengths}")
@@ -94,6 +101,11 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.utt_id)
+
+    def subset(self, keep: np.ndarray) -> "Predictions":
+        """The rows where `keep` (a boolean mask or indices) holds, scores included."""
+        return Predictions(self.utt_id[keep], self.speaker[keep], self.y_true[keep], self.y_pred[keep], self.labels,
+                           None if self.scores is None else self.scores[keep])
 
     @property
     def correct(self) -> np.ndarray:
@@ -120,18 +132,34 @@ def read_predictions_csv(path: Union[str, Path], labels: Optional[Sequence[str]]
         raise ValueError(f"{path}: labels {unknown} are not in {names}")
     return Predictions(utt_id=[r["utt_id"] for r in rows], speaker=[r["speaker"] for r in rows],
                        y_true=[index[r["actual"]] for r in rows], y_pred=[index[r["predicted"]] for r in rows],
-                       labels=names)
+                       labels=names, scores=_read_scores(path, reader.fieldnames or [], rows, names))
+
+
+def _read_scores(path: Path, columns: Sequence[str], rows: list[dict[str, str]],
+                 names: Sequence[str]) -> Optional[np.ndarray]:
+    """The score_<label> columns in `names` order; None when the file has none (written before scores were)."""
+    present = [c[len(SCORE_PREFIX):] for c in columns if c.startswith(SCORE_PREFIX)]
+    if not present:
+        return None
+    if sorted(present) != sorted(names):
+        raise ValueError(f"{path}: score columns for {present}, but the labels are {list(names)}")
+    try:
+        return np.array([[float(r[SCORE_PREFIX + name]) for name in names] for r in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: a score is not a number ({exc})") from None
 
 
 def write_predictions_csv(path: Union[str, Path], preds: Predictions) -> None:
-    """One row per utterance with label names; DVC's `confusion` template reads `actual`/`predicted`."""
+    """One row per utterance with label names; DVC's `confusion` template reads `actual`/`predicted`.
+    With scores, one score_<label> column per class follows (repr of the float64: read back exactly)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    scores = preds.scores if preds.scores is not None else np.zeros((len(preds), 0))
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows((u, s, preds.labels[t], preds.labels[p])
-                         for u, s, t, p in zip(preds.utt_id, preds.speaker, preds.y_true, preds.y_pred))
+        writer.writerow(CSV_COLUMNS + (tuple(SCORE_PREFIX + name for name in preds.labels) if scores.size else ()))
+        writer.writerows((u, s, preds.labels[t], preds.labels[p], *map(repr, row.tolist()))
+                         for u, s, t, p, row in zip(preds.utt_id, preds.speaker, preds.y_true, preds.y_pred, scores))
     log.info("wrote %s (%d utterances)", path, len(preds))
 
 
@@ -147,12 +175,14 @@ def concat(folds: Sequence[Predictions]) -> Predictions:
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"utterances in the test set of more than one fold: {uniq[counts > 1][:5].tolist()}")
+    scored = all(f.scores is not None for f in folds)
     return Predictions(utt_id=ids, speaker=np.concatenate([f.speaker for f in folds]),
                        y_true=np.concatenate([f.y_true for f in folds]),
-                       y_pred=np.concatenate([f.y_pred for f in folds]), labels=labels)
+                       y_pred=np.concatenate([f.y_pred for f in folds]), labels=labels,
+                       scores=np.concatenate([f.scores for f in folds]) if scored else None)
 
 
-def _aligned(a: Predictions, b: Predictions) -> Predictions:
+def align_to(a: Predictions, b: Predictions) -> Predictions:
     """b reordered to a's utt_id order; ValueError naming what differs when they are not the same clips."""
     if set(a.labels) != set(b.labels):
         raise ValueError(f"models use different labels: {list(a.labels)} vs {list(b.labels)}")
@@ -163,8 +193,12 @@ def _aligned(a: Predictions, b: Predictions) -> Predictions:
                          f"(e.g. {only_a[:3]}), {len(only_b)} only in B (e.g. {only_b[:3]})")
     order = np.argsort(b.utt_id)[np.searchsorted(b.utt_id, a.utt_id, sorter=np.argsort(b.utt_id))]
     remap = np.array([a.labels.index(name) for name in b.labels], dtype=np.int64)
+    scores = None
+    if b.scores is not None:  # b's columns into a's label order
+        scores = np.empty_like(b.scores)
+        scores[:, remap] = b.scores[order]
     out = Predictions(utt_id=b.utt_id[order], speaker=b.speaker[order], y_true=remap[b.y_true[order]],
-                      y_pred=remap[b.y_pred[order]], labels=a.labels)
+                      y_pred=remap[b.y_pred[order]], labels=a.labels, scores=scores)
     for name in ("y_true", "speaker"):
         differs = getattr(a, name) != getattr(out, name)
         if differs.any():
@@ -318,10 +352,10 @@ def pooled(preds: Union[Sequence[Predictions], Mapping[Hashable, Sequence[Predic
     by_seed = dict(preds) if isinstance(preds, Mapping) else {None: preds}
     pools = {s: concat(folds) for s, folds in by_seed.items()}
     first_seed, first = next(iter(pools.items()))
-    aligned = {s: (p if s == first_seed else _aligned(first, p)) for s, p in pools.items()}
+    aligned = {s: (p if s == first_seed else align_to(first, p)) for s, p in pools.items()}
     per_seed = {s: point_metrics(p) for s, p in aligned.items()}
     point = {name: float(np.mean([m[name] for m in per_seed.values()])) for name in METRIC_NAMES}
-    # the speaker column is identical across seeds (checked by _aligned), so clusters match across seeds
+    # the speaker column is identical across seeds (checked by align_to), so clusters match across seeds
     tables = [_cluster_tables(p, cluster)[0] for p in aligned.values()]
     _check_clusters(len(tables[0]), cluster)
     boot = [metrics_from_confusion(cm) for cm in _boot_confusions(tables, n_boot, seed)]
@@ -356,7 +390,7 @@ def paired_bootstrap(a: Predictions, b: Predictions, metric: str = "uar", n_boot
     """
     if metric not in METRIC_NAMES:
         raise ValueError(f"unknown metric {metric!r}; known: {list(METRIC_NAMES)}")
-    b = _aligned(a, b)
+    b = align_to(a, b)
     (table_a, m), (table_b, _) = _cluster_tables(a, cluster), _cluster_tables(b, cluster)
     _check_clusters(m, cluster)
     boot_a, boot_b = _boot_confusions([table_a, table_b], n_boot, seed)
@@ -376,7 +410,7 @@ def mcnemar_exact(a: Predictions, b: Predictions) -> dict[str, Any]:
     """
     from scipy.stats import binomtest  # here: scipy.stats costs every train/evaluate stage ~0.5 s to import
 
-    b = _aligned(a, b)
+    b = align_to(a, b)
     b01 = int((~a.correct & b.correct).sum())
     b10 = int((a.correct & ~b.correct).sum())
     p = binomtest(b10, b01 + b10, 0.5).pvalue if b01 + b10 else 1.0

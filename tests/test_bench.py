@@ -270,6 +270,29 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     assert {"wav2vec_dann", "wavlm_probe"} <= set(with_encoders["models"])
 
 
+def test_realdata_fusion_averages_aligned_probabilities_and_refuses_decision_values():
+    """--fuse: the mean of the members' class probabilities, matched by clip id whatever the row order;
+    an SVM's decision values are not probabilities and are refused, naming the model."""
+    import numpy as np
+
+    from ser.stats import Predictions
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        realdata = _load("realdata")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    labels = realdata.LABELS
+    a = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], labels, [[0.6, 0.4, 0, 0], [0.1, 0.5, 0, 0.4]])
+    b = Predictions(["u1", "u0"], ["s", "s"], [3, 0], [3, 2], labels, [[0, 0.1, 0, 0.9], [0.3, 0, 0.7, 0]])
+    record, fused = realdata.fuse("a+b", ["a", "b"], {"a": a, "b": b}, "test [x]")
+    assert np.allclose(fused.scores, [[0.45, 0.2, 0.35, 0], [0.05, 0.3, 0, 0.65]])
+    assert fused.y_pred.tolist() == [0, 3] and record["uar"] == 1.0 and record["test_set"] == "test [x]"
+    svm = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], labels, [[2.0, -1, -1, -1], [-1, 1.5, -1, 0.2]])
+    with pytest.raises(SystemExit, match="svm has no class probabilities"):
+        realdata.fuse("a+svm", ["a", "svm"], {"a": a, "svm": svm}, "test [x]")
+
+
 def test_gpu_check_without_cuda_exits_at_once_saying_why(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the check would run for real")

@@ -1,5 +1,6 @@
 """Strict params loading: every profile loads; bad files fail naming the key."""
 import copy
+import json
 import re
 import shutil
 from pathlib import Path
@@ -379,6 +380,18 @@ def test_write_binds_writes_one_file_per_model_and_nothing_else(tmp_path):
     write_binds(dataclasses.replace(params, lambda_domain=0.3), features, out)
     changed = {p.name for p in out.glob("*.json") if p.read_bytes() != before[p.name]}
     assert changed == {f"{n}.json" for n, mp in params.models.items() if mp.objective == "dann"}
+    # A store rebuilt with the same values but another stamp (e.g. the embedding code changed): the
+    # models reading it get a new bind file, since their meta.json copies the store's meta.
+    probe = next(n for n, mp in params.models.items() if mp.input == "embeddings")
+    mp = params.models[probe]
+    meta_path = features / mp.input / mp.study / mp.store_key / "meta.json"
+    write_binds(params, features, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.json")}
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "stamp": {"code": "new"}}))
+    write_binds(params, features, out)
+    changed = {p.name for p in out.glob("*.json") if p.read_bytes() != before[p.name]}
+    assert changed == {f"{n}.json" for n, m in params.models.items()
+                       if (m.input, m.study, m.store_key) == (mp.input, mp.study, mp.store_key)}
     shutil.rmtree(features / "mels")
     with pytest.raises(BindError, match=r"mels/cross_corpus/meta.json: missing \(model 'baseline'"):
         write_binds(params, features, tmp_path / "fresh")

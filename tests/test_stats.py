@@ -247,3 +247,36 @@ def test_predictions_csv_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="duplicate utt_id"):
         preds([0, 1], [0, 1], ids=["a", "a"])
     concat([p])  # one fold pools to itself
+
+
+def test_predictions_scores_round_trip_subset_align_and_pool(tmp_path):
+    """Per-class scores travel with the predictions: written as score_<label> columns and read back
+    exactly, kept by subset and concat, and reordered with the labels when models list them otherwise."""
+    from ser.stats import align_to
+
+    scores = np.array([[0.7, 0.1, 0.1, 0.1], [1 / 3, 0.0, 0.0, 2 / 3], [0.05, 0.05, 0.8, 0.1]])
+    p = Predictions(["u0", "u1", "u2"], ["s1", "s1", "s2"], [0, 3, 2], [0, 3, 2], LABELS, scores)
+    path = tmp_path / "p.csv"
+    write_predictions_csv(path, p)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == ["utt_id", "speaker", "actual", "predicted", "score_angry", "score_happy", "score_neutral",
+                      "score_sad"]
+    back = read_predictions_csv(path, LABELS)
+    assert np.array_equal(back.scores, scores)  # repr of float64: bit-exact
+    assert read_predictions_csv(path, LABELS[::-1]).scores[0].tolist() == [0.1, 0.1, 0.1, 0.7]
+    assert np.array_equal(p.subset(np.array([False, True, True])).scores, scores[1:])
+    assert np.array_equal(concat([p.subset([0]), p.subset([1, 2])]).scores, scores)
+    assert concat([p, preds([1], [1], ids=["u9"])]).scores is None  # a fold without scores: none pooled
+    # Another label order and row order: aligned to the first model's.
+    rev = Predictions(["u2", "u0", "u1"], ["s2", "s1", "s1"], [1, 3, 0], [1, 3, 0], LABELS[::-1],
+                      scores[[2, 0, 1]][:, ::-1])
+    assert np.array_equal(align_to(p, rev).scores, scores)
+    with pytest.raises(ValueError, match=r"scores have shape \(3, 2\)"):
+        Predictions(["a", "b", "c"], ["s"] * 3, [0, 1, 2], [0, 1, 2], LABELS, np.zeros((3, 2)))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0].replace("score_sad", "score_calm")] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"p.csv: score columns for .*'calm'"):
+        read_predictions_csv(path, LABELS)
+    path.write_text("\n".join([lines[0], lines[1].rsplit(",", 1)[0] + ",high"] + lines[2:]) + "\n")
+    with pytest.raises(ValueError, match="p.csv: a score is not a number"):
+        read_predictions_csv(path, LABELS)

@@ -23,6 +23,7 @@ from ser.config import (CrnnParams, EncoderParams, ModelParams, OptimParams, Par
 from ser.eval.evaluate import evaluate_model
 from ser.features.stores import IndexRow, StoreError, fold_root, write_meta, write_store
 from ser.models.checkpoint import load_checkpoint
+from ser.stats import read_predictions_csv
 from ser.train.learners import train_model
 from ser.train.loop import TrainingInterrupted
 from ser.train.objectives import class_weights
@@ -202,7 +203,11 @@ def test_evaluate_scopes_and_summary(base_params, features, tmp_path):
     assert 0 <= cmp_in["uar_p_holm"] <= 1 and cmp_in["cluster"] is None and cmp_in["test_speakers"] == 3
     assert "## Paired comparisons" in text and "| crnn_ce | crnn_dann |" in text
     with open(plots / "crnn_ce" / cell / "target.csv") as fh:
-        assert fh.readline().strip() == "utt_id,speaker,actual,predicted"
+        assert fh.readline().strip() == ("utt_id,speaker,actual,predicted,"
+                                         "score_angry,score_happy,score_neutral,score_sad")
+    # The scores are the model's softmax; the predicted class is their argmax.
+    target = read_predictions_csv(plots / "crnn_ce" / cell / "target.csv", LABELS)
+    assert np.allclose(target.scores.sum(axis=1), 1.0) and (target.scores.argmax(axis=1) == target.y_pred).all()
     # One row per (model, test set), numbers in percent without a % sign; a single run has no ± std.
     rows = [line for line in text.splitlines() if line.startswith("| crnn") and "fold(s) x" in line]
     assert [row.split(" | ")[:3] for row in rows] == [

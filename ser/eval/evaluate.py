@@ -43,9 +43,17 @@ def evaluate_model(model_dir: Path, features_root: Path, split: str = "test", co
 
     Returns (compute_metrics(...), y_true, y_pred) in store order.
     """
+    metrics, y_true, y_pred, _ = _run_split(model_dir, features_root, split, corpus, device=device,
+                                            batch_size=batch_size)
+    return metrics, y_true, y_pred
+
+
+def _run_split(model_dir: Path, features_root: Path, split: str, corpus: Optional[str], *, device: str = "auto",
+               batch_size: Optional[int] = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """evaluate_model's result and the per-clip scores [n, n_classes] (ser.models.base.Fitted.scores)."""
     fitted = load_fitted(Path(model_dir), resolve_device(device))
-    y_true, y_pred = fitted.predict_split(Path(features_root), split, corpus, batch_size=batch_size)
-    return compute_metrics(y_true, y_pred, fitted.labels), y_true, y_pred
+    y_true, y_pred, scores = fitted.predict_split(Path(features_root), split, corpus, batch_size=batch_size)
+    return compute_metrics(y_true, y_pred, fitted.labels), y_true, y_pred, scores
 
 
 # --------------------------------------------------------------------------- writers
@@ -226,7 +234,7 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
     store_root = fold_root(features_root, mp.input, mp.study, fold, mp.store_key)
     fingerprint = model_fingerprint(model_dir)
     records: dict[str, dict[str, Any]] = {}
-    pooled: Optional[tuple[list, np.ndarray, np.ndarray, list[str]]] = None  # the all-corpora scope's predictions
+    pooled: Optional[tuple[list, Predictions]] = None  # the all-corpora scope's rows and predictions
     for scope in model_scopes(params, name):
         base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
                 "fold": fold, "seed": seed, "model_fingerprint": fingerprint}
@@ -239,23 +247,24 @@ def evaluate_model_scopes(params: Params, name: str, model_dir: Path, features_r
             write_metrics_json(metrics_dir / f"{scope.name}.json", records[scope.name])
             continue
         if scope.corpus is not None and pooled is not None:  # a corpus of the pooled test set: its rows of it
-            keep = np.array([r.corpus == scope.corpus for r in pooled[0]])
-            y_true, y_pred = pooled[1][keep], pooled[2][keep]
-            metrics = compute_metrics(y_true, y_pred, pooled[3])
+            preds = pooled[1].subset(np.array([r.corpus == scope.corpus for r in pooled[0]]))
+            metrics = compute_metrics(preds.y_true, preds.y_pred, list(preds.labels))
         else:
-            metrics, y_true, y_pred = evaluate_model(model_dir, features_root, "test", scope.corpus,
-                                                     device=params.train.device)
+            metrics, y_true, y_pred, scores = _run_split(model_dir, features_root, "test", scope.corpus,
+                                                         device=params.train.device)
+            preds = Predictions([r.utt_id for r in index], [r.speaker for r in index], y_true, y_pred,
+                                metrics["labels"], scores)
             if scope.corpus is None:
-                pooled = (index, np.asarray(y_true), np.asarray(y_pred), list(metrics["labels"]))
+                pooled = (index, preds)
+        y_true, y_pred = preds.y_true, preds.y_pred
         record = metrics_record(metrics, y_true, y_pred, model=name, test_set=scope.test_set,
                                 n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci,
                                 seed=params.evaluation.seed)
         record = {**base, **record}
         write_metrics_json(metrics_dir / f"{scope.name}.json", record)
-        # Per utterance, with ids and speakers: DVC's confusion template reads actual/predicted,
+        # Per utterance, with ids, speakers and scores: DVC's confusion template reads actual/predicted,
         # summarize's paired tests align models by utt_id and resample by speaker.
-        write_predictions_csv(plots_dir / f"{scope.name}.csv", Predictions(
-            [r.utt_id for r in index], [r.speaker for r in index], y_true, y_pred, metrics["labels"]))
+        write_predictions_csv(plots_dir / f"{scope.name}.csv", preds)
         warn = f", predicts only {record['single_class']}" if record.get("single_class") else ""
         plot_confusion(plots_dir / f"{scope.name}.png", metrics["confusion"], metrics["labels"],
                        f"{name} (fold {fold}, seed {seed}) on {scope.test_set}: UAR {metrics['uar']:.3f}{warn}")

@@ -103,7 +103,8 @@ def collect_runs(params: Params, metrics_dir: Path, models_dir: Path,
 
 
 def _prefixed(preds: Predictions, prefix: str) -> Predictions:
-    return Predictions(np.char.add(prefix, preds.utt_id), preds.speaker, preds.y_true, preds.y_pred, preds.labels)
+    return Predictions(np.char.add(prefix, preds.utt_id), preds.speaker, preds.y_true, preds.y_pred, preds.labels,
+                       preds.scores)
 
 
 def _disjoint(runs: Sequence[Run]) -> bool:

@@ -94,9 +94,9 @@ class Fitted(ABC):
 
     @abstractmethod
     def predict_split(self, features_root: Path, split: str = "test", corpus: Optional[str] = None, *,
-                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(y_true, y_pred) of one split (optionally one corpus) of the feature store the model was
-        trained on, in store order."""
+                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y_true, y_pred, scores) of one split (optionally one corpus) of the feature store the model
+        was trained on, in store order; scores [n, n_classes] as `scores` gives them (y_pred is their argmax)."""
 
     store_key: Optional[str] = None  # the store folder below <input>/ (cached encoder embeddings)
 

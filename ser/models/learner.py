@@ -66,7 +66,7 @@ class TorchFitted(Fitted):
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def predict_split(self, features_root: Path, split: str = "test", corpus: Optional[str] = None, *,
-                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         store = self.open_store(features_root, split, corpus)
         mp = self.meta["model_params"]
         max_seconds = (mp.get("encoder") or {}).get("max_seconds")
@@ -75,9 +75,9 @@ class TorchFitted(Fitted):
         loader = make_loader(dataset, batch_size or mp["batch_size"])
         log.info("evaluating %s on %s/%s%s (%d utterances) on %s", self.model_dir, store.root, split,
                  f" [{corpus}]" if corpus else "", len(store), self.device)
-        preds = [self.logits(batch["x"], batch.get("lengths")).argmax(dim=-1).cpu()
-                 for batch in tqdm(loader, desc=f"eval {self.model_dir.name}", leave=False, disable=None)]
-        return dataset.labels, torch.cat(preds).numpy()
+        logits = torch.cat([self.logits(batch["x"], batch.get("lengths")).float().cpu()
+                            for batch in tqdm(loader, desc=f"eval {self.model_dir.name}", leave=False, disable=None)])
+        return dataset.labels, logits.argmax(dim=-1).numpy(), torch.softmax(logits, dim=-1).numpy()
 
     def for_audio(self) -> Fitted:
         """A probe trained on cached embeddings runs its encoder (frozen, with the preprocessor config the

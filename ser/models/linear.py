@@ -49,6 +49,7 @@ from ser.errors import CheckpointError
 from ser.features.scaling import Standardiser, fit_stats, speaker_keys
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import apply_umask, write_json_atomic
+from ser.logutil import open_live
 from ser.models.base import META, WEIGHTS, EpochCallback, Fitted, Learner, read_meta
 from ser.stats import compute_metrics
 
@@ -360,8 +361,6 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
     `gamma` (rbf_svm) and `val_uar_by_C` (keys "C" or "C/gamma"). DVCLive gets one step per
     fit (C ascending, then gamma) and a summary whose `val` block is the chosen fit's.
     """
-    from dvclive import Live
-
     started = time.perf_counter()
     features_root, out_dir, live_dir = map(Path, (features_root, out_dir, live_dir))
     mp = params.models[name]
@@ -392,8 +391,7 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
             "refit": "train only (no train+val refit: validation selects C)"}
     save_linear(model, out_dir, meta)
 
-    # dvcyaml=False: dvc.yaml declares <live_dir>/metrics.json itself.
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
+    live = open_live(live_dir)
     for logs in history:
         for key, value in logs.items():
             live.log_metric(key, value)
@@ -438,12 +436,13 @@ class ClassicalFitted(Fitted):
         return self.model.score(self.model.prepare(np.asarray(x), speakers))
 
     def predict_split(self, features_root: Path, split: str = "test", corpus: Optional[str] = None, *,
-                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                      batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         store = self.open_store(features_root, split, corpus)
         speakers = speaker_keys(store)
         log.info("evaluating %s on %s/%s%s (%d clips)", self.model_dir, store.root, split,
                  f" [{corpus}]" if corpus else "", len(store))
-        return store.labels(self.labels), self.model.predict(self.model.prepare(store.stack(), speakers))
+        xs = self.model.prepare(store.stack(), speakers)
+        return store.labels(self.labels), self.model.predict(xs), self.model.score(xs)
 
     def file_caveat(self) -> Optional[str]:
         if self.model.standardisation != "speaker":

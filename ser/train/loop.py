@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from ser.features.dataset import FeatureDataset, epoch_seed, make_loader, max_sa
 from ser.features.scaling import Standardiser
 from ser.features.stores import FeatureStore, fold_root
 from ser.fsutil import write_json_atomic
+from ser.logutil import open_live
 from ser.models import build_model
 from ser.models.base import EpochCallback, Learner
 from ser.models.checkpoint import BACKBONE_CACHE, load_checkpoint, save_checkpoint
@@ -137,7 +139,24 @@ def set_determinism(train: TrainParams) -> None:
     # cuBLAS needs a fixed workspace for deterministic matmuls on CUDA.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
+
+
+def deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor.
+
+    The public call also sets torch._inductor.config.deterministic, importing the compiler stack
+    (torch._dynamo, sympy: 0.9 s in every train stage). Nothing here compiles; the flag the eager
+    kernels read is ATen's, set the same way, and inductor's is set too when it is already loaded.
+    """
+    inductor_config = sys.modules.get("torch._inductor.config")
+    if inductor_config is not None:
+        inductor_config.deterministic = True
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call, import and all
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
 
 
 def code_fingerprint() -> str:
@@ -428,10 +447,7 @@ def _start(trainer: Trainer, out_dir: Path, resume_dir: Path) -> _Progress:
 
 
 def _open_live(live_dir: Path, history: list[dict[str, float]]) -> Any:
-    from dvclive import Live  # lazy: dvclive imports its own stack; only the main process logs
-
-    # dvcyaml=False: dvc.yaml declares <live_dir>/metrics.json and <live_dir>/plots itself.
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
+    live = open_live(live_dir)  # only the main process logs
     for logs in history:  # a resumed run rewrites the completed epochs: same files as uninterrupted
         for key, value in logs.items():
             live.log_metric(key, value)
