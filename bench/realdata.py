@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps({"setups": chosen, "seeds": args.seeds, "epochs": args.epochs,
                                     "params": str(args.params.relative_to(ROOT) if args.params.is_absolute()
                                                   and args.params.is_relative_to(ROOT) else args.params),
-                                    "set": args.set,
+                                    "set": args.set, "fuse": args.fuse,
                                     "results": {s: {sc: {str(k): v for k, v in r.items()} for sc, r in by.items()}
                                                 for s, by in results.items()},
                                     "tests": tests, "domain_evidence": evidence, "seconds": timings, "table": text}, indent=2) + "\n")
