@@ -207,6 +207,10 @@ def test_stage_seconds_run_from_one_stage_start_to_the_next(tmp_path):
     table = pipeline.format_groups(groups, per_stage)
     assert "train@" in table and "slowest stages: evaluate@a-1-1 9.0 s" in table
     assert pipeline.format_groups(groups, per_stage, title="experiment").startswith("experiment by stage family")
+    # the experiment's floor: its train cells, and with their evaluations, as shares of make repro
+    assert pipeline.experiment_floor(per_stage, repro=34.0) == {
+        "train_cells_s": 8.5, "train_cells_share": 0.25, "train_and_evaluate_cells_s": 17.5,
+        "train_and_evaluate_cells_share": 0.515}
     # run() times the stages from the output as it streams
     script = tmp_path / "fake_dvc.py"
     script.write_text("import time\nprint(\"Running stage 'a':\", flush=True)\ntime.sleep(0.3)\n"
