@@ -60,10 +60,13 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from ser.stats import Predictions, paired_bootstrap, read_predictions_csv
+from ser.stats import Predictions, concat, paired_bootstrap, read_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
+# What a model's result on one test set keeps of its metrics record (read_results, fuse).
+RESULT_KEYS = ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class", "top_class_share", "prediction_share",
+               "n", "test_set", "single_class")
 EMODB_LABELS = {"anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
                 "boredom": "", "disgust": "", "fear": ""}
 
@@ -189,9 +192,7 @@ def read_results(workdir: Path, params: dict[str, Any], scope: str) -> dict[str,
     (fold,), (seed,) = params["folds"], params["seeds"]
     for name in params["models"]:
         record = json.loads((workdir / "metrics" / "models" / name / f"f{fold}-s{seed}" / f"{scope}.json").read_text())
-        out[name] = {k: record.get(k) for k in ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class",
-                                                "top_class_share", "prediction_share", "n", "test_set",
-                                                "single_class")}
+        out[name] = {k: record.get(k) for k in RESULT_KEYS}
     return out
 
 
@@ -204,13 +205,8 @@ def run_predictions(workdir: Path, models: list[str], scope: str, seed: int) -> 
 def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
     """One model's predictions of every seed on one test set, pooled: clip ids are prefixed with the
     seed, speakers kept (a speaker-resampling bootstrap draws a speaker with all its seeds)."""
-    seeds = sorted(runs)
-    return Predictions(utt_id=[f"s{seed}/{u}" for seed in seeds for u in runs[seed].utt_id],
-                       speaker=np.concatenate([runs[s].speaker for s in seeds]),
-                       y_true=np.concatenate([runs[s].y_true for s in seeds]),
-                       y_pred=np.concatenate([runs[s].y_pred for s in seeds]), labels=LABELS,
-                       scores=(np.concatenate([runs[s].scores for s in seeds])
-                               if all(runs[s].scores is not None for s in seeds) else None))
+    return concat([Predictions(np.char.add(f"s{seed}/", p.utt_id), p.speaker, p.y_true, p.y_pred, p.labels, p.scores)
+                   for seed, p in sorted(runs.items())])
 
 
 def fuse(name: str, members: list[str], runs: dict[str, Predictions], test_set: str) -> tuple[dict[str, Any], Predictions]:
@@ -230,9 +226,7 @@ def fuse(name: str, members: list[str], runs: dict[str, Predictions], test_set: 
     preds = Predictions(first.utt_id, first.speaker, first.y_true, scores.argmax(axis=1), first.labels, scores)
     record = metrics_record(compute_metrics(preds.y_true, preds.y_pred, list(LABELS)), preds.y_true, preds.y_pred,
                             model=name, test_set=test_set)
-    keys = ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class", "top_class_share", "prediction_share", "n",
-            "test_set", "single_class")
-    return {k: record.get(k) for k in keys}, preds
+    return {k: record.get(k) for k in RESULT_KEYS}, preds
 
 
 def twins(models: dict[str, Any]) -> dict[str, str]:
