@@ -3,7 +3,7 @@
 Each set-up is a DVC project of its own under --workdir (dvc.yaml and stages/ copied from this
 repository, params.yaml written from this repository's params.yaml with the corpora, studies and
 splits replaced, one fold and the seed of the round as `seeds: [<seed>]`), 4 classes (angry, happy,
-neutral, sad):
+neutral, sad) unless named otherwise:
 
   cross         EmoDB -> RAVDESS: EmoDB is the labeled source (validation speakers 03 and 08, no
                 test speakers: it only trains), RAVDESS actors 1-6 are the unlabeled adaptation
@@ -15,6 +15,9 @@ neutral, sad):
   multi_corpus  (--tess) RAVDESS + EmoDB + TESS pooled: RAVDESS as in `in_domain`, EmoDB
                 validation 03, 08 and test 15, 16, TESS held-out words (fold 1 of 6). Reported
                 pooled and per corpus (TESS is easy and must not hide the others).
+  multi_corpus7 (--tess) the same corpora and splits with 7 classes: angry, disgust, fear, happy,
+                neutral, sad, surprise (EmoDB has no surprise: its UAR averages its 6 classes;
+                RAVDESS calm and EmoDB boredom are left out).
 
 Every model of the params that reads log-mels or openSMILE features is run (DANN models only
 where there is a target corpus); the tiny random encoder models of the demo profile are left out
@@ -27,9 +30,10 @@ against the best of the baselines (--baselines) and of each DANN model against i
 non-adversarial twin (the model whose params differ only in the objective). Results go to
 bench/results/realdata.json.
 
---fuse A+B (repeatable): also report the late fusion of models A and B, the mean of their class
-probabilities per clip (read from the predictions CSVs' score columns), as a model of its own, with the
-same tables and paired tests.
+Late fusions: the params' `fusions` whose members all run here (the pipeline's summarize stage
+computes them: the mean of the members' class probabilities per clip), and --fuse A+B (repeatable),
+which adds the fusion of models A and B under the name A+B. Each is reported as a model of its own,
+with the same tables and paired tests.
 
 --params FILE: its top-level sections replace those of this repository's params.yaml (a file
 with only `models:` runs other models with the current features); --set KEY=VALUE (repeatable,
@@ -60,20 +64,22 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from ser.config import ParamsError, parse_params
 from ser.stats import Predictions, concat, paired_bootstrap, read_predictions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
-# What a model's result on one test set keeps of its metrics record (read_results, fuse).
+LABELS7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+# What a model's result on one test set keeps of its metrics record (read_results).
 RESULT_KEYS = ("uar", "uar_ci95", "accuracy", "accuracy_ci95", "top_class", "top_class_share", "prediction_share",
                "n", "test_set", "single_class")
 EMODB_LABELS = {"anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
                 "boredom": "", "disgust": "", "fear": ""}
+EMODB_LABELS7 = {**EMODB_LABELS, "disgust": "disgust", "fear": "fear"}
 
 
-def _emodb(path: Path) -> dict[str, Any]:
-    return {"source": "local", "path": str(path), "adapter": "csv", "csv": "metadata.csv",
-            "label_map": EMODB_LABELS}
+def _emodb(path: Path, label_map: dict[str, str] = EMODB_LABELS) -> dict[str, Any]:
+    return {"source": "local", "path": str(path), "adapter": "csv", "csv": "metadata.csv", "label_map": label_map}
 
 
 def setups(emodb: Path, ravdess: Path, tess: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -117,6 +123,9 @@ def setups(emodb: Path, ravdess: Path, tess: Path | None = None) -> dict[str, di
                                              "seed": 0}}},
         "scopes": ["in_domain", "emodb", "ravdess", "tess"],
     }
+    out["multi_corpus7"] = copy.deepcopy(out["multi_corpus"])
+    out["multi_corpus7"]["corpora"]["emodb"] = _emodb(emodb, EMODB_LABELS7)
+    out["multi_corpus7"]["studies"]["cross_corpus"]["labels"] = LABELS7
     return out
 
 
@@ -154,6 +163,9 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
             mp["epochs"] = epochs
         models[name] = mp
     params["models"] = models
+    # the late fusions (params `fusions`, summarized by the pipeline) whose members all run here
+    params["fusions"] = {name: f for name, f in (base.get("fusions") or {}).items()
+                         if all(m in models for m in f["members"])}
     return params
 
 
@@ -186,20 +198,31 @@ def prepare(workdir: Path) -> None:
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=workdir, env=_env(), check=True)
 
 
+def _run_dirs(workdir: Path, params: dict[str, Any]) -> dict[str, tuple[Path, Path]]:
+    """{model or fusion: (its metrics folder, its predictions folder)}: a model's evaluate@ outputs,
+    a fusion's summarize outputs."""
+    out = {name: (workdir / "metrics" / "models" / name, workdir / "plots" / name) for name in params["models"]}
+    out.update({name: (workdir / "metrics" / "fusions" / name, workdir / "metrics" / "fusion_predictions" / name)
+                for name in params.get("fusions") or {}})
+    return out
+
+
 def read_results(workdir: Path, params: dict[str, Any], scope: str) -> dict[str, dict[str, Any]]:
-    """Each model's metrics of the run (fold 1, the params' seed): metrics/models/<model>/f1-s<seed>/<scope>.json."""
+    """Each model's and fusion's metrics of the run (fold 1, the params' seed): <metrics>/f1-s<seed>/<scope>.json."""
     out = {}
     (fold,), (seed,) = params["folds"], params["seeds"]
-    for name in params["models"]:
-        record = json.loads((workdir / "metrics" / "models" / name / f"f{fold}-s{seed}" / f"{scope}.json").read_text())
+    for name, (metrics, _plots) in _run_dirs(workdir, params).items():
+        record = json.loads((metrics / f"f{fold}-s{seed}" / f"{scope}.json").read_text())
         out[name] = {k: record.get(k) for k in RESULT_KEYS}
     return out
 
 
-def run_predictions(workdir: Path, models: list[str], scope: str, seed: int) -> dict[str, Predictions]:
-    """Each model's per-clip predictions of this seed's run on one test set (read right after the run:
-    the next seed's `dvc repro` replaces the plots folder)."""
-    return {m: read_predictions_csv(workdir / "plots" / m / f"f1-s{seed}" / f"{scope}.csv", LABELS) for m in models}
+def run_predictions(workdir: Path, params: dict[str, Any], scope: str, seed: int) -> dict[str, Predictions]:
+    """Each model's and fusion's per-clip predictions of this seed's run on one test set (read right
+    after the run: the next seed's `dvc repro` replaces them)."""
+    labels = params["studies"]["cross_corpus"]["labels"]
+    return {name: read_predictions_csv(plots / f"f1-s{seed}" / f"{scope}.csv", labels)
+            for name, (_metrics, plots) in _run_dirs(workdir, params).items()}
 
 
 def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
@@ -207,26 +230,6 @@ def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
     seed, speakers kept (a speaker-resampling bootstrap draws a speaker with all its seeds)."""
     return concat([Predictions(np.char.add(f"s{seed}/", p.utt_id), p.speaker, p.y_true, p.y_pred, p.labels, p.scores)
                    for seed, p in sorted(runs.items())])
-
-
-def fuse(name: str, members: list[str], runs: dict[str, Predictions], test_set: str) -> tuple[dict[str, Any], Predictions]:
-    """Late fusion of one seed's run: the mean of the members' class probabilities, argmax; its result
-    in read_results' shape and its predictions. Members must score with probabilities (softmax models:
-    the MLP, the CRNN, logistic regression), not an SVM's decision values."""
-    from ser.eval.evaluate import metrics_record
-    from ser.stats import align_to, compute_metrics
-
-    first = runs[members[0]]
-    parts = [first] + [align_to(first, runs[m]) for m in members[1:]]
-    for m, part in zip(members, parts):
-        if part.scores is None or not np.allclose(part.scores.sum(axis=1), 1.0, atol=1e-4):
-            raise SystemExit(f"--fuse {name}: {m} has no class probabilities in its predictions CSV "
-                             "(an SVM scores with decision values; fuse softmax models)")
-    scores = np.mean([p.scores for p in parts], axis=0)
-    preds = Predictions(first.utt_id, first.speaker, first.y_true, scores.argmax(axis=1), first.labels, scores)
-    record = metrics_record(compute_metrics(preds.y_true, preds.y_pred, list(LABELS)), preds.y_true, preds.y_pred,
-                            model=name, test_set=test_set)
-    return {k: record.get(k) for k in RESULT_KEYS}, preds
 
 
 def twins(models: dict[str, Any]) -> dict[str, str]:
@@ -323,14 +326,17 @@ def domain_evidence(workdir: Path, params: dict[str, Any], seed: int) -> list[di
 TITLES = {"cross": "EmoDB -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
           "in_domain": "RAVDESS in-domain (train 1-8, val 9-10, test 11-12)",
           "multi_source": "EmoDB + TESS -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
-          "multi_corpus": "RAVDESS + EmoDB + TESS pooled (test: RAVDESS 11-12, EmoDB 15-16, TESS held-out words)"}
+          "multi_corpus": "RAVDESS + EmoDB + TESS pooled (test: RAVDESS 11-12, EmoDB 15-16, TESS held-out words)",
+          "multi_corpus7": "RAVDESS + EmoDB + TESS pooled, 7 classes (test: RAVDESS 11-12, EmoDB 15-16, TESS "
+                           "held-out words)"}
 
 
 def _shares(by_seed: dict[int, dict[str, dict[str, Any]]], model: str) -> str:
     """Mean prediction share of each class over the seeds."""
     seeds = sorted(by_seed)
+    labels = list(by_seed[seeds[0]][model]["prediction_share"] or LABELS)
     return ", ".join(f"{c} {statistics.mean((by_seed[s][model]['prediction_share'] or {}).get(c, 0.0) for s in seeds):.2f}"
-                     for c in LABELS)
+                     for c in labels)
 
 
 def report(results: dict[str, dict[str, dict[int, dict[str, dict[str, Any]]]]],
@@ -410,23 +416,24 @@ def check_corpora(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = corpus_arguments(__doc__, "/tmp/ser-realdata", [0, 1, 2], "realdata.json")
     ap.add_argument("--setups", nargs="+", choices=list(TITLES), help="default: cross and in_domain, and with "
-                    "--tess also multi_source and multi_corpus")
+                    "--tess also multi_source, multi_corpus and multi_corpus7")
     ap.add_argument("--baselines", nargs="+", default=["egemaps_svm", "egemaps_logreg", "baseline"],
                     help="the models whose best (mean UAR) every other model is tested against")
     ap.add_argument("--fuse", action="append", default=[], metavar="A+B[+C]",
-                    help="also report the late fusion of these models (mean of their class probabilities per "
-                         "clip, argmax) as a model of its own; repeatable")
+                    help="add the late fusion of these models (params `fusions`: the mean of their class "
+                         "probabilities per clip, argmax) as a model named A+B; repeatable")
     ap.add_argument("--with-waves", action="store_true", help="also run the encoder models (waveforms and cached embeddings)")
     args = ap.parse_args(argv)
     check_corpora(args)
     base = load_base(args)
     all_setups = setups(args.emodb.resolve(), args.ravdess.resolve(), args.tess.resolve() if args.tess else None)
     chosen = args.setups or list(all_setups)
-    for fused in args.fuse:
-        unknown = [m for m in fused.split("+") if m not in base["models"]]
-        if len(fused.split("+")) < 2 or unknown:
-            raise SystemExit(f"--fuse {fused}: name two or more models of the params joined by '+'"
-                             + (f"; unknown: {unknown}" if unknown else ""))
+    kept = {n: f for n, f in (base.get("fusions") or {}).items() if all(m in base["models"] for m in f["members"])}
+    base["fusions"] = {**kept, **{f: {"members": f.split("+")} for f in args.fuse}}  # params.yaml's of models run here
+    try:  # a fusion of unknown models, or of an SVM's decision values, fails here, before any work
+        parse_params(base)
+    except ParamsError as exc:
+        raise SystemExit(f"--params/--set/--fuse: {exc}") from None
     missing = [name for name in chosen if name not in all_setups]
     if missing:
         raise SystemExit(f"set-ups {missing} need --tess")
@@ -452,12 +459,7 @@ def main(argv: list[str] | None = None) -> None:
                 evidence[name] += domain_evidence(workdir, params, seed)
             for scope in setup["scopes"]:
                 results[name][scope][seed] = read_results(workdir, params, scope)
-                preds[scope][seed] = run_predictions(workdir, list(params["models"]), scope, seed)
-                for fused in args.fuse:
-                    members = fused.split("+")
-                    test_set = results[name][scope][seed][members[0]]["test_set"]
-                    results[name][scope][seed][fused], preds[scope][seed][fused] = fuse(
-                        fused, members, preds[scope][seed], test_set)
+                preds[scope][seed] = run_predictions(workdir, params, scope, seed)
                 for model, r in results[name][scope][seed].items():
                     print(f"  {model} [{r['test_set']}]: UAR {r['uar']:.3f}, accuracy {r['accuracy']:.3f}, "
                           f"top class {r['top_class']} {r['top_class_share']:.2f}", flush=True)

@@ -69,7 +69,7 @@ def make_params(base: dict[str, Any], emodb: Path, ravdess: Path, seeds: list[in
         "cross_crnn": {**crnn, "study": "cross"},
         "cross_dann": {**dann, "study": "cross"},
     }
-    params.update(seeds=seeds, folds=[1, 2, 3])
+    params.update(seeds=seeds, folds=[1, 2, 3], fusions={})
     return params
 
 

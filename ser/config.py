@@ -25,7 +25,7 @@ __all__ = [
     "CorpusParams", "DemoParams", "StudyParams", "SplitParams", "FeatureParams", "StoreFrontEnd", "STORE_KINDS",
     "OptimParams", "CrnnParams", "LoraParams", "EncoderParams", "REGIMES", "encoder_store_key", "SpecAugmentParams", "ModelParams",
     "ClassicalParams", "TrainParams", "ARCHS",
-    "EvalParams",
+    "EvalParams", "FusionParams",
 ]
 
 
@@ -631,6 +631,12 @@ class ModelParams:
         if self.arch == "classical" and self.classical is None:
             raise ValueError("arch 'classical' needs a 'classical:' section (classifier, C, standardise)")
 
+    @property
+    def scores(self) -> Literal["softmax", "decision"]:
+        """What its predictions CSVs score with: class probabilities, or an SVM's decision values."""
+        svm = self.arch == "classical" and self.classical is not None and self.classical.classifier != "logreg"
+        return "decision" if svm else "softmax"
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -674,6 +680,18 @@ class EvalParams:
             raise ValueError(f"ci must be in (0, 1), got {self.ci}")
 
 
+@dataclass(frozen=True)
+class FusionParams:
+    """A late fusion (`fusions.<name>`, computed by summarize): for every run (fold, seed) and test
+    set, the mean of its members' class probabilities per clip, then the argmax. The members are
+    two or more `models` of one study that score with probabilities (not an SVM's decision values)."""
+    members: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2 or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members: name two or more distinct models, got {list(self.members)}")
+
+
 # --------------------------------------------------------------------------- root
 @dataclass(frozen=True)
 class Params:
@@ -693,6 +711,7 @@ class Params:
     models: dict[str, ModelParams]
     evaluation: EvalParams = field(default_factory=EvalParams)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
+    fusions: dict[str, FusionParams] = field(default_factory=dict)
     seed: int = 0
     fold: int = 1
 
@@ -748,6 +767,34 @@ class Params:
                         f"`adapt` and `test` lists (or all_test), or set studies.{sname}.train_on_target: true")
         for sname in sorted({m.study for m in self.models.values()}):
             self._check_study_splits(sname)
+        for fname, fusion in self.fusions.items():
+            self._check_fusion(fname, fusion)
+
+    def _check_fusion(self, fname: str, fusion: FusionParams) -> None:
+        where = f"fusions.{fname}"
+        if fname in self.models:
+            raise ValueError(f"{where}: {fname!r} is also a model's name; a fusion needs a name of its own")
+        unknown = [m for m in fusion.members if m not in self.models]
+        if unknown:
+            raise ValueError(f"{where}.members: {unknown} not in `models` (defined: {sorted(self.models)})")
+        studies = sorted({self.models[m].study for m in fusion.members})
+        if len(studies) > 1:
+            raise ValueError(f"{where}.members: models of different studies ({studies}) are not tested on "
+                             "the same clips; fuse models of one study")
+        if self.studies[studies[0]].design == "matrix":
+            raise ValueError(f"{where}: study {studies[0]!r} is a matrix study (one training corpus per fold); "
+                             "fuse models of a single-design study")
+        svm = [m for m in fusion.members if self.models[m].scores != "softmax"]
+        if svm:
+            raise ValueError(f"{where}.members: {svm} score with an SVM's decision values, not class "
+                             "probabilities, so there is nothing to average; fuse softmax models (logreg, mlp, "
+                             "crnn, encoders)")
+
+    def study_of(self, name: str) -> str:
+        """The study of model or fusion `name`."""
+        if name in self.fusions:
+            return self.models[self.fusions[name].members[0]].study
+        return self.model(name).study
 
     def _check_study_splits(self, sname: str) -> None:
         """Combinations that cannot train or evaluate fail here, before any work (see SplitParams.provides)."""

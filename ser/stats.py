@@ -53,7 +53,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compute_metrics", "bootstrap_ci", "Predictions", "align_to", "read_predictions_csv", "write_predictions_csv",
+__all__ = ["compute_metrics", "bootstrap_ci", "Predictions", "align_to", "fuse", "read_predictions_csv", "write_predictions_csv",
            "concat", "point_metrics", "metrics_from_confusion", "aggregate",
            "pooled", "paired_bootstrap", "mcnemar_exact", "holm", "compare_models", "METRIC_NAMES"]
 
@@ -205,6 +205,31 @@ def align_to(a: Predictions, b: Predictions) -> Predictions:
             raise ValueError(f"{name} of the same clip differs between the models' predictions, "
                              f"e.g. {a.utt_id[differs][:3].tolist()}")
     return out
+
+
+def fuse(members: Mapping[str, Predictions], atol: float = 1e-4) -> Predictions:
+    """Late fusion: per clip, the mean of the members' class probabilities (in the first member's clip
+    and label order), then the argmax (ties: the first label). ValueError naming the member whose
+    scores are missing or are not probabilities (rows summing to 1), or whose clips differ."""
+    if len(members) < 2:
+        raise ValueError(f"fuse needs two or more models, got {list(members)}")
+    names = list(members)
+    first = members[names[0]]
+    parts = []
+    for name in names:
+        try:
+            part = first if name == names[0] else align_to(first, members[name])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        if part.scores is None:
+            raise ValueError(f"{name}: its predictions carry no per-class scores (written before scores were; "
+                             "re-run its evaluation)")
+        if len(part) and not np.allclose(part.scores.sum(axis=1), 1.0, atol=atol):
+            raise ValueError(f"{name}: its scores are not class probabilities (rows do not sum to 1: an SVM's "
+                             "decision values?); fuse models that score with probabilities")
+        parts.append(part.scores)
+    scores = np.mean(parts, axis=0)
+    return Predictions(first.utt_id, first.speaker, first.y_true, scores.argmax(axis=1), first.labels, scores)
 
 
 # --------------------------------------------------------------------------- metrics from confusion counts

@@ -1,7 +1,8 @@
 """summarize: every run's metrics aggregated over folds and seeds (metrics/aggregate.json),
 paired comparisons of models tested on the same clips (metrics/comparisons.json), the
-train x test corpus matrix (metrics/corpus_matrix.json, metrics/figures/) and the tables
-of all of it (metrics/summary.md); see ser.eval.summary.
+train x test corpus matrix (metrics/corpus_matrix.json, metrics/figures/), the runs of the
+late fusions of params.yaml `fusions` (metrics/fusions/, metrics/fusion_predictions/) and the
+tables of all of it (metrics/summary.md); see ser.eval.summary.
 
 Outputs of models, folds or seeds no longer in params.yaml are removed first, so the
 tables and the next experiment only ever describe the current runs.
@@ -33,13 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--aggregate", type=Path, default=Path("metrics/aggregate.json"))
     ap.add_argument("--matrix", type=Path, default=Path("metrics/corpus_matrix.json"))
     ap.add_argument("--figures", type=Path, default=Path("metrics/figures"))
+    ap.add_argument("--fusions", type=Path, default=Path("metrics/fusions"),
+                    help="<fusion>/<run>/<scope>.json: each run of each params.yaml `fusions` entry")
+    ap.add_argument("--fusion-plots", type=Path, default=Path("metrics/fusion_predictions"),
+                    help="<fusion>/<run>/<scope>.{csv,png}: their per-utterance predictions")
     args = ap.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    ensure_writable(args.figures, files=[args.out, args.comparisons, args.aggregate, args.matrix])
+    ensure_writable(args.figures, args.fusions, args.fusion_plots,
+                    files=[args.out, args.comparisons, args.aggregate, args.matrix])
     prune_stale_outputs(params, [args.metrics_dir, args.plots_dir, args.live_dir])
     write_summary(params, args.metrics_dir, args.models_dir, args.out, args.live_dir, args.plots_dir,
-                  args.comparisons, args.aggregate, args.matrix, args.figures)
+                  args.comparisons, args.aggregate, args.matrix, args.figures, args.fusions, args.fusion_plots)
 
 
 if __name__ == "__main__":

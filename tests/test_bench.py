@@ -249,8 +249,11 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
         assert params.seeds == (0,) and params.folds == (1,), name
         if name == "multi_source":  # DANN's source is both labeled corpora
             assert params.studies["cross_corpus"].source == ("emodb", "tess") and "dann" in params.models
-        if name == "multi_corpus":  # no target: no DANN model
+        if name.startswith("multi_corpus"):  # no target: no DANN model
             assert params.studies["cross_corpus"].target is None and "dann" not in params.models
+        if name == "multi_corpus7":  # the 7 classes; EmoDB's disgust and fear kept, boredom left out
+            assert len(params.studies["cross_corpus"].labels) == 7
+            assert params.corpora["emodb"].label_map["fear"] == "fear" and params.corpora["emodb"].label_map["boredom"] == ""
     # --params replaces whole sections, --set one value
     over = realdata.overlay(base, {"models": {"m": base["models"]["egemaps_svm"]}}, ["features.vad=trim"])
     assert list(over["models"]) == ["m"] and over["features"]["vad"] == "trim" and base["features"]["vad"] == "none"
@@ -274,27 +277,36 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     assert {"wav2vec_dann", "wavlm_probe"} <= set(with_encoders["models"])
 
 
-def test_realdata_fusion_averages_aligned_probabilities_and_refuses_decision_values():
-    """--fuse: the mean of the members' class probabilities, matched by clip id whatever the row order;
-    an SVM's decision values are not probabilities and are refused, naming the model."""
-    import numpy as np
+def test_realdata_runs_the_fusions_whose_members_it_runs_and_refuses_a_bad_fuse(tmp_path, capsys):
+    """Fusions are the pipeline's (params `fusions`, computed by summarize): the check keeps those whose
+    members all run in a set-up and reads their runs beside the models'; --fuse of an SVM's decision
+    values fails before any work, naming the model."""
+    import yaml
 
-    from ser.stats import Predictions
+    from ser.config import parse_params
 
     sys.path.insert(0, str(REPO / "bench"))
     try:
         realdata = _load("realdata")
     finally:
         sys.path.remove(str(REPO / "bench"))
-    labels = realdata.LABELS
-    a = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], labels, [[0.6, 0.4, 0, 0], [0.1, 0.5, 0, 0.4]])
-    b = Predictions(["u1", "u0"], ["s", "s"], [3, 0], [3, 2], labels, [[0, 0.1, 0, 0.9], [0.3, 0, 0.7, 0]])
-    record, fused = realdata.fuse("a+b", ["a", "b"], {"a": a, "b": b}, "test [x]")
-    assert np.allclose(fused.scores, [[0.45, 0.2, 0.35, 0], [0.05, 0.3, 0, 0.65]])
-    assert fused.y_pred.tolist() == [0, 3] and record["uar"] == 1.0 and record["test_set"] == "test [x]"
-    svm = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], labels, [[2.0, -1, -1, -1], [-1, 1.5, -1, 0.2]])
-    with pytest.raises(SystemExit, match="svm has no class probabilities"):
-        realdata.fuse("a+svm", ["a", "svm"], {"a": a, "svm": svm}, "test [x]")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["fusions"]["mlp_logreg"] = {"members": ["egemaps_mlp", "egemaps_logreg"]}
+    base["fusions"]["with_probe"] = {"members": ["egemaps_mlp", "wavlm_probe"]}
+    cross = realdata.make_params(base, realdata.setups(tmp_path / "e", tmp_path / "r")["cross"], 0, False, 2)
+    assert set(cross["fusions"]) == {"crnn_egemaps_mlp", "mlp_logreg"}  # wavlm_probe runs only --with-waves
+    parse_params(cross)
+    dirs = realdata._run_dirs(tmp_path, cross)
+    assert dirs["mlp_logreg"] == (tmp_path / "metrics" / "fusions" / "mlp_logreg",
+                                  tmp_path / "metrics" / "fusion_predictions" / "mlp_logreg")
+    assert dirs["egemaps_mlp"] == (tmp_path / "metrics" / "models" / "egemaps_mlp", tmp_path / "plots" / "egemaps_mlp")
+    for name in ("emodb", "ravdess"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "emodb" / "metadata.csv").write_text("path,speaker,emotion\n")
+    with pytest.raises(SystemExit, match=r"\['egemaps_svm'\] score with an SVM's decision values"):
+        realdata.main(["--emodb", str(tmp_path / "emodb"), "--ravdess", str(tmp_path / "ravdess"),
+                       "--fuse", "egemaps_logreg+egemaps_svm", "--workdir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
 
 
 def test_gpu_check_without_cuda_exits_at_once_saying_why(tmp_path):

@@ -58,7 +58,7 @@ def linear(classifier: str = "logreg", C: tuple[float, ...] = (0.01, 1.0), stand
 
 @pytest.fixture(scope="module")
 def base_params():
-    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3, folds=(1,), seeds=(3,))
+    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3, folds=(1,), seeds=(3,), fusions={})
 
 
 def train(params, name: str, features_root: Path, out: Path):
@@ -123,6 +123,7 @@ def tone_corpus(tmp_path_factory) -> dict:
     raw["studies"].pop("corpus_matrix")
     raw["splits"].pop("corpus_matrix")
     raw["models"].pop("matrix_logreg")
+    raw["fusions"] = {}  # tests swap the models
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     report = root / "egemaps.json"
     done = subprocess.run([sys.executable, str(REPO / "stages" / "precompute.py"), "--kind", "egemaps",
@@ -408,7 +409,7 @@ def test_params_reject_what_does_not_apply_to_linear(base_params) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     entry = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
              "batch_size": 1, "optim": {}, "classical": {"classifier": "svm", "C": [0.01, 1], "standardise": "speaker"}}
-    parsed = parse_params({**raw, "models": {"egemaps_svm": entry}})
+    parsed = parse_params({**raw, "models": {"egemaps_svm": entry}, "fusions": {}})
     assert parsed.models["egemaps_svm"].classical.C == (0.01, 1.0)
     bad = {
         "does not apply to arch 'classical'": {"objective": "dann"},
@@ -421,7 +422,7 @@ def test_params_reject_what_does_not_apply_to_linear(base_params) -> None:
     }
     for message, change in bad.items():
         with pytest.raises(ParamsError, match=message):
-            parse_params({**raw, "models": {"egemaps_svm": {**entry, **change}}})
+            parse_params({**raw, "models": {"egemaps_svm": {**entry, **change}}, "fusions": {}})
 
 
 # --------------------------------------------------------------------------- predict

@@ -281,6 +281,7 @@ def test_store_plan_lists_the_stores_the_models_read():
     assert "multi_corpus" not in plan["mels"]  # no mel model in the multi-corpus study: its store is not built
     data = _default()
     data["models"] = {"baseline": data["models"]["baseline"]}
+    data["fusions"] = {}
     assert parse_params(data).store_plan() == {"mels": ["cross_corpus"], "waves": [], "embeddings": [],
                                                "egemaps": []}
 
@@ -412,3 +413,33 @@ def test_runtime_section_holds_speed_knobs_no_stage_depends_on():
     for name, stage in stages.items():
         keys = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("do", stage).get("params", [])]
         assert not [k for k in keys if k.split(".")[0] == "runtime"], f"stage {name} depends on runtime"
+
+
+@pytest.mark.parametrize("fusions, match", [
+    ({"f": {"members": ["baseline"]}}, r"fusions\.f: members: name two or more distinct models"),
+    ({"f": {"members": ["baseline", "baseline"]}}, r"fusions\.f: members: name two or more distinct"),
+    ({"f": {"members": ["baseline", "nope"]}}, r"fusions\.f\.members: \['nope'\] not in `models`"),
+    ({"baseline": {"members": ["dann", "egemaps_mlp"]}}, r"fusions\.baseline: 'baseline' is also a model's name"),
+    ({"f": {"members": ["baseline", "qlora"]}}, r"fusions\.f\.members: models of different studies"),
+    ({"f": {"members": ["baseline", "egemaps_svm"]}}, r"\['egemaps_svm'\] score with an SVM's decision values"),
+    ({"f": {"members": ["matrix_logreg", "matrix_logreg2"]}}, r"fusions\.f: study 'corpus_matrix' is a matrix study"),
+    ({"f": {"members": ["baseline", "dann"], "weights": [1, 2]}}, r"unknown key fusions\.f\.weights"),
+])
+def test_bad_fusions_fail_at_load(fusions, match):
+    """fusions: two or more distinct models of one (single-design) study that score with probabilities."""
+    data = _default()
+    data["models"]["matrix_logreg2"] = copy.deepcopy(data["models"]["matrix_logreg"])
+    data["fusions"] = fusions
+    with pytest.raises(ParamsError, match=match):
+        parse_params(data)
+
+
+def test_fusions_load_and_name_their_study():
+    params = load_params(PARAMS)
+    assert params.fusions and all(len(f.members) >= 2 for f in params.fusions.values())
+    name, fusion = next(iter(params.fusions.items()))
+    assert params.study_of(name) == params.models[fusion.members[0]].study
+    assert params.models["egemaps_logreg"].scores == "softmax" and params.models["egemaps_svm"].scores == "decision"
+    data = _default()
+    del data["fusions"]
+    assert parse_params(data).fusions == {}

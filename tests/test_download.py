@@ -83,7 +83,7 @@ def make_params(corpora: dict[str, dict], clips_per_speaker: dict[str, int] | No
         data["demo"]["clips_per_speaker"] = clips_per_speaker
     data["studies"] = {"s": {"labels": ["angry", "sad"], "corpora": list(corpora)}}
     data["splits"] = {"s": {name: {"protocol": "all_test"} for name in corpora}}
-    data["models"] = {}
+    data["models"], data["fusions"] = {}, {}
     return parse_params(data)
 
 
@@ -484,7 +484,7 @@ def test_stage_script_writes_report(tmp_path):
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data.update(corpora={"ravdess": {"source": "local", "path": str(root), "expected_files": 24}},
                 studies={"s": {"labels": ["angry", "sad"], "corpora": ["ravdess"]}},
-                splits={"s": {"ravdess": {"protocol": "all_test"}}}, models={})
+                splits={"s": {"ravdess": {"protocol": "all_test"}}}, models={}, fusions={})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     report = tmp_path / "reports" / "download_verify.json"
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "download_verify.py"),

@@ -37,7 +37,7 @@ def tree(tmp_path_factory) -> Path:
 def params_dict(base: Path | str) -> dict:
     """The repo's params.yaml with corpora pointing at the fixture tree and splits sized to it."""
     data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["models"] = {}  # not this stage's business
+    data["models"], data["fusions"] = {}, {}  # not this stage's business
     data["corpora"] = {c: {"source": "local", "path": str(Path(base) / "raw" / c)}
                        for c in ("iemocap", "ravdess", "crema_d", "tess")}
     data["studies"] = {

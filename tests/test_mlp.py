@@ -32,7 +32,7 @@ def mlp(standardise: str = "global", objective: str = "ce", epochs: int = 25, se
 
 @pytest.fixture(scope="module")
 def base_params():
-    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3, folds=(1,), seeds=(3,))
+    return dataclasses.replace(load_params(REPO / "params.yaml"), seed=3, folds=(1,), seeds=(3,), fusions={})
 
 
 def _test_rows(feats: Path, split: str = "test") -> tuple[np.ndarray, list[str]]:
@@ -126,7 +126,7 @@ def test_params_reject_what_cannot_train() -> None:
     raw = __import__("yaml").safe_load((REPO / "params.yaml").read_text())
     entry = {"study": "cross_corpus", "arch": "mlp", "objective": "ce", "input": "egemaps", "epochs": 3,
              "batch_size": 8, "optim": {}, "mlp": {"hidden": [8]}}
-    parse_params({**raw, "models": {"m": entry}})  # valid
+    parse_params({**raw, "models": {"m": entry}, "fusions": {}})  # valid
     bad = {
         "go with arch 'classical' or 'mlp'": {"input": "mels"},
         "needs a 'mlp:' section": {"mlp": None},
@@ -137,7 +137,7 @@ def test_params_reject_what_cannot_train() -> None:
     }
     for message, change in bad.items():
         with pytest.raises(ParamsError, match=message):
-            parse_params({**raw, "models": {"m": {**entry, **change}}})
+            parse_params({**raw, "models": {"m": {**entry, **change}}, "fusions": {}})
 
 
 def test_predict_scores_a_whole_file_with_the_training_standardisation(base_params, tone_corpus, tmp_path, caplog):

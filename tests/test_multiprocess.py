@@ -59,6 +59,7 @@ def _tiny_params(path: Path) -> None:
         "study": "cross_corpus", "arch": "crnn", "objective": "dann", "input": "mels", "epochs": EPOCHS,
         "batch_size": 8, "optim": {"optimizer": "adam", "lr": 1.0e-2},
         "crnn": {"channels": [4, 8, 8], "lstm_hidden": 8, "fc_hidden": 8, "dropout": 0.2, "domain_hidden": 8}}}
+    params["fusions"] = {}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

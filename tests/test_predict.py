@@ -122,7 +122,7 @@ def study(tmp_path_factory, one_thread):
         assert not report["skipped"], report["skipped_files"]
     precompute_embeddings(features / "waves" / "cross_corpus", features / "embeddings" / "cross_corpus",
                           [MODELS["probe"].encoder], device="cpu")
-    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, features=FP, folds=(1,),
+    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models=MODELS, fusions={}, features=FP, folds=(1,),
                                  seeds=(5,), train=TrainParams(device="cpu", mixed_precision="no",
                                                                bucket_by_length=True, deterministic=True)
                                  ).for_run(1, 5)
@@ -257,7 +257,7 @@ def speaker_study(study):
     features = root / "features_speaker"
     precompute_mels(study["manifests"], "cross_corpus", features / "mels" / "cross_corpus", fp, workers=1,
                     labels=LABELS, target="ravdess")
-    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models={"crnn": MODELS["crnn"]}, features=fp,
+    params = dataclasses.replace(load_params(ROOT / "params.yaml"), models={"crnn": MODELS["crnn"]}, fusions={}, features=fp,
                                  folds=(1,), seeds=(5,),
                                  train=TrainParams(device="cpu", mixed_precision="no",
                                                    bucket_by_length=True, deterministic=True)).for_run(1, 5)

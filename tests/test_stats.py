@@ -280,3 +280,25 @@ def test_predictions_scores_round_trip_subset_align_and_pool(tmp_path):
     path.write_text("\n".join([lines[0], lines[1].rsplit(",", 1)[0] + ",high"] + lines[2:]) + "\n")
     with pytest.raises(ValueError, match="p.csv: a score is not a number"):
         read_predictions_csv(path, LABELS)
+
+
+def test_fuse_averages_aligned_probabilities_and_names_a_member_it_cannot_use():
+    """Late fusion: the mean of the members' class probabilities, matched by clip id and label whatever
+    the members' row and label order; a member without scores, with an SVM's decision values or with
+    other clips is refused by name."""
+    from ser.stats import fuse
+
+    a = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], LABELS, [[0.6, 0.4, 0, 0], [0.1, 0.5, 0, 0.4]])
+    b = Predictions(["u1", "u0"], ["s", "s"], [0, 3], [0, 1], LABELS[::-1], [[0.9, 0, 0.1, 0], [0, 0.7, 0, 0.3]])
+    fused = fuse({"a": a, "b": b})
+    assert np.allclose(fused.scores, [[0.45, 0.2, 0.35, 0], [0.05, 0.3, 0, 0.65]])
+    assert fused.y_pred.tolist() == [0, 3] and fused.utt_id.tolist() == ["u0", "u1"] and fused.labels == a.labels
+    svm = Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], LABELS, [[2.0, -1, -1, -1], [-1, 1.5, -1, 0.2]])
+    with pytest.raises(ValueError, match="svm: its scores are not class probabilities"):
+        fuse({"a": a, "svm": svm})
+    with pytest.raises(ValueError, match="old: its predictions carry no per-class scores"):
+        fuse({"a": a, "old": Predictions(["u0", "u1"], ["s", "s"], [0, 3], [0, 1], LABELS)})
+    with pytest.raises(ValueError, match="c: the models were not evaluated on the same clips"):
+        fuse({"a": a, "c": a.subset([0])})
+    with pytest.raises(ValueError, match="two or more"):
+        fuse({"a": a})

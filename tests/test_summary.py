@@ -21,19 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "happy", "neutral", "sad"]
 
 
-def params_for(models: dict, folds=(1, 2), seeds=(0,)):
+def params_for(models: dict, folds=(1, 2), seeds=(0,), fusions: dict | None = None):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     base = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
             "batch_size": 1, "optim": {}, "classical": {"classifier": "svm", "C": [1.0], "standardise": "global"}}
     raw["models"] = {name: {**base, **extra} for name, extra in models.items()}
-    raw.update(folds=list(folds), seeds=list(seeds))
+    raw.update(folds=list(folds), seeds=list(seeds), fusions=fusions or {})
     params = parse_params(raw)
     return dataclasses.replace(params, evaluation=dataclasses.replace(params.evaluation, bootstrap=200))
 
 
-def write_run(root: Path, model: str, fold: int, seed: int, scopes: dict[str, tuple[list, list, list, list]]) -> None:
+def write_run(root: Path, model: str, fold: int, seed: int, scopes: dict[str, tuple], scores: dict | None = None) -> None:
     """One evaluated run: its model meta, a metrics JSON and a predictions CSV per scope
-    (scope -> (utt_ids, speakers, y_true, y_pred))."""
+    (scope -> (utt_ids, speakers, y_true, y_pred)), with `scores[scope]` as its score columns if given."""
     run = run_name(fold, seed)
     model_dir = root / "models" / model / run
     model_dir.mkdir(parents=True)
@@ -47,7 +47,7 @@ def write_run(root: Path, model: str, fold: int, seed: int, scopes: dict[str, tu
                       seed=seed, model_fingerprint=model_fingerprint(model_dir))
         write_metrics_json(root / "metrics" / model / run / f"{scope}.json", record)
         write_predictions_csv(root / "plots" / model / run / f"{scope}.csv",
-                              Predictions(ids, spk, y_true, y_pred, LABELS))
+                              Predictions(ids, spk, y_true, y_pred, LABELS, (scores or {}).get(scope)))
 
 
 def clips(prefix: str, n: int, speakers: int) -> tuple[list[str], list[str], list[int]]:
@@ -149,7 +149,7 @@ def test_corpus_matrix_table_heatmap_and_the_adapted_cell(tmp_path):
             "classical": {"classifier": "svm", "C": [1.0], "standardise": "global"}}
     raw["models"] = {"mx": {**base, "study": "corpus_matrix"}, "plain": {**base, "study": "cross_corpus"},
                      "adapted": {**raw["models"]["dann"]}}
-    raw.update(folds=[1, 2], seeds=[0])
+    raw.update(folds=[1, 2], seeds=[0], fusions={})
     params = parse_params(raw)
     iem, iem_spk, iem_y = clips("iemocap", 16, 4)
     rav, rav_spk, rav_y = clips("ravdess", 24, 12)
@@ -216,3 +216,64 @@ def test_layer_weights_are_averaged_over_runs_plotted_and_tabulated(tmp_path):
     assert json.loads((tmp_path / "aggregate.json").read_text())["layer_weights"]["probe"]["top_layer"] == 2
     assert (tmp_path / "figures" / "probe_layer_weights.png").is_file()
     assert not (tmp_path / "figures" / "plain_layer_weights.png").exists()
+
+
+LOGREG = {"classical": {"classifier": "logreg", "C": [1.0], "standardise": "global"}}
+
+
+def test_a_fusion_averages_its_members_probabilities_run_by_run_and_is_summarized_like_a_model(tmp_path):
+    """fusions.<name>: per run and test set, the mean of the members' class probabilities (rows matched by
+    clip id), written as a run of its own, then aggregated, compared and tabled beside the models."""
+    params = params_for({"a": LOGREG, "b": LOGREG}, fusions={"ab": {"members": ["a", "b"]}})
+    rng = np.random.default_rng(0)
+    expected = {}
+    for fold in (1, 2):
+        ids, spk, y = clips(f"iem{fold}", 24, 6)
+        t_ids, t_spk, t_y = clips("rav", 16, 8)
+        probs = {}
+        for model in ("a", "b"):
+            p_in, p_t = rng.dirichlet(np.ones(4), len(ids)), rng.dirichlet(np.ones(4), len(t_ids))
+            probs[model] = (p_in, p_t)
+            order = np.arange(len(ids))[::-1] if model == "b" else np.arange(len(ids))  # b's rows reversed
+            in_domain = ([ids[i] for i in order], [spk[i] for i in order], [y[i] for i in order],
+                         p_in[order].argmax(1).tolist())
+            write_run(tmp_path, model, fold, 0, {"in_domain": in_domain,
+                                                 "target": (t_ids, t_spk, t_y, p_t.argmax(1).tolist())},
+                      scores={"in_domain": p_in[order], "target": p_t})
+        fused_in = ((probs["a"][0] + probs["b"][0]) / 2).argmax(1)
+        expected[fold] = compute_metrics(y, fused_in.tolist(), LABELS)["uar"]
+    write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
+                  plots_dir=tmp_path / "plots", aggregate_out=tmp_path / "aggregate.json",
+                  comparisons_out=tmp_path / "comparisons.json",
+                  fusions_dir=tmp_path / "fusions", fusion_plots_dir=tmp_path / "fusion_plots")
+    record = json.loads((tmp_path / "fusions" / "ab" / "f1-s0" / "in_domain.json").read_text())
+    assert record["members"] == ["a", "b"] and record["uar"] == pytest.approx(expected[1])
+    assert record["member_fingerprints"]["a"] == model_fingerprint(tmp_path / "models" / "a" / "f1-s0")
+    assert (tmp_path / "fusion_plots" / "ab" / "f2-s0" / "target.csv").is_file()
+    assert (tmp_path / "fusion_plots" / "ab" / "f2-s0" / "target.png").is_file()
+    agg = json.loads((tmp_path / "aggregate.json").read_text())["models"]["ab"]
+    assert agg["in_domain"]["mean_over_runs"]["uar"] == pytest.approx(np.mean([expected[1], expected[2]]))
+    pairs = {(r["a"], r["b"], r["scope"]) for r in json.loads((tmp_path / "comparisons.json").read_text())["comparisons"]}
+    assert ("a", "ab", "in_domain") in pairs or ("ab", "a", "in_domain") in pairs
+    assert "| ab (fusion of a + b) |" in (tmp_path / "summary.md").read_text()
+    # a stale fused run (a fusion no longer in params.yaml) is gone after the next summary
+    params = params_for({"a": LOGREG, "b": LOGREG}, fusions={"ba": {"members": ["b", "a"]}})
+    write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
+                  plots_dir=tmp_path / "plots", fusions_dir=tmp_path / "fusions", fusion_plots_dir=tmp_path / "fusion_plots")
+    assert sorted(p.name for p in (tmp_path / "fusions").iterdir()) == ["ba"]
+
+
+def test_a_fusion_refuses_members_without_probabilities(tmp_path):
+    """Predictions written before scores were, or scores that are not probabilities: an error naming the
+    fusion, the run and the member."""
+    params = params_for({"a": LOGREG, "b": LOGREG}, folds=(1,), fusions={"ab": {"members": ["a", "b"]}})
+    ids, spk, y = clips("iem", 8, 4)
+    t_ids, t_spk, t_y = clips("rav", 8, 4)
+    onehot = np.eye(4)[y]
+    write_run(tmp_path, "a", 1, 0, {"in_domain": (ids, spk, y, y), "target": (t_ids, t_spk, t_y, t_y)},
+              scores={"in_domain": onehot, "target": np.eye(4)[t_y]})
+    write_run(tmp_path, "b", 1, 0, {"in_domain": (ids, spk, y, y), "target": (t_ids, t_spk, t_y, t_y)},
+              scores={"in_domain": 3 * onehot - 1, "target": np.eye(4)[t_y]})
+    with pytest.raises(ValueError, match=r"fusions.ab \(f1-s0, in_domain\): b: its scores are not class probabilities"):
+        write_summary(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "summary.md",
+                      plots_dir=tmp_path / "plots")

@@ -108,7 +108,7 @@ MODELS = {
 def base_params():
     params = load_params(ROOT / "params.yaml")
     # One run per model (fold 1, seed 3): the run the tests train is the whole folds x seeds matrix.
-    return dataclasses.replace(params, models=MODELS, lambda_domain=0.5, max_alpha=0.7, folds=(1,), seeds=(3,),
+    return dataclasses.replace(params, models=MODELS, fusions={}, lambda_domain=0.5, max_alpha=0.7, folds=(1,), seeds=(3,),
                                fold=1, seed=3,
                                train=TrainParams(device="cpu", mixed_precision="auto",
                                                  bucket_by_length=True, deterministic=True))

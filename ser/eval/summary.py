@@ -11,6 +11,11 @@ and plots/<model>/f<k>-s<seed>/<scope>.csv) and writes, in the summarize stage:
 - metrics/corpus_matrix.json and metrics/figures/<study>_matrix.png: the
   train x test UAR table of each `design: matrix` study, with the target
   cells of the cross-corpus models (DANN: the adapted cell) beside it;
+- metrics/fusions/<fusion>/<run>/<scope>.json and
+  metrics/fusion_predictions/<fusion>/<run>/<scope>.{csv,png}: the runs of
+  each late fusion of params.yaml `fusions` (the mean of its members' class
+  probabilities per clip, ser.stats.fuse), which then enter the aggregates,
+  paired comparisons and tables like any model;
 - metrics/summary.md: all of it as tables.
 
 Pooling: when the folds test disjoint clips (k-fold protocols), the pooled
@@ -34,16 +39,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ser.config import Params
-from ser.eval.evaluate import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, model_fingerprint, model_scopes,
-                            plot_layer_weights, write_metrics_json)
+from ser.eval.evaluate import (LAYER_WEIGHTS, MIN_CLUSTER_SPEAKERS, Scope, metrics_record, model_fingerprint,
+                            model_scopes, plot_confusion, plot_layer_weights, write_metrics_json)
 from ser.models.base import META
 from ser.runs import is_not_run, parse_run_name, run_name
 from ser.runtime import describe_runtimes
-from ser.stats import Predictions, aggregate, compare_models, concat, pooled, read_predictions_csv
+from ser.stats import (Predictions, aggregate, compare_models, compute_metrics, concat, fuse, pooled,
+                       read_predictions_csv, write_predictions_csv)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "collect_runs", "aggregate_runs", "aggregate_all", "paired_comparisons", "corpus_matrix", "write_summary",
+__all__ = ["Run", "collect_runs", "fuse_runs", "write_fused_runs", "aggregate_runs", "aggregate_all", "paired_comparisons", "corpus_matrix", "write_summary",
            "prune_stale_outputs", "run_predictions"]
 
 
@@ -100,6 +106,61 @@ def collect_runs(params: Params, metrics_dir: Path, models_dir: Path,
                         preds = read_predictions_csv(csv_path, record.get("labels") or labels)
                     out[(name, scope.name)].append(Run(name, scope, fold, seed, record, preds))
     return out
+
+
+def _fused_run(params: Params, name: str, scope: Scope, parts: dict[str, Run]) -> Run:
+    """One run of fusion `name`: its members' runs of one (fold, seed) and test set, fused."""
+    first = next(iter(parts.values()))
+    base = {"model": name, "scope": scope.name, "test_set": scope.test_set, "corpus": scope.corpus,
+            "fold": first.fold, "seed": first.seed, "members": list(parts),
+            "member_fingerprints": {m: r.record.get("model_fingerprint") for m, r in parts.items()}}
+    skipped = [r.record.get("skipped") for r in parts.values() if r.preds is None]
+    if skipped:
+        return Run(name, scope, first.fold, first.seed, {**base, "skipped": skipped[0]}, None)
+    try:
+        preds = fuse({m: r.preds for m, r in parts.items() if r.preds is not None})
+    except ValueError as exc:
+        raise ValueError(f"fusions.{name} ({run_name(first.fold, first.seed)}, {scope.name}): {exc}") from None
+    metrics = compute_metrics(preds.y_true, preds.y_pred, list(preds.labels))
+    record = metrics_record(metrics, preds.y_true, preds.y_pred, model=name, test_set=scope.test_set,
+                            n_boot=params.evaluation.bootstrap, ci=params.evaluation.ci, seed=params.evaluation.seed)
+    return Run(name, scope, first.fold, first.seed, {**base, **record, "confusion": metrics["confusion"]}, preds)
+
+
+def fuse_runs(params: Params, runs: dict[tuple[str, str], list[Run]]) -> dict[tuple[str, str], list[Run]]:
+    """The runs of every params.yaml `fusions` entry, per (fusion, scope), from its members' runs
+    (collect_runs): for each (fold, seed) and test set, ser.stats.fuse of the members' predictions."""
+    out: dict[tuple[str, str], list[Run]] = {}
+    for name, fusion in params.fusions.items():
+        for scope in model_scopes(params, fusion.members[0]):
+            cells = {m: {(r.fold, r.seed): r for r in runs[(m, scope.name)]} for m in fusion.members}
+            keys = [list(c) for c in cells.values()]
+            if any(k != keys[0] for k in keys):
+                raise ValueError(f"fusions.{name}: its members ran different folds x seeds "
+                                 f"({dict(zip(fusion.members, keys))}); re-run `dvc repro`")
+            out[(name, scope.name)] = [_fused_run(params, name, scope, {m: cells[m][key] for m in fusion.members})
+                                       for key in keys[0]]
+    return out
+
+
+def write_fused_runs(fused: dict[tuple[str, str], list[Run]], metrics_dir: Path, plots_dir: Path) -> None:
+    """Each fused run's record (<metrics_dir>/<fusion>/<run>/<scope>.json) and predictions with their
+    confusion figure (<plots_dir>/<fusion>/<run>/<scope>.{csv,png}); both folders are rewritten whole."""
+    for root in (Path(metrics_dir), Path(plots_dir)):
+        if root.is_dir():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)  # the stage's outputs exist when params.yaml defines no fusion, too
+    for (name, scope), model_runs in fused.items():
+        for run in model_runs:
+            cell = run_name(run.fold, run.seed)
+            record = {k: v for k, v in run.record.items() if k != "confusion"}
+            write_metrics_json(Path(metrics_dir) / name / cell / f"{scope}.json", record)
+            if run.preds is None:
+                continue
+            write_predictions_csv(Path(plots_dir) / name / cell / f"{scope}.csv", run.preds)
+            plot_confusion(Path(plots_dir) / name / cell / f"{scope}.png", run.record["confusion"],
+                           run.preds.labels, f"{name} (fold {run.fold}, seed {run.seed}) on {run.scope.test_set}: "
+                           f"UAR {run.record['uar']:.3f}")
 
 
 def _prefixed(preds: Predictions, prefix: str) -> Predictions:
@@ -163,7 +224,7 @@ def aggregate_all(params: Params, runs: dict[tuple[str, str], list[Run]]) -> dic
     they are aggregated one training corpus at a time, over seeds)."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for (name, scope), model_runs in runs.items():
-        study = params.studies[params.models[name].study]
+        study = params.studies[params.study_of(name)]
         if study.design != "matrix":
             out[name][scope] = aggregate_runs(params, model_runs)
             continue
@@ -342,34 +403,48 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _members(params: Params, name: str) -> tuple[str, ...]:
+    """The trained models behind `name`: a fusion's members, else the model itself."""
+    return params.fusions[name].members if name in params.fusions else (name,)
+
+
 def _train_seconds(params: Params, live_dir: Optional[Path], name: str) -> Optional[float]:
-    """Training seconds of all of a model's runs (dvclive/<model>/<run>/timing.json)."""
+    """Training seconds of all of a model's runs (dvclive/<model>/<run>/timing.json); a fusion's: its members'."""
     if live_dir is None:
         return None
     total, found = 0.0, False
-    for fold in params.folds:
-        for seed in params.seeds:
-            record = _read_json(Path(live_dir) / name / run_name(fold, seed) / "timing.json") or {}
-            if isinstance(record.get("train_seconds"), (int, float)):
-                total += float(record["train_seconds"])
-                found = True
+    for member in _members(params, name):
+        for fold in params.folds:
+            for seed in params.seeds:
+                record = _read_json(Path(live_dir) / member / run_name(fold, seed) / "timing.json") or {}
+                if isinstance(record.get("train_seconds"), (int, float)):
+                    total += float(record["train_seconds"])
+                    found = True
     return total if found else None
 
 
-def _parameters(models_dir: Path, name: str) -> dict[str, Any]:
-    for path in sorted((Path(models_dir) / name).glob(f"*/{META}")):
-        return (_read_json(path) or {}).get("parameters", {})
-    return {}
+def _parameters(params: Params, models_dir: Path, name: str) -> dict[str, Any]:
+    """A model's parameter counts (total, trainable), from a run's meta.json; a fusion's: its members' sums."""
+    counts: dict[str, Any] = {}
+    for member in _members(params, name):
+        found = next((((_read_json(path) or {}).get("parameters") or {})
+                      for path in sorted((Path(models_dir) / member).glob(f"*/{META}"))), {})
+        for key in ("total", "trainable"):
+            if isinstance(found.get(key), int):
+                counts[key] = counts.get(key, 0) + found[key]
+    return counts
 
 
 def computed_with(params: Params, models_dir: Path, name: str) -> str:
-    """The threads, device and precision of a model's runs (their meta.json `runtime`), as one label."""
+    """The threads, device and precision of a model's runs (their meta.json `runtime`; a fusion's: its
+    members'), as one label."""
     records = []
-    for fold in params.folds:
-        for seed in params.seeds:
-            meta = _read_json(Path(models_dir) / name / run_name(fold, seed) / META)
-            if meta is not None:
-                records.append(meta.get("runtime"))
+    for member in _members(params, name):
+        for fold in params.folds:
+            for seed in params.seeds:
+                meta = _read_json(Path(models_dir) / member / run_name(fold, seed) / META)
+                if meta is not None:
+                    records.append(meta.get("runtime"))
     return describe_runtimes(records)
 
 
@@ -379,18 +454,19 @@ def _results_lines(params: Params, aggregates: dict[str, dict[str, Any]], models
     lines = ["| Model | Test set | Runs | UAR | WA | Macro-F1 | Kappa | Pooled UAR | Pooled WA "
              "| Parameters (total / trainable) | Training time (all runs) | Computed with |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in params.models:
-        counts = _parameters(models_dir, name)
+    for name in aggregates:
+        counts = _parameters(params, models_dir, name)
+        fused = f" (fusion of {' + '.join(params.fusions[name].members)})" if name in params.fusions else ""
         for scope, agg in aggregates[name].items():
             if agg.get("skipped"):
-                lines.append(f"| {name} | {agg['test_set']} | — | no test data | | | | | | | | |")
+                lines.append(f"| {name}{fused} | {agg['test_set']} | — | no test data | | | | | | | | |")
                 continue
             runs = f"{len(agg['folds'])} fold(s) x {len(agg['seeds'])} seed(s)"
             flag = ""
             if agg["single_class_runs"]:
                 flag = f" (single class in {', '.join(agg['single_class_runs'])})"
             lines.append(
-                f"| {name} | {agg['test_set']} | {runs} | {_mean_std(agg, 'uar')}{flag} | {_mean_std(agg, 'accuracy')} "
+                f"| {name}{fused} | {agg['test_set']} | {runs} | {_mean_std(agg, 'uar')}{flag} | {_mean_std(agg, 'accuracy')} "
                 f"| {_mean_std(agg, 'macro_f1')} | {_mean_std(agg, 'cohen_kappa')} | {_pooled(agg, 'uar', level)} "
                 f"| {_pooled(agg, 'accuracy', level)} | {_count(counts.get('total'))} / "
                 f"{_count(counts.get('trainable'))} | {_duration(_train_seconds(params, live_dir, name))} "
@@ -519,11 +595,16 @@ def _layer_weight_lines(weights: dict[str, dict[str, Any]], figures_dir: Optiona
 def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path,
                   live_dir: Optional[Path] = None, plots_dir: Optional[Path] = None,
                   comparisons_out: Optional[Path] = None, aggregate_out: Optional[Path] = None,
-                  matrix_out: Optional[Path] = None, figures_dir: Optional[Path] = None) -> str:
-    """metrics/summary.md and the JSON files of the module docstring; returns the markdown."""
+                  matrix_out: Optional[Path] = None, figures_dir: Optional[Path] = None,
+                  fusions_dir: Optional[Path] = None, fusion_plots_dir: Optional[Path] = None) -> str:
+    """metrics/summary.md and the files of the module docstring; returns the markdown."""
     metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
     plots_dir = Path(plots_dir) if plots_dir is not None else Path("plots")
     runs = collect_runs(params, metrics_dir, models_dir, plots_dir)
+    fused = fuse_runs(params, runs)
+    if fusions_dir is not None and fusion_plots_dir is not None:
+        write_fused_runs(fused, fusions_dir, fusion_plots_dir)
+    runs = {**runs, **fused}
     aggregates = aggregate_all(params, runs)
     for name, scopes in aggregates.items():  # runs are bit-for-bit comparable only under equal runtimes
         label = computed_with(params, models_dir, name)
@@ -541,7 +622,8 @@ def write_summary(params: Params, metrics_dir: Path, models_dir: Path, out: Path
         f"({params.evaluation.bootstrap} resamples, over speakers when a test set has >= {MIN_CLUSTER_SPEAKERS}). "
         "In-domain: the study's test split (the source corpus of a cross-corpus study, all corpora otherwise); "
         "target: a cross-corpus study's target corpus. \"single class\" marks runs that gave one class to every "
-        "clip.", "",
+        "clip." + (" A fusion's row averages its members' class probabilities per clip (late fusion; its "
+                   "parameters and training time are its members')." if params.fusions else ""), "",
         *_results_lines(params, aggregates, models_dir, live_dir), ""]
     rows = paired_comparisons(params, runs)
     text_lines += _comparison_lines(rows, params.evaluation.ci)
