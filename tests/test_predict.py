@@ -464,3 +464,30 @@ def test_quiet_flag_works_before_and_after_the_subcommand():
     for argv in (["-q", "report"], ["report", "-q"], ["predict", "x.wav", "--model", "m", "-q"]):
         assert build_parser().parse_args(argv).quiet is True, argv
     assert build_parser().parse_args(["report"]).quiet is False
+
+
+def test_cli_fuses_models_on_audio_as_the_summary_fuses_their_predictions(study, inputs, capsys, tmp_path, caplog):
+    """`--model A --model B`: per file, the mean of the members' file probabilities (each member with its own
+    input and windows); a file a member cannot score keeps that member's error row; an SVM member (decision
+    values, not probabilities) is refused before any scoring, exit 2."""
+    crnn, probe = study["models"] / "crnn", study["models"] / "probe"
+    paths = [*study["test_paths"][:3], inputs / "short.wav"]
+    members = [Predictor(d, device="cpu").predict_files(paths) for d in (crnn, probe)]
+    code, out = _run_cli(capsys, *paths, "--model", crnn, "--model", probe, "--format", "json", "--device", "cpu")
+    assert code == 1, "short.wav cannot be scored: the exit status says so"
+    doc = json.loads(out)
+    assert doc["model"] == f"{crnn} + {probe}" and doc["labels"] == LABELS and doc["input"] == "mels + embeddings"
+    for f, a, b in zip(doc["files"][:3], members[0][:3], members[1][:3]):
+        expected = (a.probabilities + b.probabilities) / 2
+        assert [f["probabilities"][k] for k in LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
+        assert f["label"] == LABELS[int(np.argmax(expected))]
+    assert doc["files"][3]["reason"] == "too_short" and doc["files"][3]["probabilities"] is None
+    svm = tmp_path / "svm"
+    svm.mkdir()
+    for f in crnn.iterdir():
+        if f.is_file():
+            (svm / f.name).write_bytes(f.read_bytes())
+    (svm / "meta.json").write_text(json.dumps({**json.loads((crnn / "meta.json").read_text()), "scores": "decision"}))
+    with caplog.at_level("ERROR"):
+        code, _ = _run_cli(capsys, paths[0], "--model", crnn, "--model", svm, "--device", "cpu")
+    assert code == 2 and "decision values, not class probabilities" in caplog.text and str(svm) in caplog.text

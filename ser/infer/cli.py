@@ -40,16 +40,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace, files: list[Path]) -> int:
-    from ser.infer.predict import Predictor, render, summary  # lazy: torch and the models
+    from ser.infer.predict import FusedPredictor, Predictor, render, summary  # lazy: torch and the models
 
+    options = dict(device=args.device, window_s=args.window, hop_s=args.hop, batch_size=args.batch_size)
+    models = " + ".join(map(str, args.model))
     try:
-        predictor = Predictor(args.model, device=args.device, window_s=args.window, hop_s=args.hop,
-                              batch_size=args.batch_size)
+        predictor = Predictor(args.model[0], **options) if len(args.model) == 1 else FusedPredictor(args.model, **options)
     except (CheckpointError, ValueError, OSError) as exc:
-        log.error("cannot use model %s: %s", args.model, exc)
+        log.error("cannot use model %s: %s", models, exc)
         return 2
     except KeyError as exc:  # a meta.json written by hand or by another version
-        log.error("cannot use model %s: %s lacks the key %s", args.model, Path(args.model) / "meta.json", exc)
+        where = Path(args.model[0]) / "meta.json" if len(args.model) == 1 else "a member's meta.json"
+        log.error("cannot use model %s: %s lacks the key %s", models, where, exc)
         return 2
     results = predictor.predict_files(files)
     text = render(results, predictor, args.format)
@@ -114,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "insensitively, and skipped files are counted) with a trained model directory. Long recordings are "
                     "scored in sliding windows; the file's label is the mean of the window probabilities.")
     p.add_argument("inputs", nargs="+", type=Path, help="audio files and/or folders")
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", type=Path, required=True, action="append",
                    help="a trained model directory (meta.json + model.safetensors): one run, e.g. "
-                        "models/dann/f1-s1337")
+                        "models/dann/f1-s1337; repeated: the late fusion of the models (the mean of their "
+                        "file probabilities, as params.yaml `fusions`)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--window", type=float, default=None,
                    help="window length in seconds (default: the clip length the model was trained on: "

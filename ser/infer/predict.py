@@ -34,6 +34,11 @@ input evaluation gives the same clip, so predictions match `ser.eval.evaluate`.
 Defaults: the window a model was trained on (mels: frames x hop = 3 s;
 encoder models: `encoder.max_seconds`), hop = half a window.
 
+Late fusion (`ser predict --model A --model B ...`, FusedPredictor): every member scores each file
+its own way (its windows, its functionals); the file's probabilities are the mean of the members'
+file probabilities, in the first member's label order, as the summarize stage fuses their test
+predictions (params.yaml `fusions`). A member whose scores are an SVM's decision values is refused.
+
 Files that cannot be decoded, or are empty, silent or shorter than the stored
 `min_duration_s`, get an error result (with the skip reason the precompute
 stages use) and the remaining files are still scored.
@@ -60,7 +65,8 @@ from ser.models.base import Fitted
 from ser.models.learner import load_fitted
 from ser.runtime import resolve_device
 
-__all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "collect_audio", "window_starts",
+__all__ = ["AUDIO_SUFFIXES", "audio_suffixes", "Window", "FileResult", "Predictor", "FusedPredictor", "collect_audio",
+           "window_starts",
            "resolve_device", "render", "summary", "FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -300,6 +306,46 @@ class Predictor:
                 log.warning("skipped %s (%s): %s", path, result.reason, result.error)
             results.append(result)
         return results
+
+
+class FusedPredictor:
+    """Late fusion of trained models on audio: the mean of the members' file probabilities (module docstring)."""
+
+    def __init__(self, model_dirs: Sequence[str | Path], **kwargs: Any) -> None:
+        if len(model_dirs) < 2:
+            raise ValueError(f"a fusion needs two or more models, got {len(model_dirs)}")
+        self.members = [Predictor(d, **kwargs) for d in model_dirs]
+        first = self.members[0]
+        for member in self.members:
+            if member.meta.get("scores") == "decision":
+                raise ValueError(f"{member.model_dir}: its scores are an SVM's decision values, not class "
+                                 "probabilities; fuse models that give probabilities (logistic regression, MLP, "
+                                 "CRNN, encoders)")
+            if set(member.labels) != set(first.labels):
+                raise ValueError(f"{member.model_dir} predicts {member.labels}, {first.model_dir} predicts "
+                                 f"{first.labels}: fuse models of one label set")
+        self.labels: list[str] = list(first.labels)
+        self.model_dir = " + ".join(str(m.model_dir) for m in self.members)
+        self.input = " + ".join(m.input for m in self.members)
+        self.window_s: Optional[float] = None  # each member keeps its own windows
+        self.hop_s: Optional[float] = None
+
+    def predict_files(self, paths: Sequence[str | Path]) -> list[FileResult]:
+        """One result per file: one window spanning the file with the fused probabilities, or the first
+        member's error when a member cannot score the file."""
+        per_member = [m.predict_files(paths) for m in self.members]
+        out = []
+        for i, path in enumerate(paths):
+            results = [r[i] for r in per_member]
+            failed = next((r for r in results if not r.ok), None)
+            if failed is not None:
+                out.append(failed)
+                continue
+            probs = np.mean([np.asarray(r.probabilities)[[m.labels.index(k) for k in self.labels]]
+                             for r, m in zip(results, self.members)], axis=0)
+            duration = results[0].duration_s or 0.0
+            out.append(FileResult(str(path), duration, [Window(0.0, duration, tuple(float(p) for p in probs))]))
+        return out
 
 
 # ---------------------------------------------------------------------- output
