@@ -163,10 +163,13 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
             mp["epochs"] = epochs
         models[name] = mp
     params["models"] = models
-    # the late fusions (params `fusions`, summarized by the pipeline) whose members all run here
-    params["fusions"] = {name: f for name, f in (base.get("fusions") or {}).items()
-                         if all(m in models for m in f["members"])}
+    params["fusions"] = runnable_fusions(base, models)
     return params
+
+
+def runnable_fusions(params: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
+    """The params' late fusions (`fusions`, summarized by the pipeline) whose members are all in `models`."""
+    return {name: f for name, f in (params.get("fusions") or {}).items() if all(m in models for m in f["members"])}
 
 
 def _env() -> dict[str, str]:
@@ -428,8 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     base = load_base(args)
     all_setups = setups(args.emodb.resolve(), args.ravdess.resolve(), args.tess.resolve() if args.tess else None)
     chosen = args.setups or list(all_setups)
-    kept = {n: f for n, f in (base.get("fusions") or {}).items() if all(m in base["models"] for m in f["members"])}
-    base["fusions"] = {**kept, **{f: {"members": f.split("+")} for f in args.fuse}}  # params.yaml's of models run here
+    base["fusions"] = {**runnable_fusions(base, base["models"]), **{f: {"members": f.split("+")} for f in args.fuse}}
     try:  # a fusion of unknown models, or of an SVM's decision values, fails here, before any work
         parse_params(base)
     except ParamsError as exc:
