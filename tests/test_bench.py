@@ -220,6 +220,23 @@ def test_stage_seconds_run_from_one_stage_start_to_the_next(tmp_path):
     assert pipeline.stages_run(out) == ["a", "b"] and timed["a"] >= 0.25 and timed["b"] < 0.25
 
 
+def test_forced_run_compares_every_cell_result_but_timings():
+    def lock(model_md5: str, timing_md5: str, metrics_md5: str = "m1") -> dict:
+        return {"stages": {
+            "bind": {"outs": [{"path": "bind/a.json", "md5": model_md5 + "x"}]},
+            "train@a-1-1": {"outs": [{"path": "models/a/f1", "md5": model_md5},
+                                     {"path": "dvclive/a/f1/timing.json", "md5": timing_md5}]},
+            "evaluate@a-1-1": {"outs": [{"path": "metrics/models/a/f1", "md5": metrics_md5}]}}}
+    assert set(pipeline.cell_outputs(lock("w", "t"))) == {"models/a/f1", "metrics/models/a/f1"}
+    # other timings (and other stages' outputs) are not results
+    assert pipeline.changed_results(lock("w", "t1"), lock("w", "t2")) == []
+    assert pipeline.changed_results(lock("w", "t"), lock("v", "t")) == ["models/a/f1"]
+    assert pipeline.changed_results(lock("w", "t"), lock("w", "t", "m2")) == ["metrics/models/a/f1"]
+    gone = lock("w", "t")
+    del gone["stages"]["evaluate@a-1-1"]
+    assert pipeline.changed_results(lock("w", "t"), gone) == ["metrics/models/a/f1"]
+
+
 def test_tiny_profile_is_a_valid_params_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
