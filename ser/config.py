@@ -553,7 +553,11 @@ class ClassicalParams:
     of kernel widths, null: [1 / n_features] (sklearn's "scale" on z-scored features).
     Every (C, gamma) is fitted on train; the best validation UAR is kept (ties: the
     smaller C, then the smaller gamma). standardise: z-score with the train split's
-    statistics ("global") or each speaker's own ("speaker").
+    statistics ("global") or each speaker's own ("speaker"). calibrate: "temperature"
+    turns the chosen fit's decision values d into probabilities softmax(d / T), T
+    fitted on the validation split by log-loss (temperature scaling); the argmax,
+    and so every label metric, is unchanged. An SVM then scores with probabilities,
+    so it can be a fusion member; "none": an SVM scores with its decision values.
     """
     classifier: Literal["svm", "logreg", "rbf_svm"]
     C: tuple[float, ...]
@@ -561,6 +565,7 @@ class ClassicalParams:
     class_weight: Literal["none", "balanced"] = "balanced"
     max_iter: int = 10000
     gamma: Optional[tuple[float, ...]] = None
+    calibrate: Literal["none", "temperature"] = "none"
 
     def __post_init__(self) -> None:
         if not self.C or min(self.C) <= 0:
@@ -633,8 +638,9 @@ class ModelParams:
 
     @property
     def scores(self) -> Literal["softmax", "decision"]:
-        """What its predictions CSVs score with: class probabilities, or an SVM's decision values."""
-        svm = self.arch == "classical" and self.classical is not None and self.classical.classifier != "logreg"
+        """What its predictions CSVs score with: class probabilities, or an uncalibrated SVM's decision values."""
+        cp = self.classical
+        svm = self.arch == "classical" and cp is not None and cp.classifier != "logreg" and cp.calibrate == "none"
         return "decision" if svm else "softmax"
 
 
@@ -684,7 +690,7 @@ class EvalParams:
 class FusionParams:
     """A late fusion (`fusions.<name>`, computed by summarize): for every run (fold, seed) and test
     set, the mean of its members' class probabilities per clip, then the argmax. The members are
-    two or more `models` of one study that score with probabilities (not an SVM's decision values)."""
+    two or more `models` of one study that score with probabilities (not an uncalibrated SVM's decision values)."""
     members: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -788,7 +794,7 @@ class Params:
         if svm:
             raise ValueError(f"{where}.members: {svm} score with an SVM's decision values, not class "
                              "probabilities, so there is nothing to average; fuse softmax models (logreg, mlp, "
-                             "crnn, encoders)")
+                             "crnn, encoders) or give the SVM `calibrate: temperature`")
 
     def study_of(self, name: str) -> str:
         """The study of model or fusion `name`."""

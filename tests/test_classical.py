@@ -22,6 +22,7 @@ from sklearn.svm import LinearSVC
 from ser.config import (ClassicalParams, FeatureParams, ModelParams, OptimParams, ParamsError, load_params,
                         parse_params)
 from ser.data.manifest import Utterance, write_manifest
+from ser.errors import CheckpointError
 from ser.eval.evaluate import evaluate_model
 from ser.features import precompute as features
 from ser.features import stores
@@ -51,9 +52,11 @@ def write_wav(path: Path, data: np.ndarray) -> Path:
 
 
 def linear(classifier: str = "logreg", C: tuple[float, ...] = (0.01, 1.0), standardise: str = "global",
-           input: str = "egemaps", study: str = "cross_corpus", gamma: tuple[float, ...] | None = None) -> ModelParams:
+           input: str = "egemaps", study: str = "cross_corpus", gamma: tuple[float, ...] | None = None,
+           calibrate: str = "none") -> ModelParams:
     return ModelParams(study=study, arch="classical", objective="ce", input=input, epochs=1, batch_size=1,
-                       optim=OptimParams(), classical=ClassicalParams(classifier, C, standardise, gamma=gamma))
+                       optim=OptimParams(), classical=ClassicalParams(classifier, C, standardise, gamma=gamma,
+                                                                      calibrate=calibrate))
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +386,71 @@ def test_rbf_svm_learns_what_a_linear_head_cannot_and_predicts_like_sklearn(base
     assert isinstance(load_fitted(model_dir), ClassicalFitted)
     _, again, _ = train(params, "rbf", feats, tmp_path / "again")  # deterministic bytes
     assert (again / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+def test_temperature_is_the_log_loss_minimiser() -> None:
+    from scipy.special import softmax
+
+    from ser.models.linear import fit_temperature
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=3.0, size=(4000, 4))
+    for true_t in (0.5, 2.0):  # labels drawn from softmax(z / T): the fit finds T back
+        y = np.array([rng.choice(4, p=p) for p in softmax(z / true_t, axis=1)])
+        assert fit_temperature(z, y) == pytest.approx(true_t, rel=0.1)
+    # a class absent from training (decision -1e30) stays at probability 0 and does not break the fit
+    z[:, 3] = -1e30
+    y = np.array([rng.choice(3, p=p) for p in softmax(z[:, :3], axis=1)])
+    assert fit_temperature(z, y) == pytest.approx(1.0, rel=0.1)
+
+
+@pytest.mark.parametrize("classifier", ["svm", "rbf_svm"])
+def test_calibrated_svm_scores_with_probabilities_and_predicts_the_same(base_params, tmp_path, classifier) -> None:
+    from scipy.special import log_softmax
+
+    feats = _rbf_store(tmp_path) if classifier == "rbf_svm" else write_store(tmp_path / "features")
+    models = {"plain": linear(classifier, C=(0.1, 10.0)), "cal": linear(classifier, C=(0.1, 10.0), calibrate="temperature")}
+    assert (models["plain"].scores, models["cal"].scores) == ("decision", "softmax")
+    params = dataclasses.replace(base_params, models=models)
+    _, plain_dir, _ = train(params, "plain", feats, tmp_path)
+    result, cal_dir, _ = train(params, "cal", feats, tmp_path)
+    meta = json.loads((cal_dir / "meta.json").read_text())
+    assert meta["scores"] == "softmax" and meta["temperature"] > 0 and "temperature" not in json.loads(
+        (plain_dir / "meta.json").read_text())
+    assert (cal_dir / "model.safetensors").read_bytes() == (plain_dir / "model.safetensors").read_bytes()
+    plain, _ = load_linear(plain_dir)
+    cal, _ = load_linear(cal_dir)
+    assert cal.temperature == meta["temperature"]
+    x_te, _ = _arrays(feats, "test")
+    xs = cal.prepare(x_te)
+    probs = cal.score(xs)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.log(probs), log_softmax(plain.score(xs) / cal.temperature, axis=1), atol=1e-9)
+    np.testing.assert_array_equal(cal.predict(xs), plain.predict(xs))
+    assert evaluate_model(cal_dir, feats, "test")[0] == evaluate_model(plain_dir, feats, "test")[0]
+    # T minimises the validation log-loss
+    x_va, y_va = _arrays(feats, "val")
+    d_va = plain.decision(plain.prepare(x_va))
+
+    def loss(t: float) -> float:
+        return -log_softmax(d_va / t, axis=1)[np.arange(len(y_va)), y_va].mean()
+
+    assert loss(cal.temperature) <= min(loss(0.8 * cal.temperature), loss(1.25 * cal.temperature)) + 1e-9
+    assert loss(cal.temperature) < loss(1.0)
+    # a calibrated SVM is a fusion member; an uncalibrated one is not
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    entry = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
+             "batch_size": 1, "optim": {},
+             "classical": {"classifier": classifier, "C": [1.0], "standardise": "global"}}
+    cal_entry = {**entry, "classical": {**entry["classical"], "calibrate": "temperature"}}
+    logreg = {**entry, "classical": {**entry["classical"], "classifier": "logreg"}}
+    fused = parse_params({**raw, "models": {"a": cal_entry, "b": logreg}, "fusions": {"ab": {"members": ["a", "b"]}}})
+    assert fused.models["a"].scores == "softmax"
+    with pytest.raises(ParamsError, match="decision"):
+        parse_params({**raw, "models": {"a": entry, "b": logreg}, "fusions": {"ab": {"members": ["a", "b"]}}})
+    # a damaged temperature is refused at load
+    (cal_dir / "meta.json").write_text(json.dumps({**meta, "temperature": -1.0}))
+    with pytest.raises(CheckpointError, match="temperature must be a number > 0"):
+        load_linear(cal_dir)
 
 
 def test_rbf_svm_with_classes_missing_from_train_never_predicts_them() -> None:

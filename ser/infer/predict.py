@@ -22,9 +22,9 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
          at training, so --window/--hop are refused. A file has no speaker
          statistics: a model trained with per-speaker standardisation falls
          back to the global train statistics (with a warning). The scores are
-         softmax probabilities for logistic regression and the raw decision
-         values for the linear SVM (no probabilities; the label is still their
-         argmax).
+         softmax probabilities for logistic regression and a calibrated SVM
+         (`calibrate: temperature`), else an SVM's raw decision values (no
+         probabilities; the label is still their argmax).
 
 Sliding windows: a recording longer than the window is scored in windows of
 `window_s` every `hop_s` seconds (the last window is aligned to the end so the
@@ -37,7 +37,8 @@ encoder models: `encoder.max_seconds`), hop = half a window.
 Late fusion (`ser predict --model A --model B ...`, FusedPredictor): every member scores each file
 its own way (its windows, its functionals); the file's probabilities are the mean of the members'
 file probabilities, in the first member's label order, as the summarize stage fuses their test
-predictions (params.yaml `fusions`). A member whose scores are an SVM's decision values is refused.
+predictions (params.yaml `fusions`). A member whose scores are an uncalibrated SVM's decision values is
+refused.
 
 Files that cannot be decoded, or are empty, silent or shorter than the stored
 `min_duration_s`, get an error result (with the skip reason the precompute
@@ -320,7 +321,7 @@ class FusedPredictor:
             if member.meta.get("scores") == "decision":
                 raise ValueError(f"{member.model_dir}: its scores are an SVM's decision values, not class "
                                  "probabilities; fuse models that give probabilities (logistic regression, MLP, "
-                                 "CRNN, encoders)")
+                                 "CRNN, encoders, an SVM trained with `calibrate: temperature`)")
             if set(member.labels) != set(first.labels):
                 raise ValueError(f"{member.model_dir} predicts {member.labels}, {first.model_dir} predicts "
                                  f"{first.labels}: fuse models of one label set")

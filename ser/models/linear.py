@@ -24,6 +24,11 @@ Protocol:
     regression (its predict_proba); the decision values for the SVMs, which have
     no probabilities (`scores` in meta.json says which). A class with no train
     rows is never predicted (decision -1e30).
+  * Calibration (`calibrate: temperature`): after selection, one temperature T
+    is fitted on the validation split, minimising the log-loss of
+    softmax(decision / T) (temperature scaling, Guo et al. 2017); the scores are
+    then those probabilities (`temperature` in meta.json). The argmax is the
+    same, so labels and metrics are too; an SVM so calibrated is a fusion member.
   * `ser predict` scores a whole file (no windows: the functionals summarise
     the clip). A file has no speaker statistics, so a "speaker" model falls
     back to the global train statistics there, with a warning.
@@ -54,7 +59,7 @@ from ser.models.base import META, WEIGHTS, EpochCallback, Fitted, Learner, read_
 from ser.stats import compute_metrics
 
 __all__ = ["FORMAT", "RBF_FORMAT", "LinearModel", "KernelModel", "ClassicalFitted", "ClassicalLearner",
-           "train_classical", "load_linear", "save_linear"]
+           "fit_temperature", "train_classical", "load_linear", "save_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,8 @@ class _Scored:
     mean: np.ndarray
     std: np.ndarray
     standardisation: str  # "global" | "speaker"
-    scores: str  # "softmax" (logistic regression) | "decision" (SVMs)
+    scores: str  # "softmax" (logistic regression, calibrated models) | "decision" (SVMs)
+    temperature: float  # divides the decision values before the softmax (1: none fitted)
 
     def prepare(self, x: np.ndarray, speakers: Optional[Sequence[str]] = None) -> np.ndarray:
         """Standardised rows: per speaker for a "speaker" model given speakers, else global."""
@@ -82,11 +88,12 @@ class _Scored:
         return self.decision(xs).argmax(axis=1)
 
     def score(self, xs: np.ndarray) -> np.ndarray:
-        """[n, K] softmax probabilities (logreg) or decision values (SVMs)."""
+        """[n, K] softmax probabilities of decision / temperature, or decision values (uncalibrated SVMs)."""
         d = self.decision(xs)
         if self.scores == "decision":
             return d
-        e = np.exp(d - d.max(axis=1, keepdims=True))
+        z = d / self.temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
 
@@ -99,6 +106,7 @@ class LinearModel(_Scored):
     std: np.ndarray
     standardisation: str
     scores: str
+    temperature: float = 1.0
     FORMAT = FORMAT
 
     def decision(self, xs: np.ndarray) -> np.ndarray:
@@ -133,6 +141,7 @@ class KernelModel(_Scored):
     std: np.ndarray
     standardisation: str
     scores: str = "decision"
+    temperature: float = 1.0
     FORMAT = RBF_FORMAT
 
     def decision(self, xs: np.ndarray) -> np.ndarray:
@@ -205,6 +214,21 @@ def _model_of(clf: Any, proto: LinearModel, cp: ClassicalParams, n_classes: int,
                        mean=proto.mean, std=proto.std, standardisation=proto.standardisation)
 
 
+def fit_temperature(decision: np.ndarray, y: np.ndarray) -> float:
+    """The T > 0 that minimises the mean log-loss of softmax(decision / T) on labels `y` (temperature
+    scaling): a bounded search over log T in [-7, 7]. Classes absent from training (decision -1e30)
+    keep probability 0; a row whose label is such a class adds the log-loss of probability 1e-12."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    decision, rows = np.asarray(decision, dtype=np.float64), np.arange(len(y))
+
+    def loss(log_t: float) -> float:
+        return float(-np.maximum(log_softmax(decision / np.exp(log_t), axis=1)[rows, y], np.log(1e-12)).mean())
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded").x))
+
+
 def _weights(clf: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) over all n_classes from a fitted sklearn linear classifier.
 
@@ -258,6 +282,7 @@ def save_linear(model: "LinearModel | KernelModel", out_dir: Path, meta: dict[st
         save_file({k: np.ascontiguousarray(v, dtype=np.int64 if v.dtype.kind == "i" else np.float64)
                    for k, v in model.tensors().items()}, str(tmp / WEIGHTS), metadata={"format": model.FORMAT})
         doc = {**meta, "format": model.FORMAT, "standardise": model.standardisation, "scores": model.scores,
+               **({"temperature": model.temperature} if model.temperature != 1.0 else {}),
                "weights_sha256": _sha256(tmp / WEIGHTS)}
         write_json_atomic(tmp / META, doc)
         apply_umask(tmp)
@@ -285,15 +310,18 @@ def load_linear(model_dir: Path) -> tuple["LinearModel | KernelModel", dict[str,
     if _sha256(weights_path) != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path} does not match {meta_path} (sha256): re-run training")
     t = load_file(str(weights_path))
+    temperature = meta.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise CheckpointError(f"{meta_path}: temperature must be a number > 0, got {temperature!r}")
     n_features, n_labels = len(meta["features"]["feature_names"]), len(meta["labels"])
     if meta["format"] == RBF_FORMAT:
         model: "LinearModel | KernelModel" = KernelModel(
             sv=t["sv"], dual=t["dual"], intercept=t["intercept"], n_support=t["n_support"], classes=t["classes"],
             gamma=float(t["gamma"][0]), n_classes=n_labels, mean=t["mean"], std=t["std"],
-            standardisation=meta["standardise"], scores=meta["scores"])
+            standardisation=meta["standardise"], scores=meta["scores"], temperature=temperature)
         shape_ok = t["sv"].shape[1:] == (n_features,) and int(t["n_support"].sum()) == len(t["sv"])
     else:
-        model = LinearModel(t["W"], t["b"], t["mean"], t["std"], meta["standardise"], meta["scores"])
+        model = LinearModel(t["W"], t["b"], t["mean"], t["std"], meta["standardise"], meta["scores"], temperature)
         shape_ok = t["W"].shape == (n_labels, n_features)
     if not shape_ok or t["mean"].shape != (n_features,):
         raise CheckpointError(f"{weights_path}: its tensors do not fit {n_labels} labels x {n_features} features "
@@ -381,6 +409,10 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
     history, models = _fit_grid(params, name, proto, data, labels)
     chosen = _choose([(h["C"], h["val/uar"], *([h["gamma"]] if "gamma" in h else [])) for h in history])
     model, best = models[chosen], history[chosen]
+    if cp.calibrate == "temperature":
+        model = dataclasses.replace(model, scores="softmax", temperature=fit_temperature(model.decision(data[2]),
+                                                                                         y_va))
+        log.info("%s: temperature %.4g fitted on the validation split", name, model.temperature)
     by_C = {_grid_key(h): h["val/uar"] for h in history}
     val_block = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("val/")}
     chosen_params = {k: best[k] for k in ("C", "gamma") if k in best}
