@@ -154,7 +154,7 @@ def make_params(base: dict[str, Any], setup: dict[str, Any], seed: int, with_wav
     dann_ok = any(s.get("target") for s in setup["studies"].values())
     models = {}
     for name, mp in base["models"].items():
-        if mp["arch"] == "encoder" and not with_waves or mp["objective"] == "dann" and not dann_ok:
+        if mp["arch"] == "encoder" and not with_waves or adapts(mp) and not dann_ok:
             continue
         if base["studies"].get(mp["study"], {}).get("design") == "matrix":  # bench/realdata_protocols.py runs those
             continue
@@ -235,18 +235,30 @@ def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
                    for seed, p in sorted(runs.items())])
 
 
-def twins(models: dict[str, Any]) -> dict[str, str]:
-    """DANN model -> its non-adversarial twin: the model whose params differ only in the objective."""
+def adapts(mp: dict[str, Any]) -> bool:
+    """Whether a model reads the unlabeled target clips: objective dann, or classical.self_train."""
+    return mp["objective"] == "dann" or bool((mp.get("classical") or {}).get("self_train"))
+
+
+def twins(models: dict[str, Any], kind: str = "dann") -> dict[str, str]:
+    """Adapted model -> its twin that does not adapt: for kind "dann" the model whose params differ
+    only in the objective; for "self_train" the one that differs only in classical.self_train."""
     def strip(mp: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in mp.items() if k != "objective"}, sort_keys=True)
-    ce = {strip(mp): name for name, mp in models.items() if mp["objective"] == "ce"}
-    return {name: ce[strip(mp)] for name, mp in models.items() if mp["objective"] == "dann" and strip(mp) in ce}
+        mp = {k: v for k, v in mp.items() if k != "objective"} if kind == "dann" else \
+            {**mp, "classical": {k: v for k, v in (mp.get("classical") or {}).items() if k != "self_train"}}
+        return json.dumps(mp, sort_keys=True)
+
+    def adapted(mp: dict[str, Any]) -> bool:
+        return mp["objective"] == "dann" if kind == "dann" else bool((mp.get("classical") or {}).get("self_train"))
+    plain = {strip(mp): name for name, mp in models.items() if not adapts(mp)}
+    return {name: plain[strip(mp)] for name, mp in models.items() if adapted(mp) and strip(mp) in plain}
 
 
 def comparisons(params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, Any]]],
                 preds: dict[int, dict[str, Predictions]], baselines: list[str],
                 n_boot: int = 2000) -> list[dict[str, Any]]:
-    """Paired bootstraps (seeds pooled) of every model against the best baseline, and DANN vs twin."""
+    """Paired bootstraps (seeds pooled) of every model against the best baseline, and of each DANN or
+    self-trained model against its twin."""
     seeds = sorted(by_seed)
     models = list(by_seed[seeds[0]])
     present = [b for b in baselines if b in models]
@@ -254,7 +266,8 @@ def comparisons(params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, A
     if present:
         best = max(present, key=lambda m: statistics.mean(by_seed[s][m]["uar"] for s in seeds))
         pairs += [(m, best, "vs best baseline") for m in models if m != best]
-    pairs += [(dann, twin, "DANN vs twin") for dann, twin in twins(params["models"]).items() if dann in models]
+    pairs += [(m, twin, f"{label} vs twin") for kind, label in (("dann", "DANN"), ("self_train", "self-training"))
+              for m, twin in twins(params["models"], kind).items() if m in models]
     pooled = {m: pool_seeds({s: preds[s][m] for s in seeds}) for m in {m for pair in pairs for m in pair[:2]}}
     rows = []
     for a, b, kind in pairs:

@@ -528,12 +528,13 @@ class MlpParams:
 
     hidden: the layer widths (nkululeko's default MLP is [64, 16]); each layer is
     Linear -> ReLU -> dropout. standardise: z-score the functionals with the train
-    split's statistics ("global") or each speaker's own ("speaker", ser.features.scaling).
+    split's statistics ("global") or each speaker's own ("speaker"), or map each speaker's values
+    to normal quantiles of their ranks ("speaker_rank"; ser.features.scaling).
     domain_hidden: width of the DANN domain classifier's hidden layer (objective dann).
     """
     hidden: tuple[int, ...] = (64, 16)
     dropout: float = 0.2
-    standardise: Literal["global", "speaker"] = "speaker"
+    standardise: Literal["global", "speaker", "speaker_rank"] = "speaker"
     domain_hidden: int = 64
 
     def __post_init__(self) -> None:
@@ -541,6 +542,24 @@ class MlpParams:
             raise ValueError(f"hidden must be a non-empty list of positive widths, got {list(self.hidden)}")
         _check_min(self, ("domain_hidden",))
         _check_dropout(self.dropout)
+
+
+@dataclass(frozen=True)
+class SelfTrainParams:
+    """Self-training on the unlabeled target clips (`classical.self_train`; cross-corpus studies with
+    an `adapt` split). After selection, each round labels the adapt clips with the current model and,
+    per class, keeps the `fraction` x n_adapt / n_classes clips it predicts as that class with the
+    highest decision value (fewer where fewer are predicted so); the grid is refitted on train plus
+    those pseudo-labeled clips and the fit with the best source-validation UAR is kept. The equal
+    per-class quota stops the classes the source favours from taking over the pseudo-labels (a target
+    whose classes are far from balanced can lose by it). Test clips are never read."""
+    rounds: int = 3
+    fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("rounds",))
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
 
 
 @dataclass(frozen=True)
@@ -553,19 +572,22 @@ class ClassicalParams:
     of kernel widths, null: [1 / n_features] (sklearn's "scale" on z-scored features).
     Every (C, gamma) is fitted on train; the best validation UAR is kept (ties: the
     smaller C, then the smaller gamma). standardise: z-score with the train split's
-    statistics ("global") or each speaker's own ("speaker"). calibrate: "temperature"
+    statistics ("global") or each speaker's own ("speaker"), or each speaker's rank-Gauss
+    values ("speaker_rank", ser.features.scaling). calibrate: "temperature"
     turns the chosen fit's decision values d into probabilities softmax(d / T), T
     fitted on the validation split by log-loss (temperature scaling); the argmax,
     and so every label metric, is unchanged. An SVM then scores with probabilities,
     so it can be a fusion member; "none": an SVM scores with its decision values.
+    self_train: null, or pseudo-labeled target rounds (SelfTrainParams).
     """
     classifier: Literal["svm", "logreg", "rbf_svm"]
     C: tuple[float, ...]
-    standardise: Literal["global", "speaker"]
+    standardise: Literal["global", "speaker", "speaker_rank"]
     class_weight: Literal["none", "balanced"] = "balanced"
     max_iter: int = 10000
     gamma: Optional[tuple[float, ...]] = None
     calibrate: Literal["none", "temperature"] = "none"
+    self_train: Optional[SelfTrainParams] = None
 
     def __post_init__(self) -> None:
         if not self.C or min(self.C) <= 0:
@@ -825,10 +847,14 @@ class Params:
                 raise ValueError(
                     f"splits.{sname}: no corpus of study {sname!r} has {split} data ({', '.join(labeled)}: "
                     f"list {split} speakers or sessions); training needs a {split} split")
-        dann = sorted(m for m, mp in self.models.items() if mp.study == sname and mp.objective == "dann")
-        if dann and "adapt" not in splits[target].provides(False):
-            raise ValueError(f"splits.{sname}.{target}: models {dann} (objective dann) need unlabeled target "
-                             f"data: list the adaptation speakers under `adapt`")
+        mine = [(m, mp) for m, mp in self.models.items() if mp.study == sname]
+        dann = sorted(m for m, mp in mine if mp.objective == "dann")
+        selftrain = sorted(m for m, mp in mine if mp.classical is not None and mp.classical.self_train is not None)
+        for names, what in ((dann, "objective dann"), (selftrain, "classical.self_train")):
+            if names and (target is None or "adapt" not in splits[target].provides(False)):
+                raise ValueError(f"splits.{sname}.{target}: models {names} ({what}) need unlabeled target "
+                                 f"data: list the adaptation speakers under `adapt`"
+                                 + ("" if target is not None else f" of a target corpus (studies.{sname}.target)"))
         if not any("test" in splits[c].provides(implicit[c]) for c in study.corpora):
             raise ValueError(f"splits.{sname}: no corpus of study {sname!r} has test data, so nothing "
                              f"can be evaluated; list test speakers or sessions")

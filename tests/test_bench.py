@@ -280,6 +280,14 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
     twin = {**base["models"]["dann"], "objective": "ce"}
     assert realdata.twins({"dann": base["models"]["dann"], "twin": twin, "baseline": base["models"]["baseline"]}) \
         == {"dann": "twin"}
+    # a self-trained head's twin: the same head without classical.self_train; it needs a target corpus
+    svm = base["models"]["egemaps_svm"]
+    st = {**svm, "classical": {**svm["classical"], "self_train": {"rounds": 2}}}
+    assert realdata.twins({"st": st, "svm": svm, "dann": base["models"]["dann"]}, "self_train") == {"st": "svm"}
+    assert realdata.twins({"st": st, "svm": svm}) == {}
+    in_domain = realdata.make_params({**base, "models": {"st": st, "svm": svm}},
+                                     realdata.setups(emodb, ravdess)["in_domain"], 0, False, 2)
+    assert list(in_domain["models"]) == ["svm"]
     params = parse_params(protocols.make_params(base, emodb, ravdess, [0, 1], 3))
     assert params.folds == (1, 2, 3) and params.seeds == (0, 1)
     assert params.studies["matrix"].design == "matrix" and params.studies["cross"].target == "ravdess"

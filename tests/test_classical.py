@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -19,18 +20,18 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from ser.config import (ClassicalParams, FeatureParams, ModelParams, OptimParams, ParamsError, load_params,
-                        parse_params)
+from ser.config import (ClassicalParams, FeatureParams, ModelParams, OptimParams, ParamsError, SelfTrainParams,
+                        load_params, parse_params)
 from ser.data.manifest import Utterance, write_manifest
 from ser.errors import CheckpointError
 from ser.eval.evaluate import evaluate_model
 from ser.features import precompute as features
 from ser.features import stores
-from ser.features.scaling import fit_stats, speaker_standardise, standardise
+from ser.features.scaling import fit_stats, rank_gauss, speaker_standardise, standardise
 from ser.features.smile import functionals, smile_meta
 from ser.features.stores import FeatureStore, IndexRow
 from ser.models.learner import load_fitted
-from ser.models.linear import ClassicalFitted, _choose, _weights, load_linear
+from ser.models.linear import ClassicalFitted, _choose, _pseudo_rows, _weights, load_linear
 from ser.train.learners import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +54,10 @@ def write_wav(path: Path, data: np.ndarray) -> Path:
 
 def linear(classifier: str = "logreg", C: tuple[float, ...] = (0.01, 1.0), standardise: str = "global",
            input: str = "egemaps", study: str = "cross_corpus", gamma: tuple[float, ...] | None = None,
-           calibrate: str = "none") -> ModelParams:
+           calibrate: str = "none", self_train: SelfTrainParams | None = None) -> ModelParams:
     return ModelParams(study=study, arch="classical", objective="ce", input=input, epochs=1, batch_size=1,
                        optim=OptimParams(), classical=ClassicalParams(classifier, C, standardise, gamma=gamma,
-                                                                      calibrate=calibrate))
+                                                                      calibrate=calibrate, self_train=self_train))
 
 
 @pytest.fixture(scope="module")
@@ -163,24 +164,29 @@ def test_precompute_egemaps_stage_writes_a_store(tone_corpus: dict) -> None:
 
 # --------------------------------------------------------------------------- training
 def write_store(root: Path, speaker_shift: float = 0.0, n_features: int = 12, seed: int = 0,
-                kind: str = "egemaps") -> Path:
+                kind: str = "egemaps", target_shift: Optional[np.ndarray] = None) -> Path:
     """Separable functionals: class k adds 2.5 to features 2k and 2k+1; each speaker
-    adds its own random offset of scale `speaker_shift` to every feature."""
+    adds its own random offset of scale `speaker_shift` to every feature. With `target_shift`,
+    the test speakers and an adapt split (4 more speakers, corpus ravdess) add it to every clip."""
     rng = np.random.default_rng(seed)
     out = root / kind / "cross_corpus"
     speakers = {"train": ["s1", "s2", "s3", "s4"], "val": ["s5", "s6"], "test": ["s7", "s8"]}
+    if target_shift is not None:
+        speakers["adapt"] = ["t1", "t2", "t3", "t4"]
     splits = {}
     for split, spks in speakers.items():
         arrays, rows = [], []
+        target = target_shift is not None and split in ("test", "adapt")
         for spk in spks:
-            offset = speaker_shift * rng.normal(size=n_features)
+            offset = speaker_shift * rng.normal(size=n_features) + (target_shift if target else 0.0)
             scale = rng.uniform(0.5, 2.0, size=n_features) if speaker_shift else 1.0
             for i in range(12):
                 k = i % 4
                 x = rng.normal(size=n_features)
                 x[2 * k:2 * k + 2] += 2.5
                 arrays.append(((x * scale) + offset).astype(np.float32))
-                rows.append(IndexRow(f"{split}_{spk}_{i}", "iemocap", spk, LABELS[k], 0, len(rows), SR))
+                rows.append(IndexRow(f"{split}_{spk}_{i}", "ravdess" if target else "iemocap", spk, LABELS[k],
+                                     int(target), len(rows), SR))
         splits[split] = (np.stack(arrays), rows)
     names = [f"f{j}" for j in range(n_features)]
     stores.write_store(out, splits, {"kind": kind, "sample_rate": SR, "labels": LABELS, "target": None,
@@ -286,6 +292,87 @@ def test_speaker_standardisation_removes_unseen_speakers_offsets(base_params, tm
                                                        [f"iemocap/{r.speaker}" for r in store.index]))
             np.testing.assert_array_equal(y_pred, manual)
     assert uar["speaker"] > 0.8 and uar["speaker"] > uar["global"] + 0.4, uar
+
+
+def test_rank_gauss_gives_every_speaker_the_same_distribution() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, size=(8, 3))
+    a[0, 0] = 1e6  # one outlier clip
+    b = rng.lognormal(3, 2, size=(8, 3))  # another speaker: other location, scale and shape
+    x, speakers = np.concatenate([a, b]), ["a"] * 8 + ["b"] * 8
+    r = speaker_standardise(x, speakers, "speaker_rank")
+    quantiles = np.sort(r[:8, 1])
+    for rows in (slice(0, 8), slice(8, 16)):
+        for j in range(3):  # per speaker and feature: the same 8 normal quantiles, in the values' order
+            np.testing.assert_allclose(np.sort(r[rows, j]), quantiles, atol=1e-12)
+            np.testing.assert_array_equal(np.argsort(r[rows, j]), np.argsort(x[rows, j]))
+    np.testing.assert_allclose(quantiles, -quantiles[::-1], atol=1e-12)  # symmetric around 0
+    # the outlier only takes the top rank: the other clips keep their spread (z-scores squeeze them to ~0)
+    assert np.ptp(r[1:8, 0]) > 2.0 and np.ptp(speaker_standardise(x, speakers)[1:8, 0]) < 0.01
+    np.testing.assert_array_equal(rank_gauss(np.array([[2.0, 1.0], [2.0, 3.0]]))[:, 0], [0.0, 0.0])  # ties
+    np.testing.assert_array_equal(speaker_standardise(x[:1], ["a"], "speaker_rank"), [[0.0, 0.0, 0.0]])
+
+
+def test_speaker_rank_standardisation_trains_and_predicts(base_params, tmp_path) -> None:
+    feats = write_store(tmp_path / "features", speaker_shift=6.0)
+    params = dataclasses.replace(base_params, models={"rank": linear("logreg", C=(0.1, 1.0),
+                                                                     standardise="speaker_rank")})
+    _, model_dir, _ = train(params, "rank", feats, tmp_path)
+    metrics, _, y_pred = evaluate_model(model_dir, feats, "test")
+    assert metrics["uar"] > 0.8, metrics
+    store = FeatureStore(feats / "egemaps" / "cross_corpus" / "f1", "test")
+    model, meta = load_linear(model_dir)
+    assert meta["standardise"] == "speaker_rank"
+    manual = model.predict(speaker_standardise(store.stack(), [f"iemocap/{r.speaker}" for r in store.index],
+                                               "speaker_rank"))
+    np.testing.assert_array_equal(y_pred, manual)
+    assert "speaker_rank" in ClassicalFitted.load(model_dir).file_caveat()
+
+
+# --------------------------------------------------------------------------- self-training
+def test_pseudo_rows_take_an_equal_quota_of_the_most_confident_per_class() -> None:
+    d = np.array([[5.0, 0, 0], [4.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0], [0, 1.0, 0], [9.0, 0, 0], [1.0, 0, 2.5]])
+    rows, labels = _pseudo_rows(d, fraction=6 / 7)  # quota int(6/7 * 7 / 3) = 2 per class
+    assert rows.tolist() == [5, 0, 3, 4, 6] and labels.tolist() == [0, 0, 1, 1, 2]
+    rows, labels = _pseudo_rows(d, fraction=0.1)  # quota 0: nothing
+    assert rows.size == 0 and labels.size == 0
+
+
+def test_self_training_adapts_to_a_shifted_target(base_params, tmp_path) -> None:
+    """The target clips are shifted towards class 0 (angry): the source fit gives it most of them;
+    pseudo-labeled adapt clips, an equal quota per class, move the boundaries back."""
+    shift = np.zeros(12)
+    shift[[0, 1]] = 1.5
+    shift[[2, 3, 4, 5, 6, 7]] = -0.5
+    feats = write_store(tmp_path / "features", target_shift=shift, seed=4)
+    st = SelfTrainParams(rounds=2, fraction=0.5)
+    models = {"plain": linear("logreg", C=(0.1, 1.0)), "st": linear("logreg", C=(0.1, 1.0), self_train=st)}
+    params = dataclasses.replace(base_params, models=models)
+    uar, shares = {}, {}
+    for name in models:
+        result, model_dir, live_dir = train(params, name, feats, tmp_path)
+        metrics, _, y_pred = evaluate_model(model_dir, feats, "test")
+        uar[name], shares[name] = metrics["uar"], np.bincount(y_pred, minlength=4) / len(y_pred)
+    assert shares["plain"][0] > 0.6 and shares["st"][0] < 0.45 and uar["st"] > uar["plain"] + 0.2, (uar, shares)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert [r["round"] for r in meta["self_train"]] == [1, 2] and "pseudo-labeled" in meta["refit"]
+    for r in meta["self_train"]:  # quota int(0.5 * 48 / 4) = 6 per class at most
+        assert max(r["pseudo_labels"].values()) <= 6 and sum(r["pseudo_labels"].values()) >= 12
+    assert meta["val"]["uar"] == meta["self_train"][-1]["val_uar"]
+    live = json.loads((live_dir / "metrics.json").read_text())
+    assert live["val"] == meta["val"] and set(live["val_uar_by_C"]) == {"0.1", "1"}
+    # the same bytes again (deterministic), and a study with no adapt split refuses it
+    _, again, _ = train(params, "st", feats, tmp_path / "again")
+    assert (again / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    entry = {"study": "multi_corpus", "arch": "classical", "objective": "ce", "input": "egemaps", "epochs": 1,
+             "batch_size": 1, "optim": {}, "classical": {"classifier": "logreg", "C": [1], "standardise": "speaker",
+                                                         "self_train": {"rounds": 1}}}
+    with pytest.raises(ParamsError, match=r"classical.self_train\) need unlabeled target data"):
+        parse_params({**raw, "models": {**raw["models"], "st": entry}, "fusions": {}})
+    with pytest.raises(ParamsError, match="fraction must be in"):
+        parse_params({**raw, "models": {**raw["models"], "st": {**entry, "study": "cross_corpus", "classical": {
+            **entry["classical"], "self_train": {"fraction": 0}}}}, "fusions": {}})
 
 
 # --------------------------------------------------------------------------- checkpoint

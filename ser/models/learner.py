@@ -94,10 +94,8 @@ class TorchFitted(Fitted):
         return TorchFitted(self.model_dir, meta, model.to(self.device).eval(), self.device)
 
     def file_caveat(self) -> Optional[str]:
-        if self.standardiser is not None and self.standardiser.mode == "speaker":
-            return (f"{self.model_dir} was trained with per-speaker standardisation; a single file has no speaker "
-                    "statistics, so its features are standardised with the global train statistics instead "
-                    "(expect lower accuracy than the model's evaluation)")
+        if self.standardiser is not None:
+            return self.standardiser.file_caveat(self.model_dir)
         if self.input == "mels" and (self.feature_meta.get("features") or {}).get("mel_norm") == "speaker":
             return (f"{self.model_dir} was trained on log-mels normalised per speaker; a file has no speaker "
                     "statistics, so each window is normalised with its own per-bin mean/std instead (expect "

@@ -73,7 +73,7 @@ class _Scored:
     """What the classical models share: standardisation in, argmax of `decision` out."""
     mean: np.ndarray
     std: np.ndarray
-    standardisation: str  # "global" | "speaker"
+    standardisation: str  # "global" | "speaker" | "speaker_rank"
     scores: str  # "softmax" (logistic regression, calibrated models) | "decision" (SVMs)
     temperature: float  # divides the decision values before the softmax (1: none fitted)
 
@@ -377,6 +377,45 @@ def _fit_grid(params: Params, name: str, proto: LinearModel, data: tuple[np.ndar
     return history, models
 
 
+def _best(history: list[dict[str, float]]) -> int:
+    return _choose([(h["C"], h["val/uar"], *([h["gamma"]] if "gamma" in h else [])) for h in history])
+
+
+def _pseudo_rows(decision: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, labels) of the adapt clips to pseudo-label: per class, up to fraction * n / n_classes
+    of the clips predicted as that class, highest decision value first (ties: the earlier row)."""
+    n, k = decision.shape
+    quota = int(fraction * n / k)
+    pred = decision.argmax(axis=1)
+    rows = [r[np.argsort(-decision[r, c], kind="stable")[:quota]] for c in range(k)
+            for r in [np.flatnonzero(pred == c)]]
+    picked = np.concatenate(rows).astype(np.int64)
+    return picked, pred[picked]
+
+
+def _self_train(params: Params, name: str, proto: LinearModel, data: tuple[np.ndarray, ...], xs_adapt: np.ndarray,
+                labels: list[str], model: "LinearModel | KernelModel",
+                history: list[dict[str, float]]) -> tuple["LinearModel | KernelModel", list[dict[str, Any]]]:
+    """Rounds of pseudo-labeling the adapt clips and refitting the grid (ClassicalParams.self_train).
+    Appends every round's fits to `history` (with their `round`); returns the last round's chosen
+    model and a record per round (pseudo-labels per class, the chosen fit's validation UAR)."""
+    st = params.models[name].classical.self_train
+    xs_tr, y_tr, xs_va, y_va = data
+    rounds = []
+    for r in range(1, st.rounds + 1):
+        rows, pseudo = _pseudo_rows(model.decision(xs_adapt), st.fraction)
+        grown = (np.concatenate([xs_tr, xs_adapt[rows]]), np.concatenate([y_tr, pseudo]), xs_va, y_va)
+        fits, models = _fit_grid(params, name, proto, grown, labels)
+        chosen = _best(fits)
+        model = models[chosen]
+        history += [{**h, "round": float(r)} for h in fits]
+        counts = {lab: int((pseudo == i).sum()) for i, lab in enumerate(labels)}
+        rounds.append({"round": r, "pseudo_labels": counts, "val_uar": fits[chosen]["val/uar"]})
+        log.info("%s self-training round %d: %d pseudo-labeled adapt clips %s, val UAR %.4f", name, r, len(rows),
+                 counts, fits[chosen]["val/uar"])
+    return model, rounds
+
+
 def _grid_key(h: dict[str, float]) -> str:
     return f"{h['C']:g}" + (f"/{h['gamma']:g}" if "gamma" in h else "")
 
@@ -407,20 +446,31 @@ def train_classical(params: Params, name: str, features_root: Path, out_dir: Pat
                         "softmax" if cp.classifier == "logreg" else "decision")
     data = (proto.prepare(x_tr, spk_tr), y_tr, proto.prepare(x_va, spk_va), y_va)
     history, models = _fit_grid(params, name, proto, data, labels)
-    chosen = _choose([(h["C"], h["val/uar"], *([h["gamma"]] if "gamma" in h else [])) for h in history])
-    model, best = models[chosen], history[chosen]
+    chosen = _best(history)
+    model, best, rounds = models[chosen], history[chosen], []
+    if cp.self_train is not None:
+        store = FeatureStore(store_root, "adapt")  # unlabeled target clips: their emotions are never read
+        if len(store) == 0:
+            raise ValueError(f"{store_root}/adapt.csv has no rows: models.{name}.classical.self_train needs "
+                             "unlabeled target clips (list adaptation speakers under `adapt`)")
+        model, rounds = _self_train(params, name, proto, data, proto.prepare(store.stack(), speaker_keys(store)),
+                                    labels, model, history)
+        last = [h for h in history if h.get("round") == len(rounds)]
+        best = last[_best(last)]
     if cp.calibrate == "temperature":
         model = dataclasses.replace(model, scores="softmax", temperature=fit_temperature(model.decision(data[2]),
                                                                                          y_va))
         log.info("%s: temperature %.4g fitted on the validation split", name, model.temperature)
-    by_C = {_grid_key(h): h["val/uar"] for h in history}
+    by_C = {_grid_key(h): h["val/uar"] for h in history if h.get("round", 0) == len(rounds)}
     val_block = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("val/")}
     chosen_params = {k: best[k] for k in ("C", "gamma") if k in best}
     meta = {"model": name, "study": mp.study, "labels": labels, "input": mp.input, "features": store_meta,
             "fold": params.fold, "seed": params.seed, "model_params": dataclasses.asdict(mp), "classifier": cp.classifier,
             **chosen_params, "val_uar_by_C": by_C, "val": val_block, "best_epoch": 1,
             "parameters": {"total": model.size, "trainable": model.size},
-            "refit": "train only (no train+val refit: validation selects C)"}
+            "refit": "train only (no train+val refit: validation selects C)" if not rounds else
+                     "train + pseudo-labeled adapt clips (self_train; validation selects C)",
+            **({"self_train": rounds} if rounds else {})}
     save_linear(model, out_dir, meta)
 
     live = open_live(live_dir)
@@ -477,11 +527,8 @@ class ClassicalFitted(Fitted):
         return store.labels(self.labels), self.model.predict(xs), self.model.score(xs)
 
     def file_caveat(self) -> Optional[str]:
-        if self.model.standardisation != "speaker":
-            return None
-        return (f"{self.model_dir} was trained with per-speaker standardisation; a single file has no speaker "
-                "statistics, so its features are standardised with the global train statistics instead "
-                "(expect lower accuracy than the model's evaluation)")
+        m = self.model
+        return Standardiser(m.standardisation, m.mean, m.std).file_caveat(self.model_dir)
 
     def describe(self) -> str:
         return f"classical {self.meta['classifier']} ({self.model.scores} scores)"
