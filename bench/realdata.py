@@ -9,6 +9,9 @@ neutral, sad) unless named otherwise:
                 test speakers: it only trains), RAVDESS actors 1-6 are the unlabeled adaptation
                 group, actors 7-12 the test group.
   in_domain     RAVDESS alone: train actors 1-8, validation 9-10, test 11-12.
+  in_domain_b   (on request) RAVDESS alone, the other way round: train 5-12, validation 3-4, test
+                1-2; and emodb_in_domain (on request): EmoDB alone, validation 03, 08, test 15, 16.
+                Held-out checks for a recipe (e.g. fusion members) chosen on `in_domain`.
   multi_source  (--tess) EmoDB + TESS -> RAVDESS: both sources labeled (TESS all train; EmoDB
                 as in `cross`), the same RAVDESS adaptation and test actors as `cross`. DANN's
                 domain label is source (either corpus) vs target.
@@ -100,6 +103,21 @@ def setups(emodb: Path, ravdess: Path, tess: Path | None = None) -> dict[str, di
             "corpora": {"ravdess": corpora["ravdess"]},
             "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["ravdess"]}},
             "splits": {"cross_corpus": {"ravdess": ravdess_alone}},
+            "scopes": ["in_domain"],
+        },
+        # held-out checks of recipes chosen on `in_domain` (on request: not in the default set-ups)
+        "in_domain_b": {
+            "corpora": {"ravdess": corpora["ravdess"]},
+            "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["ravdess"]}},
+            "splits": {"cross_corpus": {"ravdess": {"protocol": "speakers", "train": ["5-12"], "val": ["3-4"],
+                                                    "test": ["1-2"]}}},
+            "scopes": ["in_domain"],
+        },
+        "emodb_in_domain": {
+            "corpora": {"emodb": corpora["emodb"]},
+            "studies": {"cross_corpus": {"labels": LABELS, "corpora": ["emodb"]}},
+            "splits": {"cross_corpus": {"emodb": {"protocol": "speakers", "val": ["03", "08"],
+                                                  "test": ["15", "16"]}}},
             "scopes": ["in_domain"],
         },
     }
@@ -339,8 +357,11 @@ def domain_evidence(workdir: Path, params: dict[str, Any], seed: int) -> list[di
     return rows
 
 
+ON_REQUEST = ("in_domain_b", "emodb_in_domain")  # --setups names them: held-out checks of in-domain recipes
 TITLES = {"cross": "EmoDB -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
           "in_domain": "RAVDESS in-domain (train 1-8, val 9-10, test 11-12)",
+          "in_domain_b": "RAVDESS in-domain, the other speakers (train 5-12, val 3-4, test 1-2)",
+          "emodb_in_domain": "EmoDB in-domain (val speakers 03 and 08, test 15 and 16, train the other 6)",
           "multi_source": "EmoDB + TESS -> RAVDESS actors 7-12 (adaptation: actors 1-6)",
           "multi_corpus": "RAVDESS + EmoDB + TESS pooled (test: RAVDESS 11-12, EmoDB 15-16, TESS held-out words)",
           "multi_corpus7": "RAVDESS + EmoDB + TESS pooled, 7 classes (test: RAVDESS 11-12, EmoDB 15-16, TESS "
@@ -443,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     check_corpora(args)
     base = load_base(args)
     all_setups = setups(args.emodb.resolve(), args.ravdess.resolve(), args.tess.resolve() if args.tess else None)
-    chosen = args.setups or list(all_setups)
+    chosen = args.setups or [s for s in all_setups if s not in ON_REQUEST]
     base["fusions"] = {**runnable_fusions(base, base["models"]), **{f: {"members": f.split("+")} for f in args.fuse}}
     try:  # a fusion of unknown models, or of an SVM's decision values, fails here, before any work
         parse_params(base)
