@@ -260,7 +260,7 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
         sys.path.remove(str(REPO / "bench"))
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     emodb, ravdess = tmp_path / "emodb", tmp_path / "ravdess"
-    assert set(realdata.setups(emodb, ravdess)) == {"cross", "in_domain"}
+    assert set(realdata.setups(emodb, ravdess)) == {"cross", "in_domain", *realdata.ON_REQUEST}
     for name, setup in realdata.setups(emodb, ravdess, tmp_path / "tess").items():
         params = parse_params(realdata.make_params(base, setup, 0, False, 2))
         assert params.seeds == (0,) and params.folds == (1,), name
@@ -268,6 +268,8 @@ def test_realdata_checks_write_params_the_pipeline_accepts(tmp_path):
             assert params.studies["cross_corpus"].source == ("emodb", "tess") and "dann" in params.models
         if name.startswith("multi_corpus"):  # no target: no DANN model
             assert params.studies["cross_corpus"].target is None and "dann" not in params.models
+        if name in realdata.ON_REQUEST:  # one corpus, no target: no DANN model
+            assert len(params.studies["cross_corpus"].corpora) == 1 and "dann" not in params.models
         if name == "multi_corpus7":  # the 7 classes; EmoDB's disgust and fear kept, boredom left out
             assert len(params.studies["cross_corpus"].labels) == 7
             assert params.corpora["emodb"].label_map["fear"] == "fear" and params.corpora["emodb"].label_map["boredom"] == ""
