@@ -361,3 +361,29 @@ def test_gpu_check_smoke_runs_every_step_and_reports_one_that_ran_out_of_time(tm
     rows = "\n".join(doc["readme_rows"])
     assert "training step, wav2vec_dann (random:wav2vec2-tiny" in rows and "| qlora | timed out" in rows
     assert "embedding precompute (random:wav2vec2-tiny, cpu)" in rows
+
+
+def test_contrasts_find_the_contrast_two_corpora_mark_differently(tmp_path, capsys):
+    """Corpus A and B mark x - y with f0 the same way; y - z with f1 in opposite directions."""
+    from ser.features import stores
+
+    contrasts = _load("contrasts")
+    rng = np.random.default_rng(0)
+    rows, arrays = [], []
+    for corpus, flip in (("a", 1.0), ("b", -1.0)):
+        for spk in ("s1", "s2"):
+            offset = rng.normal(0, 5, size=4)  # speaker offsets: per-speaker z-scores remove them
+            for label, f0, f1 in (("x", 2.0, 0.0), ("y", 0.0, 0.0), ("z", 0.0, -2.0 * flip)):
+                for i in range(6):
+                    arrays.append((offset + np.array([f0, f1, 0.0, 0.0]) + rng.normal(0, 0.3, 4)).astype(np.float32))
+                    rows.append(stores.IndexRow(f"{corpus}{spk}{label}{i}", corpus, spk, label, 0, len(rows), 16000))
+    store = tmp_path / "egemaps" / "study"
+    stores.write_store(store, {"train": (np.stack(arrays), rows)},
+                       {"kind": "egemaps", "labels": ["x", "y", "z"], "feature_names": ["f0", "f1", "f2", "f3"]})
+    assert contrasts.main([str(store), "--labels", "x", "y", "z", "--top", "2", "--out", str(tmp_path / "c.json")]) == 0
+    result = {c["contrast"]: c["pairs"][0] for c in json.loads((tmp_path / "c.json").read_text())["contrasts"]}
+    assert result["x - y"]["correlation"] > 0.9 and result["y - z"]["correlation"] < -0.5
+    assert result["y - z"]["flipped"][0]["feature"] == "f1" and result["y - z"]["flipped"][0]["a"] > 1.5
+    assert "| y - z | a / b |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="clips.npy"):
+        contrasts.main([str(tmp_path / "nowhere")])
