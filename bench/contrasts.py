@@ -31,8 +31,8 @@ from ser.features.scaling import speaker_standardise  # noqa: E402
 from ser.features.stores import CLIPS, read_index  # noqa: E402
 
 
-def load(store: Path) -> tuple[np.ndarray, list[str], list[str], list[str], list[str]]:
-    """(z-scored rows, corpus, emotion per row, feature names, speaker keys) of a study-level store."""
+def load(store: Path) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """(per-speaker z-scored rows, corpus and emotion per row, feature names) of a study-level store."""
     meta_path, idx_path, arr_path = store / "meta.json", store / f"{CLIPS}.csv", store / f"{CLIPS}.npy"
     for path in (meta_path, idx_path, arr_path):
         if not path.is_file():
@@ -43,9 +43,8 @@ def load(store: Path) -> tuple[np.ndarray, list[str], list[str], list[str], list
         raise SystemExit(f"{meta_path}: kind {meta.get('kind')!r} has no feature_names: pass an openSMILE store")
     index = read_index(idx_path)
     rows = np.load(arr_path, mmap_mode="r")[[r.offset for r in index]]
-    speakers = [f"{r.corpus}/{r.speaker}" for r in index]
-    z = np.nan_to_num(speaker_standardise(rows, speakers))
-    return z, [r.corpus for r in index], [r.emotion for r in index], list(meta["feature_names"]), speakers
+    z = np.nan_to_num(speaker_standardise(rows, [f"{r.corpus}/{r.speaker}" for r in index]))
+    return z, [r.corpus for r in index], [r.emotion for r in index], list(meta["feature_names"])
 
 
 def contrasts(z: np.ndarray, corpus: Sequence[str], emotion: Sequence[str], names: Sequence[str],
@@ -89,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=4, help="flipped features shown per corpus pair (default 4)")
     ap.add_argument("--out", type=Path, help="also write the result as JSON")
     args = ap.parse_args(argv)
-    z, corpus, emotion, names, _ = load(args.store)
+    z, corpus, emotion, names = load(args.store)
     result = contrasts(z, corpus, emotion, names, args.labels, args.top)
     print(table(result))
     if args.out:

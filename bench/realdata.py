@@ -253,9 +253,14 @@ def pool_seeds(runs: dict[int, Predictions]) -> Predictions:
                    for seed, p in sorted(runs.items())])
 
 
+def _adapted(mp: dict[str, Any], kind: str) -> bool:
+    """Whether a model adapts to the unlabeled target clips by `kind`: "dann" or "self_train"."""
+    return mp["objective"] == "dann" if kind == "dann" else bool((mp.get("classical") or {}).get("self_train"))
+
+
 def adapts(mp: dict[str, Any]) -> bool:
     """Whether a model reads the unlabeled target clips: objective dann, or classical.self_train."""
-    return mp["objective"] == "dann" or bool((mp.get("classical") or {}).get("self_train"))
+    return _adapted(mp, "dann") or _adapted(mp, "self_train")
 
 
 def twins(models: dict[str, Any], kind: str = "dann") -> dict[str, str]:
@@ -265,11 +270,8 @@ def twins(models: dict[str, Any], kind: str = "dann") -> dict[str, str]:
         mp = {k: v for k, v in mp.items() if k != "objective"} if kind == "dann" else \
             {**mp, "classical": {k: v for k, v in (mp.get("classical") or {}).items() if k != "self_train"}}
         return json.dumps(mp, sort_keys=True)
-
-    def adapted(mp: dict[str, Any]) -> bool:
-        return mp["objective"] == "dann" if kind == "dann" else bool((mp.get("classical") or {}).get("self_train"))
     plain = {strip(mp): name for name, mp in models.items() if not adapts(mp)}
-    return {name: plain[strip(mp)] for name, mp in models.items() if adapted(mp) and strip(mp) in plain}
+    return {name: plain[strip(mp)] for name, mp in models.items() if _adapted(mp, kind) and strip(mp) in plain}
 
 
 def comparisons(params: dict[str, Any], by_seed: dict[int, dict[str, dict[str, Any]]],
