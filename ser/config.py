@@ -199,7 +199,10 @@ class SplitParams:
             raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
 
 
-STORE_KINDS = ("mels", "waves", "egemaps", "compare")  # the feature stores (ser.features.precompute)
+# The utterance-level vector stores (ser.features.functionals): one [n_features] row per clip, read by the
+# classical and MLP heads: openSMILE eGeMAPS and ComParE functionals, GE2E speaker-encoder layer means.
+FUNCTIONALS = ("egemaps", "compare", "ge2e")
+STORE_KINDS = ("mels", "waves", *FUNCTIONALS)  # the feature stores (ser.features.precompute)
 VAD_RATES = (8000, 16000)  # the sample rates silero-vad reads (features.vad)
 VadMode = Literal["none", "trim", "pauses"]
 VAD_MODES: tuple[str, ...] = typing.get_args(VadMode)
@@ -300,10 +303,10 @@ class FeatureParams:
     instance_norm: Literal["none", "mean", "mean_std"] = "none"
     pad: Literal["silence", "repeat"] = "silence"
     mel_norm: Literal["train", "speaker"] = "train"
-    # openSMILE functionals stores to build (precompute-opensmile@<set>): egemaps
-    # (eGeMAPSv02, 88 features), compare (ComParE_2016, 6373 features).
-    opensmile_sets: tuple[Literal["egemaps", "compare"], ...] = ("egemaps",)
-    # Per feature family (mels, waves, egemaps, compare): its own gain / gain_dbfs / trim, since the
+    # Utterance-level vector stores to build (precompute-functionals@<kind>, see FUNCTIONALS):
+    # egemaps (eGeMAPSv02, 88), compare (ComParE_2016, 6373), ge2e (GE2E speaker-encoder layer means, 768).
+    functionals: tuple[Literal["egemaps", "compare", "ge2e"], ...] = ("egemaps",)
+    # Per feature family (mels, waves, egemaps, compare, ge2e): its own gain / gain_dbfs / trim, since the
     # front end interacts with each family's normalisation differently (see for_store).
     front_end: Optional[dict[str, StoreFrontEnd]] = None
 
@@ -327,9 +330,9 @@ class FeatureParams:
                 self.for_store(kind)  # the settings it results in must be valid too
             except ValueError as exc:
                 raise ValueError(f"front_end.{kind}: {exc}") from None
-        if not self.opensmile_sets or len(set(self.opensmile_sets)) != len(self.opensmile_sets):
-            raise ValueError(f"opensmile_sets must list egemaps and/or compare once each, got "
-                             f"{list(self.opensmile_sets)}")
+        if not self.functionals or len(set(self.functionals)) != len(self.functionals):
+            raise ValueError(f"functionals must list some of {list(FUNCTIONALS)}, each once, got "
+                             f"{list(self.functionals)}")
         if self.win_length > self.n_fft:
             raise ValueError("win_length must be <= n_fft")
         for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "frames"):
@@ -357,10 +360,9 @@ class FeatureParams:
 
 
 # --------------------------------------------------------------------------- models
-# The torch networks of ser.models.MODELS plus "classical" (sklearn heads on openSMILE functionals,
+# The torch networks of ser.models.MODELS plus "classical" (sklearn heads on utterance-level vectors,
 # ser.models.linear); ser.train.learners maps each to its learner, and a test keeps them in step.
 Arch = Literal["crnn", "encoder", "mlp", "classical"]
-SMILE_INPUTS = ("egemaps", "compare")  # the openSMILE functionals stores: one [n_features] row per clip
 ARCHS: tuple[str, ...] = typing.get_args(Arch)
 
 
@@ -524,7 +526,7 @@ class SpecAugmentParams:
 
 @dataclass(frozen=True)
 class MlpParams:
-    """A small MLP on openSMILE functionals (arch `mlp`, ser.models.mlp), trained by the one loop.
+    """A small MLP on an utterance-level vector store (arch `mlp`, ser.models.mlp), trained by the one loop.
 
     hidden: the layer widths (nkululeko's default MLP is [64, 16]); each layer is
     Linear -> ReLU -> dropout. standardise: z-score the functionals with the train
@@ -564,7 +566,7 @@ class SelfTrainParams:
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    """A classical head on openSMILE functionals (arch `classical`, ser.models.linear).
+    """A classical head on an utterance-level vector store (arch `classical`, ser.models.linear).
 
     classifier: `logreg` (logistic regression), `svm` (linear SVM) or `rbf_svm`
     (an SVM with the RBF kernel exp(-gamma |x - x'|^2)).
@@ -615,7 +617,7 @@ class ModelParams:
     study: str
     arch: Arch  # registry key, see ser.models
     objective: Literal["ce", "dann"]
-    input: Literal["mels", "waves", "embeddings", "egemaps", "compare"]
+    input: Literal["mels", "waves", "embeddings", "egemaps", "compare", "ge2e"]
     epochs: int
     batch_size: int
     optim: OptimParams
@@ -641,10 +643,9 @@ class ModelParams:
             raise ValueError(f"spec_augment masks log-mels; input {self.input!r} has none (remove spec_augment)")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or null: no early stopping), got {self.patience}")
-        smile = self.input in SMILE_INPUTS
-        if smile != (self.arch in ("classical", "mlp")):
-            raise ValueError(f"arch {self.arch!r} with input {self.input!r}: the openSMILE inputs (egemaps, "
-                             "compare) go with arch 'classical' or 'mlp', and only with them")
+        if (self.input in FUNCTIONALS) != (self.arch in ("classical", "mlp")):
+            raise ValueError(f"arch {self.arch!r} with input {self.input!r}: the utterance-level inputs "
+                             f"({', '.join(FUNCTIONALS)}) go with arch 'classical' or 'mlp', and only with them")
         if self.arch == "classical" and self.objective != "ce":
             raise ValueError(f"objective {self.objective!r} does not apply to arch 'classical' (a classifier on "
                              "fixed features has no encoder to adapt); use objective: ce, or arch: mlp")
@@ -773,15 +774,15 @@ class Params:
                 raise ValueError(f"models.{mname}.study: unknown study {model.study!r} "
                                  f"(known: {sorted(self.studies)})")
             needs = {"crnn": (("mels",), "crnn"), "encoder": (("waves", "embeddings"), "encoder"),
-                     "mlp": (SMILE_INPUTS, "mlp")}.get(model.arch)
+                     "mlp": (FUNCTIONALS, "mlp")}.get(model.arch)
             if needs and model.input not in needs[0]:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} reads {' or '.join(needs[0])}; "
                                  f"set input: {needs[0][0]}")
             if needs and getattr(model, needs[1]) is None:
                 raise ValueError(f"models.{mname}: arch {model.arch!r} needs a '{needs[1]}:' section")
-            if model.input in SMILE_INPUTS and model.input not in self.features.opensmile_sets:
+            if model.input in FUNCTIONALS and model.input not in self.features.functionals:
                 raise ValueError(f"models.{mname}: input {model.input!r} needs {model.input!r} in "
-                                 f"features.opensmile_sets (now {list(self.features.opensmile_sets)})")
+                                 f"features.functionals (now {list(self.features.functionals)})")
             if model.objective == "dann" and self.studies[model.study].target is None:
                 raise ValueError(f"models.{mname}: objective 'dann' needs a study with a target corpus")
         for sname, study in self.studies.items():
@@ -861,8 +862,8 @@ class Params:
 
     def store_plan(self) -> dict[str, list[str]]:
         """The feature stores the models read: {kind: [study, ...]} for mels, waves and each
-        openSMILE set (an empty list: no model reads that kind)."""
-        kinds = ("mels", "waves", "embeddings", *self.features.opensmile_sets)
+        functionals kind (an empty list: no model reads that kind)."""
+        kinds = ("mels", "waves", "embeddings", *self.features.functionals)
         plan = {kind: sorted({m.study for m in self.models.values() if m.input == kind}) for kind in kinds}
         # embeddings are computed from the waveform store
         plan["waves"] = sorted(set(plan["waves"]) | set(plan["embeddings"]))
@@ -1007,6 +1008,9 @@ def parse_params(data: dict[str, Any]) -> Params:
         for key, hint in RENAMED.items():
             if key in data:
                 raise ParamsError(f"unknown key {key}: {hint}")
+        if isinstance(data.get("features"), dict) and "opensmile_sets" in data["features"]:
+            raise ParamsError("unknown key features.opensmile_sets: it is now features.functionals (the same "
+                              f"list; it may also name ge2e, kinds: {list(FUNCTIONALS)})")
         for section, key in (("features", "workers"), ("train", "num_workers")):
             if isinstance(data.get(section), dict) and key in data[section]:
                 raise ParamsError(f"unknown key {section}.{key}: it is now runtime.{key} (the `runtime:` section "

@@ -3,7 +3,8 @@
 data/manifests/<study>/f<k>.csv -> <out-dir>/<study>/{meta.json,clips.npy,clips.csv,f<k>/} + report JSON
 (every clip once; one index folder per fold, see ser.features.stores).
 --kind mels: normalised log-mels; --kind waves: 16 kHz waveforms for the encoder models;
---kind egemaps / compare: openSMILE functionals for the classical baseline.
+--kind egemaps / compare / ge2e: utterance-level vectors (openSMILE functionals, GE2E speaker-encoder layer
+means) for the classical and MLP heads.
 """
 import argparse
 import functools
@@ -13,15 +14,14 @@ from pathlib import Path
 
 import _venv  # noqa: F401  first: re-runs this script with .venv/bin/python if `python` lacks ser
 
-from ser.config import load_params
-from ser.features.precompute import precompute_mels, precompute_smile, precompute_waves
+from ser.config import FUNCTIONALS, load_params
+from ser.features.precompute import precompute_functionals, precompute_mels, precompute_waves
 from ser.fsutil import write_json_atomic
 from ser.logutil import setup_logging
 from ser.stageutil import ensure_writable, run_stage
 
 KINDS = {"mels": precompute_mels, "waves": precompute_waves,
-         "egemaps": functools.partial(precompute_smile, kind="egemaps"),
-         "compare": functools.partial(precompute_smile, kind="compare")}
+         **{kind: functools.partial(precompute_functionals, kind=kind) for kind in FUNCTIONALS}}
 
 
 def main(argv: list[str] | None = None) -> None:

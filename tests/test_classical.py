@@ -156,7 +156,7 @@ def test_precompute_egemaps_stage_writes_a_store(tone_corpus: dict) -> None:
         wave, skipped = features._decode(by_id[train.index[i].utt_id].path, fp)
         assert skipped is None and train.index[i].length == wave.shape[0]
         # the pool's row is exactly what inference computes from the same decoded clip
-        np.testing.assert_array_equal(train[i], features.smile_for_inference(wave, meta))
+        np.testing.assert_array_equal(train[i], features.functionals_for_inference(wave, meta))
     adapt = FeatureStore(root / "f1", "adapt")
     assert [r.domain for r in adapt.index] == [1]
     assert (tone_corpus["features"] / "egemaps" / "multi_corpus" / "f1" / "test.csv").is_file()
@@ -598,7 +598,7 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
     fp = features.feature_params_from_meta(meta["features"])
     wave, _ = features._decode(str(wav), fp)
     model, _ = load_linear(model_dir)
-    expected = model.score(model.prepare(features.smile_for_inference(wave, meta["features"])[None]))[0]
+    expected = model.score(model.prepare(features.functionals_for_inference(wave, meta["features"])[None]))[0]
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-6, atol=1e-9)
     assert predictor.labels[int(np.argmax(result.probabilities))] == "happy"
     with pytest.raises(ValueError, match="do not apply"):
@@ -614,6 +614,6 @@ def test_predict_scores_a_file_like_the_store(base_params, tone_corpus, tmp_path
     _, rbf_dir, _ = train(params, "rbf", tone_corpus["features"], tmp_path)
     (result,) = Predictor(rbf_dir).predict_files([wav])
     model, _ = load_linear(rbf_dir)
-    expected = model.score(model.prepare(features.smile_for_inference(wave, meta["features"])[None]))[0]
+    expected = model.score(model.prepare(features.functionals_for_inference(wave, meta["features"])[None]))[0]
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-9, atol=1e-9)
     assert result.ok and predictor.labels[int(np.argmax(result.probabilities))] == "happy"

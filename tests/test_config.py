@@ -272,7 +272,7 @@ def test_arch_input_and_section_checked_at_load(edit, match):
 def test_store_plan_lists_the_stores_the_models_read():
     params = load_params(ROOT / "params.yaml")
     plan = params.store_plan()
-    assert set(plan) == {"mels", "waves", "embeddings", *params.features.opensmile_sets}
+    assert set(plan) == {"mels", "waves", "embeddings", *params.features.functionals}
     for kind, studies in plan.items():
         readers = {m.study for m in params.models.values() if m.input == kind}
         if kind == "waves":  # the embeddings stores are computed from the waveform store

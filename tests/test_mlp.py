@@ -153,7 +153,7 @@ def test_predict_scores_a_whole_file_with_the_training_standardisation(base_para
     assert result.ok and len(result.windows) == 1 and abs(sum(result.probabilities) - 1) < 1e-6
     meta = json.loads((model_dir / "meta.json").read_text())
     wave, _ = features._decode(str(wav), features.feature_params_from_meta(meta["features"]))
-    row = features.smile_for_inference(wave, meta["features"])[None]
+    row = features.functionals_for_inference(wave, meta["features"])[None]
     fitted = load_fitted(model_dir)
     z = Standardiser("global", fitted.standardiser.mean, fitted.standardiser.std).apply(row)
     expected = torch.softmax(fitted.model(torch.as_tensor(z, dtype=torch.float32)), -1)[0].detach().numpy()

@@ -84,7 +84,7 @@ def test_demo_dag_end_to_end(tmp_path):
     out = _run(["dvc", "repro"], repo)
     cells = [f"{m}-{f}-{SEED}" for m in MODELS for f in FOLDS]
     stages = ["check-params", "download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-              "precompute-opensmile@egemaps", "bind",
+              "precompute-functionals@egemaps", "bind",
               *(f"train@{c}" for c in cells), *(f"evaluate@{c}" for c in cells), "summarize"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out, stage

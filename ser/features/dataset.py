@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ser.config import SMILE_INPUTS
+from ser.config import FUNCTIONALS
 from ser.features.scaling import Standardiser, speaker_keys
 from ser.features.stores import FeatureStore, StoreError
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 UNLABELED = -1  # label of items whose emotion must never be used (DANN target data)
 # Stores of one fixed-size row per clip: cached encoder embeddings [hidden states, hidden size]
-# and openSMILE functionals [n_features].
-VECTOR_KINDS = ("embeddings", *SMILE_INPUTS)
+# and the utterance-level vectors [n_features] (openSMILE functionals, GE2E layer means).
+VECTOR_KINDS = ("embeddings", *FUNCTIONALS)
 
 __all__ = ["UNLABELED", "FeatureDataset", "collate_batch", "EpochBatchSampler", "class_balanced_weights",
            "padding_waste", "make_loader", "epoch_seed", "max_samples_for"]
@@ -57,7 +57,7 @@ class FeatureDataset(Dataset):
     DANN target corpus, whose emotion column is never read.
     Waveforms longer than `max_samples` are cropped: `crop="random"` draws the
     offset from (seed, epoch, item) (training), `"center"` is fixed (evaluation).
-    `standardiser` (openSMILE functionals): rows standardised once, over the whole split
+    `standardiser` (utterance-level vectors): rows standardised once, over the whole split
     (per speaker: each speaker's statistics over its rows in this split).
     """
 
@@ -67,7 +67,7 @@ class FeatureDataset(Dataset):
         self.store = store
         self.rows: Optional[np.ndarray] = None
         if standardiser is not None:
-            if store.kind not in SMILE_INPUTS:
+            if store.kind not in FUNCTIONALS:
                 raise StoreError(f"{store.root}: a {store.kind} store has no functionals to standardise")
             self.rows = (standardiser.apply(store.stack(), speaker_keys(store)).astype(np.float32)
                          if len(store) else np.zeros((0, store.array.shape[1]), dtype=np.float32))

@@ -1,4 +1,4 @@
-"""Log-mel, waveform and openSMILE feature stores (the precompute stages).
+"""Log-mel, waveform and utterance-level vector stores (the precompute stages).
 
 Every audio file of a study is decoded and resampled exactly once, here; the
 training and evaluation stages only slice the contiguous arrays written by
@@ -16,8 +16,8 @@ rounding, see tests/test_features.py)::
 i.e. a Hann-windowed STFT of the zero-padded signal, power spectrum, Slaney mel
 filterbank (librosa.filters.mel), 10*log10 with a 1e-10 floor (-100 dB).
 
-openSMILE stores (`egemaps`, `compare`; see ser.features.smile): one row of
-utterance-level functionals per clip, float32 [N, n_features], computed from
+Utterance-level vector stores (`egemaps`, `compare`, `ge2e`; see ser.features.functionals):
+one row per clip, float32 [N, n_features], computed from
 the same decoded and conditioned wave as the other kinds (`_decode`) and
 stored raw: global or per-speaker standardisation is the classifier's choice
 (ser.models.linear). The index `length` is the clip's sample count.
@@ -82,16 +82,16 @@ from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ser.config import FeatureParams
+from ser.config import FUNCTIONALS, STORE_KINDS, FeatureParams
 from ser.data.manifest import ManifestError, Utterance, manifest_path, read_manifest, study_folds
 from ser.features.audio import AudioError, check_audio, condition, load_audio
-from ser.features.smile import SMILE_SETS, functionals, n_features, smile_meta
+from ser.features.functionals import functionals, functionals_meta, n_features
 from ser.features.stores import IndexRow, speaker_key, store_fingerprint, write_index, write_meta, write_split
 
 __all__ = ["AMIN", "SILENCE_DB", "STORE_SPLITS", "logmel", "fit_frames", "instance_normalise",
            "mel_features", "normalise", "precompute_mels", "precompute_waves", "mel_for_inference",
            "mel_input", "feature_params_from_meta", "STORE_KINDS",
-           "precompute_smile", "smile_for_inference"]
+           "precompute_functionals", "functionals_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ _MEL_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length", "fmin
              "frames", "crop", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS, "instance_norm", "pad",
              "mel_norm")
 _WAVE_KEYS = ("sample_rate", "min_duration_s", "silence_dbfs", *FRONT_END_KEYS)
-# openSMILE functionals are computed from the decoded wave: the wave keys define them.
-_SMILE_KEYS = _WAVE_KEYS
+# The utterance-level vectors are computed from the decoded wave: the wave keys define them.
+_VECTOR_KEYS = _WAVE_KEYS
 # What a store written before the front end existed was built with (its meta lacks these keys).
 _LEGACY_FEATURES = {"gain": "none", "trim_db": None, "vad": "none", "vad_threshold": 0.5, "instance_norm": "none",
                     "pad": "silence", "mel_norm": "train"}
@@ -305,16 +305,16 @@ def mel_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return mel_input(wave, meta)[0]
 
 
-def smile_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Raw float32 [n_features] openSMILE functionals of a whole wave, as the store computed them.
+def functionals_for_inference(wave: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """The raw float32 [n_features] row of a whole wave, as the store of `meta` computed it.
 
     `wave` must be mono float32 at meta["sample_rate"], decoded and conditioned
     as `_decode` does for the stores.
     """
 
     kind = meta.get("kind")
-    if kind not in SMILE_SETS:
-        raise ValueError(f"smile_for_inference needs an openSMILE store meta, got kind={kind!r}")
+    if kind not in FUNCTIONALS:
+        raise ValueError(f"functionals_for_inference needs an utterance-level store meta, got kind={kind!r}")
     return functionals(wave, int(meta["sample_rate"]), kind)
 
 
@@ -400,11 +400,11 @@ def _wave_job(task: _Task) -> _Result:
     return _Result(wave, wave.shape[0], wave.shape[0] / fp.sample_rate)
 
 
-def _smile_job(kind: str, task: _Task) -> _Result:
-    """Decode, openSMILE functionals of the whole clip, written into its scratch row.
+def _vector_job(kind: str, task: _Task) -> _Result:
+    """Decode, the utterance-level vector of the whole clip, written into its scratch row.
 
-    A clip opensmile gives no (or non-finite) features for is skipped as
-    `non_finite`, so the classifiers never see NaN.
+    A clip that gets no (or non-finite) features (openSMILE on a clip without voicing) is
+    skipped as `non_finite`, so the classifiers never see NaN.
     """
 
     fp = _worker_fp
@@ -416,7 +416,7 @@ def _smile_job(kind: str, task: _Task) -> _Result:
     seconds = wave.shape[0] / fp.sample_rate
     if not np.isfinite(feats).all():
         return _Result(None, 0, seconds, "non_finite",
-                       f"{task.path}: openSMILE {kind} gave {int((~np.isfinite(feats)).sum())} non-finite "
+                       f"{task.path}: {kind} gave {int((~np.isfinite(feats)).sum())} non-finite "
                        f"features ({seconds:.3f} s decoded)")
     _write_at(task.scratch, task.row * feats.nbytes, feats)
     return _Result(None, wave.shape[0], seconds)
@@ -461,8 +461,8 @@ class _Sink:
     """Collects every clip of a study in a float32 scratch file next to the store, in
     manifest order (the union of the study's folds: each clip decoded once).
 
-    mels: a [clips, n_mels, frames] file the workers fill by row (openSMILE
-    kinds likewise, [clips, n_features]); kept rows are compacted to the front
+    mels: a [clips, n_mels, frames] file the workers fill by row (the
+    utterance-level kinds likewise, [clips, n_features]); kept rows are compacted to the front
     afterwards (skips are rare). waves: the parent appends each decoded wave
     (ragged, size unknown up front).
     """
@@ -578,7 +578,7 @@ def _collect(kind: str, utts: Sequence[Utterance], sink: _Sink, fp: FeatureParam
     """Decode every utterance into the sink; returns the skipped files."""
     tasks = [_Task(u.path, str(sink.path), i) for i, u in enumerate(utts)]
     skipped: list[dict[str, str]] = []
-    job = _JOBS[kind] if kind in _JOBS else functools.partial(_smile_job, kind)
+    job = _JOBS[kind] if kind in _JOBS else functools.partial(_vector_job, kind)
     # closing(): the pool is shut down even when collecting fails half-way.
     with closing(_run_jobs(job, tasks, fp, workers, desc)) as results:
         for utt, task, result in zip(utts, tasks, results, strict=True):
@@ -609,7 +609,7 @@ def _write_store(kind: str, out_root: Path, sink: _Sink, folds: dict[int, list[U
         if fp.mel_norm == "speaker":
             meta["speaker_stats"] = _speaker_stats(sink)
     elif kind not in _JOBS:
-        meta.update(smile_meta(kind))
+        meta.update(functionals_meta(kind))
     for stale in [*out_root.glob("f*"), *(out_root / f"{s}.{ext}" for s in STORE_SPLITS for ext in ("npy", "csv"))]:
         if stale.exists() and (stale.is_file() or not stale.name[1:].isdigit() or int(stale.name[1:]) not in folds):
             log.info("removing stale %s", stale)  # an earlier layout's split or a fold that no longer exists
@@ -685,25 +685,24 @@ def precompute_waves(manifests_dir: str | Path, study: str, out_root: str | Path
     return _precompute("waves", manifests_dir, study, out_root, fp, workers, labels, target)
 
 
-def precompute_smile(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
-                     workers: int = 1, *, labels: Sequence[str],
-                     target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
-    """Build one study's openSMILE store (`kind`: egemaps or compare, see ser.features.smile):
-    per split a float32 [N, n_features] array of raw functionals, one row per clip."""
-    if kind not in STORE_KINDS or kind in _JOBS:
-        raise KeyError(f"unknown openSMILE store kind {kind!r}; known: {sorted(set(STORE_KINDS) - set(_JOBS))}")
+def precompute_functionals(manifests_dir: str | Path, study: str, out_root: str | Path, fp: FeatureParams,
+                           workers: int = 1, *, labels: Sequence[str],
+                           target: Optional[str] = None, kind: str = "egemaps") -> dict[str, Any]:
+    """Build one study's utterance-level vector store (`kind`: one of ser.config.FUNCTIONALS, see
+    ser.features.functionals): a float32 [N, n_features] array of raw rows, one per clip."""
+    if kind not in FUNCTIONALS:
+        raise KeyError(f"unknown utterance-level store kind {kind!r}; known: {list(FUNCTIONALS)}")
     return _precompute(kind, manifests_dir, study, out_root, fp, workers, labels, target)
 
 
 # kind -> worker job for the log-mel and wave stores; the other kinds are the
-# openSMILE feature sets of ser.features.smile.SMILE_SETS, run by _smile_job.
+# utterance-level vectors of ser.config.FUNCTIONALS, run by _vector_job.
 _JOBS: dict[str, Callable[[_Task], _Result]] = {"mels": _mel_job, "waves": _wave_job}
-STORE_KINDS = ("mels", "waves", "egemaps", "compare")
 
 
 def _store_keys(kind: str) -> tuple[str, ...]:
     """FeatureParams fields that define a store of `kind` (recorded in meta.json)."""
-    return {"mels": _MEL_KEYS, "waves": _WAVE_KEYS}.get(kind, _SMILE_KEYS)
+    return {"mels": _MEL_KEYS, "waves": _WAVE_KEYS}.get(kind, _VECTOR_KEYS)
 
 
 def _item_shape(kind: str, fp: FeatureParams) -> tuple[int, ...]:

@@ -16,8 +16,8 @@ any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...) and turned into the
          speaker: each window is normalised with its own (with a warning),
          so predictions can differ from evaluation's;
   waves  the float waveform at the stored sample rate (16 kHz);
-  egemaps / compare  (arch classical or mlp) the openSMILE functionals of
-         the whole conditioned file (ser.features.precompute.smile_for_inference), the
+  egemaps / compare / ge2e  (arch classical or mlp) the utterance-level vector of
+         the whole conditioned file (ser.features.precompute.functionals_for_inference), the
          store's function. No windows: functionals summarise a whole clip, as
          at training, so --window/--hop are refused. A file has no speaker
          statistics: a model trained with per-speaker standardisation falls
@@ -61,7 +61,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from ser.features.audio import AudioError, check_audio, condition_span, load_audio
-from ser.features.precompute import feature_params_from_meta, mel_input, smile_for_inference
+from ser.features.precompute import feature_params_from_meta, mel_input, functionals_for_inference
 from ser.models.base import Fitted
 from ser.models.learner import load_fitted
 from ser.runtime import resolve_device
@@ -253,7 +253,7 @@ class Predictor:
         if self.input in ("waves", "embeddings"):  # a probe runs its encoder on the wave (for_audio)
             x = np.stack(segments).astype(np.float32, copy=False)
             return x, np.full(len(segments), x.shape[1], dtype=np.int64)
-        return np.stack([smile_for_inference(s, self.feature_meta) for s in segments]), None
+        return np.stack([functionals_for_inference(s, self.feature_meta) for s in segments]), None
 
     def predict_wave(self, wave: np.ndarray, offset_s: float = 0.0) -> list[Window]:
         """Window scores for a mono float32 wave at `self.sample_rate`, already conditioned

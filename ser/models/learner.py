@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ser.config import SMILE_INPUTS, encoder_store_key
+from ser.config import FUNCTIONALS, encoder_store_key
 from ser.errors import CheckpointError
 from ser.features.dataset import FeatureDataset, make_loader, max_samples_for
 from ser.features.scaling import Standardiser
@@ -43,7 +43,7 @@ class TorchFitted(Fitted):
         # An MLP on functionals: its inputs are standardised as in training, and it scores whole files.
         make = getattr(model, "standardiser", None)
         self.standardiser: Optional[Standardiser] = make() if make is not None else None
-        self.windowed = self.input not in SMILE_INPUTS
+        self.windowed = self.input not in FUNCTIONALS
 
     @classmethod
     def load(cls, model_dir: Path, device: str | torch.device = "cpu") -> "TorchFitted":

@@ -52,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ser import codegraph
-from ser.config import SMILE_INPUTS, ModelParams, Params, TrainParams
+from ser.config import FUNCTIONALS, ModelParams, Params, TrainParams
 from ser.features.dataset import FeatureDataset, epoch_seed, make_loader, max_samples_for
 from ser.features.scaling import Standardiser
 from ser.features.stores import FeatureStore, fold_root
@@ -320,7 +320,7 @@ class Trainer:
         mp, data = self.mp, self.data
         seed_everything(self.params.seed)
         # The mel bands come from the store: the trainer reads no params outside the run spec.
-        width = int(data.train_set.store.array.shape[1]) if mp.input in ("mels", *SMILE_INPUTS) else None
+        width = int(data.train_set.store.array.shape[1]) if mp.input in ("mels", *FUNCTIONALS) else None
         dims = {"n_mels": width} if mp.input == "mels" else {"n_features": width} if width else {}
         with self.accelerator.main_process_first():  # the main process writes the random-backbone cache
             self.model = build_model(mp, len(self.labels), with_domain_head=self.dann, cache_dir=cache_dir,
