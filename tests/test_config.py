@@ -283,7 +283,7 @@ def test_store_plan_lists_the_stores_the_models_read():
     data["models"] = {"baseline": data["models"]["baseline"]}
     data["fusions"] = {}
     assert parse_params(data).store_plan() == {"mels": ["cross_corpus"], "waves": [], "embeddings": [],
-                                               "egemaps": []}
+                                               "egemaps": [], "ge2e": []}
 
 
 # --------------------------------------------------------------------------- the wav2vec2-only schema

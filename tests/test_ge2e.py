@@ -89,7 +89,8 @@ def test_params_name_the_store_a_ge2e_model_reads() -> None:
     entry = {"study": "cross_corpus", "arch": "classical", "objective": "ce", "input": "ge2e", "epochs": 1,
              "batch_size": 1, "optim": {}, "classical": {"classifier": "logreg", "C": [0.1], "standardise": "speaker"}}
     with pytest.raises(ParamsError, match="needs 'ge2e' in features.functionals"):
-        parse_params({**raw, "models": {"g": entry}, "fusions": {}})
+        parse_params({**raw, "features": {**raw["features"], "functionals": ["egemaps"]},
+                      "models": {"g": entry}, "fusions": {}})
     parsed = parse_params({**raw, "features": {**raw["features"], "functionals": ["egemaps", "ge2e"]},
                            "models": {"g": entry}, "fusions": {}})
     assert parsed.store_plan()["ge2e"] == ["cross_corpus"]

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "egemaps_mlp", "egemaps_dann",
-          "wavlm_probe", "wav2vec_dann", "qlora", "finetune")
-CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "egemaps_mlp", "egemaps_dann", "wavlm_probe",
-         "wav2vec_dann")
+MODELS = ("baseline", "dann", "matrix_logreg", "egemaps_svm", "egemaps_logreg", "ge2e_logreg", "egemaps_mlp",
+          "egemaps_dann", "wavlm_probe", "wav2vec_dann", "qlora", "finetune")
+CROSS = ("baseline", "dann", "egemaps_svm", "egemaps_logreg", "ge2e_logreg", "egemaps_mlp", "egemaps_dann",
+         "wavlm_probe", "wav2vec_dann")
 # Folds 1 and 3: every study runs both except corpus_matrix (2 folds, one per corpus), whose fold-3
 # cells are not run; one seed, then a second one is added.
 FOLDS, SEED = (1, 3), 1337
@@ -84,7 +84,7 @@ def test_demo_dag_end_to_end(tmp_path):
     out = _run(["dvc", "repro"], repo)
     cells = [f"{m}-{f}-{SEED}" for m in MODELS for f in FOLDS]
     stages = ["check-params", "download-verify", "build-metadata", "precompute-mels", "precompute-waves",
-              "precompute-functionals@egemaps", "bind",
+              "precompute-functionals@egemaps", "precompute-functionals@ge2e", "bind",
               *(f"train@{c}" for c in cells), *(f"evaluate@{c}" for c in cells), "summarize"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out, stage

@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from ser.config import FUNCTIONALS
 from ser.features import ge2e, smile
 
 __all__ = ["functionals", "functionals_meta", "n_features"]
 
 
 def _check(kind: str) -> None:
-    if kind not in (*smile.SMILE_SETS, "ge2e"):
-        raise KeyError(f"unknown functionals kind {kind!r}; known: {[*smile.SMILE_SETS, 'ge2e']}")
+    if kind not in FUNCTIONALS:
+        raise KeyError(f"unknown utterance-level feature kind {kind!r}; known: {list(FUNCTIONALS)}")
 
 
 def functionals(wave: np.ndarray, sample_rate: int, kind: str) -> np.ndarray:

@@ -20,16 +20,15 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
-import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["N_LAYERS", "N_FEATURES", "RATE", "layer_means", "ge2e_meta"]
-
-log = logging.getLogger(__name__)
 
 N_LAYERS, HIDDEN = 3, 256
 N_FEATURES = N_LAYERS * HIDDEN
@@ -52,6 +51,8 @@ def _weights_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def _layers() -> tuple[torch.nn.LSTM, ...]:
     """The encoder's LSTM as one single-layer LSTM per layer (same weights), in eval mode."""
+    import torch  # only the stages that compute GE2E rows pay for importing torch
+
     state = torch.load(_weights_path(), map_location="cpu", weights_only=True)["model_state"]
     layers = []
     for k in range(N_LAYERS):
@@ -76,6 +77,8 @@ def _mel(wave: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def layer_means(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """float32 [768]: each LSTM layer's outputs averaged over the clip (see the module docstring)."""
+    import torch
+
     x = torch.from_numpy(_mel(wave, sample_rate))[None]
     means = []
     threads = torch.get_num_threads()
