@@ -201,7 +201,8 @@ class SplitParams:
 
 # The utterance-level vector stores (ser.features.functionals): one [n_features] row per clip, read by the
 # classical and MLP heads: openSMILE eGeMAPS and ComParE functionals, GE2E speaker-encoder layer means.
-FUNCTIONALS = ("egemaps", "compare", "ge2e")
+Functional = Literal["egemaps", "compare", "ge2e"]
+FUNCTIONALS: tuple[str, ...] = typing.get_args(Functional)
 STORE_KINDS = ("mels", "waves", *FUNCTIONALS)  # the feature stores (ser.features.precompute)
 VAD_RATES = (8000, 16000)  # the sample rates silero-vad reads (features.vad)
 VadMode = Literal["none", "trim", "pauses"]
@@ -305,7 +306,7 @@ class FeatureParams:
     mel_norm: Literal["train", "speaker"] = "train"
     # Utterance-level vector stores to build (precompute-functionals@<kind>, see FUNCTIONALS):
     # egemaps (eGeMAPSv02, 88), compare (ComParE_2016, 6373), ge2e (GE2E speaker-encoder layer means, 768).
-    functionals: tuple[Literal["egemaps", "compare", "ge2e"], ...] = ("egemaps",)
+    functionals: tuple[Functional, ...] = ("egemaps",)
     # Per feature family (mels, waves, egemaps, compare, ge2e): its own gain / gain_dbfs / trim, since the
     # front end interacts with each family's normalisation differently (see for_store).
     front_end: Optional[dict[str, StoreFrontEnd]] = None
@@ -617,7 +618,7 @@ class ModelParams:
     study: str
     arch: Arch  # registry key, see ser.models
     objective: Literal["ce", "dann"]
-    input: Literal["mels", "waves", "embeddings", "egemaps", "compare", "ge2e"]
+    input: Literal["mels", "waves", "embeddings", Functional]
     epochs: int
     batch_size: int
     optim: OptimParams
